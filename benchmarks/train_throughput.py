@@ -1,0 +1,102 @@
+"""Examples/s and FLOP/s of the train step on synthetic, device-resident batches.
+
+  python -m benchmarks.train_throughput --config tiny|b32 [--steps N] [--out FILE] [--smoke]
+
+Prints examples/s (median of timed steps after compile), model FLOPs per step (XLA cost analysis),
+achieved FLOP/s, and that as a fraction of a 4096^2 fp32 matmul measured in the same run.
+"""
+
+import argparse
+import platform
+import sys
+
+import jax
+import numpy as np
+
+from benchmarks.common import matmul_peak_flops, median_seconds, peak_rss_bytes, print_table, write_json
+from pretrain import sharding
+from pretrain.config_cli import apply_override, load_config_file
+from pretrain.optim import make_optimizer
+from pretrain.train_step import StepBuilder
+
+CONFIGS = {'tiny': 'configs/demo.py:tiny', 'b32': 'configs/clip_vit_b32.py'}
+BATCH = {'tiny': 256, 'b32': 32}
+
+
+def bench_config(name: str, smoke: bool, overrides: list[str]):
+  """The benchmark's config: `tiny` or `b32` on one host's devices, fp32."""
+  config = load_config_file(CONFIGS[name])
+  config.batch_size = BATCH[name]
+  config.mesh.update(dict(data=-1, fsdp=1))
+  config.optim.warmup_steps = 0
+  if smoke:  # CI: same code path, sizes that compile in seconds.
+    config.model.update(dict(variant='demo', image_size=32, vocab_size=64, context_length=8))
+    config.batch_size = 16
+  for item in overrides:
+    field, _, value = item.partition('=')
+    apply_override(config, field, value)
+  return config
+
+
+def synthetic_batch(config, mesh) -> dict:
+  """Random uint8 images and token ids with an end-of-text token, already on the devices."""
+  rng = np.random.default_rng(0)
+  n, size, ctx = config.batch_size, config.model.image_size, config.model.context_length
+  text = rng.integers(3, config.model.vocab_size, (n, ctx)).astype(np.int32)
+  lengths = rng.integers(2, ctx + 1, n)
+  text[np.arange(ctx)[None, :] >= lengths[:, None]] = 0
+  text[np.arange(n), lengths - 1] = 2
+  batch = {'image': rng.integers(0, 256, (n, size, size, 3), np.uint8), 'text': text}
+  return sharding.global_batch(batch, mesh)
+
+
+def run(name: str, steps: int, smoke: bool, overrides: list[str]) -> dict:
+  """Compiles and times the train step; returns the measured row."""
+  config = bench_config(name, smoke, overrides)
+  mesh = sharding.make_mesh(dict(config.mesh))
+  tx, schedule = make_optimizer(config.optim, 10_000)
+  builder = StepBuilder(config, mesh, tx, schedule)
+  state = builder.init_state()
+  batch = synthetic_batch(config, mesh)
+  step = builder.jit_step()
+  compiled = step.lower(state, batch).compile()
+  cost = compiled.cost_analysis()
+  flops = float((cost[0] if isinstance(cost, list) else cost)['flops'])
+  holder = [state]
+
+  def one_step():
+    holder[0], metrics = compiled(holder[0], batch)
+    jax.block_until_ready(metrics)
+
+  one_step()  # warm-up, excluded
+  seconds = median_seconds(one_step, steps)
+  peak = matmul_peak_flops(1024 if smoke else 4096)
+  return {'config': name + (' (smoke)' if smoke else ''), 'batch': config.batch_size,
+          'dtype': config.model.dtype, 'examples_per_s': round(config.batch_size / seconds, 2),
+          'step_s': round(seconds, 4), 'gflop_per_step': round(flops / 1e9, 1),
+          'achieved_gflop_s': round(flops / seconds / 1e9, 1),
+          'matmul_peak_gflop_s': round(peak / 1e9, 1),
+          'fraction_of_peak': round(flops / seconds / peak, 3),
+          'peak_rss_gb': round(peak_rss_bytes() / 2**30, 2)}
+
+
+def main(argv: list[str]) -> int:
+  """Command-line entry point."""
+  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  parser.add_argument('--config', choices=sorted(CONFIGS), required=True)
+  parser.add_argument('--steps', type=int, default=10, help='timed steps (median reported)')
+  parser.add_argument('--out', default=None, help='JSON output (default benchmarks/results/...)')
+  parser.add_argument('--smoke', action='store_true', help='tiny sizes, for CI')
+  parser.add_argument('--set', action='append', default=[], metavar='FIELD=VALUE',
+                      help='config override, e.g. --set model.dtype=bfloat16')
+  args = parser.parse_args(argv)
+  row = run(args.config, args.steps, args.smoke, args.set)
+  print_table([row], list(row))
+  out = args.out or f'benchmarks/results/train_throughput_{args.config}.json'
+  write_json(out, {'results': [row], 'devices': [str(d) for d in jax.devices()],
+                   'machine': platform.processor() or platform.machine()})
+  return 0
+
+
+if __name__ == '__main__':
+  sys.exit(main(sys.argv[1:]))

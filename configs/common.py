@@ -1,0 +1,61 @@
+"""Config pieces shared by the config files: defaults for every group, overridable per run."""
+
+import ml_collections
+
+CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
+CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
+
+
+def base_config() -> ml_collections.ConfigDict:
+  """Every field the trainer reads, with CPU-demo defaults."""
+  config = ml_collections.ConfigDict()
+  config.seed = 0                  # Parameter init, data order and augmentation.
+  config.total_steps = 300
+  config.batch_size = 128          # Global batch: all processes and devices together.
+  config.log_every = 25            # Steps between progress lines / metrics.jsonl rows.
+  config.checkpoint_every = 100    # Steps between checkpoints (one is always written at the end).
+  config.keep_checkpoints = 2      # Keep-N: older complete checkpoints are deleted.
+  config.exit_after_step = 0       # Checkpoint and exit at this step, as if preempted (drills); 0 = off.
+
+  # Devices: the batch is split over data x fsdp; parameters are sharded over fsdp. -1 = the rest.
+  config.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1))
+  config.param_sharding = 'fsdp'   # 'fsdp' (largest divisible dim over the fsdp axis) or 'replicate'.
+
+  config.model = ml_collections.ConfigDict(dict(
+      variant='demo',              # Tower sizes, see pretrain/models/variants.py.
+      dtype='float32',             # Compute dtype ('float32' or 'bfloat16'); parameters stay fp32.
+      image_size=32,
+      image_pool='cls',            # 'cls' | 'gap' | 'map' (attention pooling).
+      image_mean=(0.5, 0.5, 0.5),  # Per-channel normalisation applied on device to [0, 1] pixels.
+      image_std=(0.5, 0.5, 0.5),
+      vocab_size=64,               # Rows of the token embedding; must be >= the tokenizer's vocab.
+      context_length=16,           # Tokens per caption, end-of-text included.
+      text_causal=True,            # Causal mask (CLIP) or bidirectional (BERT/ALIGN).
+      text_pool='eot',             # 'eot' (end-of-text token, CLIP) or 'cls' ([CLS] token, BERT).
+  ))
+  config.loss = ml_collections.ConfigDict(dict(
+      name='softmax',              # Symmetric softmax (CLIP/ALIGN) over the whole global batch.
+      init_logit_scale=1 / 0.07,   # CLIP 1/0.07; ALIGN 1.0 (temperature 1).
+      max_logit_scale=100.0,       # Clamp of the scale (CLIP: 100); 0 = none.
+      label_smoothing=0.0,         # ALIGN: 0.1.
+  ))
+  config.optim = ml_collections.ConfigDict(dict(
+      lr=1e-3, warmup_steps=30, end_lr_ratio=0.0,  # Linear warmup, cosine decay to lr*end_lr_ratio.
+      weight_decay=0.1, b1=0.9, b2=0.98, eps=1e-6,  # AdamW; decay skips 1-d, embeddings, temperature.
+      grad_clip_norm=1.0,          # Global-norm clipping; 0 = off.
+  ))
+  config.data = ml_collections.ConfigDict(dict(
+      train='shapes:train',        # Source spec (see data/sources.py).
+      tokenizer='shapes',          # bytes | shapes | hf:PATH | sentencepiece:PATH.
+      lowercase=True,
+      resize=0,                    # Shorter side before the random crop; 0 = image_size (no crop).
+      flip=False,                  # Random horizontal flip.
+      num_threads=2,               # grain reader threads per process.
+      prefetch=4,                  # Batches prefetched by grain.
+  ))
+  config.eval = ml_collections.ConfigDict(dict(
+      zeroshot='shapes:zeroshot',  # Classification set evaluated at the end ('' = none).
+      templates='shapes',          # Prompt set name (eval/templates.py) or a file of templates.
+      batch_size=256,
+  ))
+  return config

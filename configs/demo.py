@@ -1,0 +1,22 @@
+"""The demo: a small CLIP on the embedded shapes corpus, a few CPU minutes.
+
+  python -m pretrain.train --config configs/demo.py --workdir /tmp/demo
+Variants (`configs/demo.py:NAME`): '' (demo model, 32 px), 'tiny' (the benchmark's tiny model,
+64 px, vocab 8192, context 32).
+"""
+
+import ml_collections
+
+from configs.common import base_config
+
+
+def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
+  """The demo config, or one of its named variants."""
+  config = base_config()
+  if arg in (None, '', 'demo'):
+    return config
+  if arg == 'tiny':
+    config.model.update(dict(variant='tiny', image_size=64, vocab_size=8192, context_length=32))
+    config.batch_size = 256
+    return config
+  raise ValueError(f'unknown variant {arg!r} of configs/demo.py; known: demo, tiny')

@@ -1,0 +1,1 @@
+"""Data: sources, tokenizers and grain pipelines that turn records into batches."""

@@ -1,0 +1,169 @@
+"""Tokenizers named by a spec string, all producing int32 [N, context] with 0 as padding.
+
+Specs: `bytes` (UTF-8 bytes, no vocabulary file), `hf:PATH` (a `tokenizer.json` of the `tokenizers`
+library), `sentencepiece:PATH` (a `.model` file), `shapes` (word-level vocabulary of the embedded
+corpus, built in code). Every encoding ends with the end-of-text id; truncation keeps it.
+A run copies its tokenizer into its workdir so eval jobs rebuild exactly the same one.
+"""
+
+import os
+import re
+import shutil
+
+import numpy as np
+
+from pretrain.errors import ConfigError
+
+PAD_ID = 0
+TOKENIZER_KINDS = ('bytes', 'hf', 'sentencepiece', 'shapes')
+_SPACES = re.compile(r'\s+')
+
+
+def clean_text(text: str, lowercase: bool) -> str:
+  """Collapses whitespace and strips; lower-cases when asked."""
+  text = _SPACES.sub(' ', text).strip()
+  return text.lower() if lowercase else text
+
+
+class Tokenizer:
+  """Base: subclasses give `vocab_size`, `eos_id` and `_ids(text) -> list[int]`."""
+
+  vocab_size: int
+  eos_id: int
+
+  def __init__(self, lowercase: bool = False):
+    self.lowercase = lowercase
+
+  def _ids(self, text: str) -> list[int]:
+    raise NotImplementedError
+
+  def encode(self, texts: list[str], length: int) -> np.ndarray:
+    """int32 [len(texts), length]: ids, then end-of-text, then zero padding."""
+    out = np.full((len(texts), length), PAD_ID, np.int32)
+    for row, text in enumerate(texts):
+      ids = self._ids(clean_text(text, self.lowercase))[:length - 1] + [self.eos_id]
+      out[row, :len(ids)] = ids
+    return out
+
+
+class BytesTokenizer(Tokenizer):
+  """UTF-8 bytes shifted by 3: 0 = padding, 1 = unknown (unused), 2 = end-of-text."""
+
+  vocab_size = 256 + 3
+  eos_id = 2
+
+  def _ids(self, text: str) -> list[int]:
+    return [b + 3 for b in text.encode('utf-8')]
+
+
+class HFTokenizer(Tokenizer):
+  """A `tokenizer.json` read by the `tokenizers` library (special tokens added by us, not it)."""
+
+  EOS_NAMES = ('[EOS]', '<|endoftext|>', '[SEP]', '</s>')
+
+  def __init__(self, path: str | None, lowercase: bool = False, json_text: str | None = None):
+    super().__init__(lowercase)
+    import tokenizers  # Lazy: only runs that use it pay the import.
+    self.path = path
+    if json_text is not None:
+      self._tok = tokenizers.Tokenizer.from_str(json_text)
+    else:
+      self._tok = tokenizers.Tokenizer.from_file(path)
+    self.vocab_size = self._tok.get_vocab_size(with_added_tokens=True)
+    eos = [self._tok.token_to_id(name) for name in self.EOS_NAMES]
+    eos = [i for i in eos if i is not None]
+    if not eos:
+      raise ConfigError(f'tokenizer {path} has no end-of-text token (one of {self.EOS_NAMES})')
+    self.eos_id = eos[0]
+
+  def _ids(self, text: str) -> list[int]:
+    return self._tok.encode(text, add_special_tokens=False).ids
+
+
+class SentencePieceTokenizer(Tokenizer):
+  """A sentencepiece model; its `eos` piece ends every text, id 0 must be padding/unknown."""
+
+  def __init__(self, path: str, lowercase: bool = False):
+    super().__init__(lowercase)
+    import sentencepiece
+    self.path = path
+    self._sp = sentencepiece.SentencePieceProcessor(model_file=path)
+    self.vocab_size = self._sp.get_piece_size()
+    self.eos_id = self._sp.eos_id()
+    if self.eos_id < 0:
+      raise ConfigError(f'sentencepiece model {path} has no eos piece')
+
+  def _ids(self, text: str) -> list[int]:
+    return self._sp.encode(text)
+
+
+def shapes_tokenizer_json() -> str:
+  """The word-level tokenizer of the embedded corpus, as `tokenizer.json` text."""
+  import tokenizers
+  from tokenizers import models, normalizers, pre_tokenizers
+
+  from data import shapes
+  vocab = {'[PAD]': 0, '[UNK]': 1, '[EOS]': 2}
+  for word in shapes.vocabulary():
+    vocab[word] = len(vocab)
+  tok = tokenizers.Tokenizer(models.WordLevel(vocab, unk_token='[UNK]'))
+  tok.normalizer = normalizers.Lowercase()
+  tok.pre_tokenizer = pre_tokenizers.Sequence(
+      [pre_tokenizers.Whitespace(), pre_tokenizers.Punctuation()])
+  return tok.to_str()
+
+
+def _split_spec(spec: str) -> tuple[str, str]:
+  kind, _, path = spec.partition(':')
+  if kind not in TOKENIZER_KINDS:
+    raise ConfigError(f'unknown tokenizer {spec!r}; expected one of '
+                      'bytes, shapes, hf:PATH, sentencepiece:PATH')
+  if kind in ('hf', 'sentencepiece'):
+    if not path:
+      raise ConfigError(f'tokenizer {spec!r} needs a path: {kind}:PATH')
+    if not os.path.isfile(path):
+      raise ConfigError(f'tokenizer file {path} does not exist')
+  return kind, path
+
+
+def get_tokenizer(spec: str, lowercase: bool = False) -> Tokenizer:
+  """The tokenizer a spec names."""
+  kind, path = _split_spec(spec)
+  if kind == 'bytes':
+    return BytesTokenizer(lowercase)
+  if kind == 'sentencepiece':
+    return SentencePieceTokenizer(path, lowercase)
+  if kind == 'shapes':
+    return HFTokenizer(None, lowercase, json_text=shapes_tokenizer_json())
+  return HFTokenizer(path, lowercase)
+
+
+def save_to_workdir(spec: str, workdir: str) -> str:
+  """Copies the tokenizer's file into `workdir`; returns the file name ('' for `bytes`)."""
+  kind, path = _split_spec(spec)
+  if kind == 'bytes':
+    return ''
+  name = 'tokenizer.model' if kind == 'sentencepiece' else 'tokenizer.json'
+  target = os.path.join(workdir, name)
+  if kind == 'shapes':
+    with open(target + '.tmp', 'w') as f:
+      f.write(shapes_tokenizer_json())
+    os.replace(target + '.tmp', target)
+  elif os.path.abspath(path) != os.path.abspath(target):
+    shutil.copyfile(path, target + '.tmp')
+    os.replace(target + '.tmp', target)
+  return name
+
+
+def load_from_workdir(spec: str, workdir: str, lowercase: bool = False) -> Tokenizer:
+  """The tokenizer a run saved in its workdir (the spec is the run's config value)."""
+  kind = spec.partition(':')[0]
+  if kind == 'bytes':
+    return BytesTokenizer(lowercase)
+  name = 'tokenizer.model' if kind == 'sentencepiece' else 'tokenizer.json'
+  path = os.path.join(workdir, name)
+  if not os.path.isfile(path):
+    raise ConfigError(f'{workdir} has no {name}: is it the workdir of a training run?')
+  if kind == 'sentencepiece':
+    return SentencePieceTokenizer(path, lowercase)
+  return HFTokenizer(path, lowercase)

@@ -1,0 +1,1 @@
+"""Offline evaluation: zero-shot classification and image-text retrieval over checkpoints."""

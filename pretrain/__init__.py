@@ -1,0 +1,1 @@
+"""Pretraining: models, losses, sharding, the train step and the train loop."""

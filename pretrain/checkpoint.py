@@ -1,0 +1,71 @@
+"""Orbax checkpoints under WORKDIR/checkpoints/<step>/: params, optimizer state, step/RNG, data state.
+
+Items are saved separately so eval jobs can restore `params` alone onto any mesh.
+"""
+
+import os
+from typing import Any
+
+import grain
+import orbax.checkpoint as ocp
+
+
+def checkpoint_dir(workdir: str) -> str:
+  """Where a run's checkpoints live."""
+  return os.path.join(os.path.abspath(workdir), 'checkpoints')
+
+
+class Checkpointer:
+  """Async save every N steps with keep-N; restore of the newest complete checkpoint."""
+
+  def __init__(self, workdir: str, keep: int):
+    options = ocp.CheckpointManagerOptions(max_to_keep=keep, create=True,
+                                           enable_async_checkpointing=True)
+    self.manager = ocp.CheckpointManager(checkpoint_dir(workdir), options=options)
+
+  def latest_step(self) -> int | None:
+    """The newest complete checkpoint's step, or None."""
+    return self.manager.latest_step()
+
+  def save(self, step: int, state: dict, data_iterator: Any) -> None:
+    """Starts an async save of the whole train state and the data position."""
+    args = ocp.args.Composite(
+        params=ocp.args.StandardSave(state['params']),
+        opt_state=ocp.args.StandardSave(state['opt_state']),
+        train=ocp.args.StandardSave({'step': state['step'], 'rng': state['rng']}),
+        data=grain.checkpoint.CheckpointSave(data_iterator))
+    self.manager.save(step, args=args, force=True)
+
+  def restore(self, step: int, abstract_state: dict, data_iterator: Any) -> dict:
+    """The train state at `step`, placed as `abstract_state`'s shardings; moves the data iterator."""
+    args = ocp.args.Composite(
+        params=ocp.args.StandardRestore(abstract_state['params']),
+        opt_state=ocp.args.StandardRestore(abstract_state['opt_state']),
+        train=ocp.args.StandardRestore({'step': abstract_state['step'],
+                                        'rng': abstract_state['rng']}),
+        data=grain.checkpoint.CheckpointRestore(data_iterator))
+    restored = self.manager.restore(step, args=args)
+    return {'params': restored['params'], 'opt_state': restored['opt_state'],
+            'step': restored['train']['step'], 'rng': restored['train']['rng']}
+
+  def wait(self) -> None:
+    """Blocks until pending async saves are complete."""
+    self.manager.wait_until_finished()
+
+  def close(self) -> None:
+    """Waits for saves, then releases the manager."""
+    self.manager.wait_until_finished()
+    self.manager.close()
+
+
+def restore_params(workdir: str, step: int | None, abstract_params: Any) -> tuple[int, Any]:
+  """Parameters only (no optimizer state) of checkpoint `step` (None: newest), onto any mesh."""
+  manager = ocp.CheckpointManager(checkpoint_dir(workdir))
+  try:
+    step = manager.latest_step() if step is None else step
+    if step is None:
+      raise FileNotFoundError(f'no complete checkpoint in {checkpoint_dir(workdir)}')
+    args = ocp.args.Composite(params=ocp.args.StandardRestore(abstract_params))
+    return step, manager.restore(step, args=args)['params']
+  finally:
+    manager.close()

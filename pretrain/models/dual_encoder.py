@@ -1,0 +1,57 @@
+"""The dual encoder: image tower, text tower and one learned temperature."""
+
+import math
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from pretrain.models.towers import ImageTower, TextTower
+from pretrain.models.variants import get_variant
+
+Array = jax.Array
+DTYPES = {'float32': jnp.float32, 'bfloat16': jnp.bfloat16}
+
+
+class DualEncoder(nnx.Module):
+  """Image and text towers into one embedding space, plus the contrastive logit scale."""
+
+  def __init__(self, image: ImageTower, text: TextTower, init_logit_scale: float,
+               max_logit_scale: float | None):
+    self.img = image
+    self.txt = text
+    # Stored in log space so it stays positive; OpenCLIP/CLIP keep it the same way.
+    self.log_logit_scale = nnx.Param(jnp.asarray(math.log(init_logit_scale), jnp.float32))
+    self.max_logit_scale = max_logit_scale
+
+  def embed_images(self, images: Array) -> Array:
+    """uint8 images [B, H, W, 3] -> unit embeddings [B, D]."""
+    return self.img(images)
+
+  def embed_texts(self, tokens: Array) -> Array:
+    """int32 tokens [B, T] -> unit embeddings [B, D]."""
+    return self.txt(tokens)
+
+  def logit_scale(self) -> Array:
+    """exp(log scale), clamped at max_logit_scale when one is set (CLIP: 100)."""
+    scale = jnp.exp(self.log_logit_scale[...])
+    if self.max_logit_scale:
+      scale = jnp.minimum(scale, self.max_logit_scale)
+    return scale
+
+
+def build_model(model_cfg, loss_cfg, rngs: nnx.Rngs) -> DualEncoder:
+  """Builds the dual encoder named by `config.model` with the temperature of `config.loss`."""
+  size = get_variant(model_cfg.variant)
+  dtype = DTYPES[model_cfg.dtype]
+  image = ImageTower(
+      image_size=model_cfg.image_size, patch=size['patch'], width=size['image_width'],
+      depth=size['image_depth'], heads=size['image_heads'], mlp_dim=size['image_mlp'],
+      embed_dim=size['embed_dim'], pool=model_cfg.image_pool, mean=tuple(model_cfg.image_mean),
+      std=tuple(model_cfg.image_std), dtype=dtype, rngs=rngs)
+  text = TextTower(
+      vocab_size=model_cfg.vocab_size, context_length=model_cfg.context_length,
+      width=size['text_width'], depth=size['text_depth'], heads=size['text_heads'],
+      mlp_dim=size['text_mlp'], embed_dim=size['embed_dim'], causal=model_cfg.text_causal,
+      pool=model_cfg.text_pool, dtype=dtype, rngs=rngs)
+  return DualEncoder(image, text, loss_cfg.init_logit_scale, loss_cfg.max_logit_scale)

@@ -1,0 +1,109 @@
+"""Transformer building blocks shared by the image and text towers."""
+
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+Array = jax.Array
+Dtype = Any
+
+# Xavier-uniform kernels and zero biases: the init of big_vision's ViT and of CLIP-style towers.
+KERNEL_INIT = nnx.initializers.xavier_uniform()
+EMBED_INIT = nnx.initializers.normal(stddev=0.02)
+
+
+def dense(d_in: int, d_out: int, *, dtype: Dtype, rngs: nnx.Rngs, use_bias: bool = True) -> nnx.Linear:
+  """A Linear layer with fp32 parameters computing in `dtype`."""
+  return nnx.Linear(d_in, d_out, use_bias=use_bias, kernel_init=KERNEL_INIT,
+                    dtype=dtype, param_dtype=jnp.float32, rngs=rngs)
+
+
+def layer_norm(width: int, *, dtype: Dtype, rngs: nnx.Rngs) -> nnx.LayerNorm:
+  """LayerNorm with fp32 parameters; epsilon 1e-5 as in CLIP."""
+  return nnx.LayerNorm(width, epsilon=1e-5, dtype=dtype, param_dtype=jnp.float32, rngs=rngs)
+
+
+class Mlp(nnx.Module):
+  """Two-layer GELU MLP of a Transformer block."""
+
+  def __init__(self, width: int, hidden: int, *, dtype: Dtype, rngs: nnx.Rngs):
+    self.fc1 = dense(width, hidden, dtype=dtype, rngs=rngs)
+    self.fc2 = dense(hidden, width, dtype=dtype, rngs=rngs)
+
+  def __call__(self, x: Array) -> Array:
+    return self.fc2(jax.nn.gelu(self.fc1(x), approximate=False))
+
+
+class SelfAttention(nnx.Module):
+  """Multi-head self-attention with one fused q/k/v projection."""
+
+  def __init__(self, width: int, heads: int, *, dtype: Dtype, rngs: nnx.Rngs):
+    if width % heads:
+      raise ValueError(f'width {width} is not divisible by heads {heads}')
+    self.heads = heads
+    self.qkv = dense(width, 3 * width, dtype=dtype, rngs=rngs)
+    self.out = dense(width, width, dtype=dtype, rngs=rngs)
+
+  def __call__(self, x: Array, key_mask: Array | None = None, causal: bool = False) -> Array:
+    batch, length, width = x.shape
+    q, k, v = jnp.split(self.qkv(x), 3, axis=-1)
+    shape = (batch, length, self.heads, width // self.heads)
+    q, k, v = (t.reshape(shape) for t in (q, k, v))
+    mask = None if key_mask is None else key_mask[:, None, None, :]
+    y = jax.nn.dot_product_attention(q, k, v, mask=mask, is_causal=causal)
+    return self.out(y.reshape(batch, length, width))
+
+
+class EncoderBlock(nnx.Module):
+  """Pre-LayerNorm Transformer block: x + attn(ln(x)), then x + mlp(ln(x))."""
+
+  def __init__(self, width: int, heads: int, mlp_dim: int, *, dtype: Dtype, rngs: nnx.Rngs):
+    self.ln_attn = layer_norm(width, dtype=dtype, rngs=rngs)
+    self.attn = SelfAttention(width, heads, dtype=dtype, rngs=rngs)
+    self.ln_mlp = layer_norm(width, dtype=dtype, rngs=rngs)
+    self.mlp = Mlp(width, mlp_dim, dtype=dtype, rngs=rngs)
+
+  def __call__(self, x: Array, key_mask: Array | None = None, causal: bool = False) -> Array:
+    x = x + self.attn(self.ln_attn(x), key_mask, causal)
+    return x + self.mlp(self.ln_mlp(x))
+
+
+class Encoder(nnx.Module):
+  """A stack of pre-LN blocks followed by a final LayerNorm."""
+
+  def __init__(self, width: int, depth: int, heads: int, mlp_dim: int, *, dtype: Dtype,
+               rngs: nnx.Rngs):
+    self.blocks = nnx.List([EncoderBlock(width, heads, mlp_dim, dtype=dtype, rngs=rngs)
+                            for _ in range(depth)])
+    self.ln_final = layer_norm(width, dtype=dtype, rngs=rngs)
+
+  def __call__(self, x: Array, key_mask: Array | None = None, causal: bool = False) -> Array:
+    for block in self.blocks:
+      x = block(x, key_mask, causal)
+    return self.ln_final(x)
+
+
+class AttentionPool(nnx.Module):
+  """Multi-head attention pooling with a learned probe (big_vision's MAP head)."""
+
+  def __init__(self, width: int, heads: int, mlp_dim: int, *, dtype: Dtype, rngs: nnx.Rngs):
+    self.heads = heads
+    self.probe = nnx.Param(EMBED_INIT(rngs.params(), (1, 1, width), jnp.float32))
+    self.q = dense(width, width, dtype=dtype, rngs=rngs)
+    self.kv = dense(width, 2 * width, dtype=dtype, rngs=rngs)
+    self.out = dense(width, width, dtype=dtype, rngs=rngs)
+    self.ln = layer_norm(width, dtype=dtype, rngs=rngs)
+    self.mlp = Mlp(width, mlp_dim, dtype=dtype, rngs=rngs)
+
+  def __call__(self, x: Array) -> Array:
+    batch, length, width = x.shape
+    head_dim = width // self.heads
+    probe = jnp.broadcast_to(self.probe[...].astype(x.dtype), (batch, 1, width))
+    q = self.q(probe).reshape(batch, 1, self.heads, head_dim)
+    k, v = jnp.split(self.kv(x), 2, axis=-1)
+    k, v = (t.reshape(batch, length, self.heads, head_dim) for t in (k, v))
+    y = self.out(jax.nn.dot_product_attention(q, k, v).reshape(batch, 1, width))
+    y = y + self.mlp(self.ln(y))
+    return y[:, 0]

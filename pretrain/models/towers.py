@@ -1,0 +1,100 @@
+"""The ViT image tower and the Transformer text tower, each ending in an L2-normalised embedding."""
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from pretrain.models.layers import EMBED_INIT, AttentionPool, Dtype, Encoder, dense
+
+Array = jax.Array
+IMAGE_POOLS = ('cls', 'gap', 'map')
+TEXT_POOLS = ('eot', 'cls')
+
+
+def l2_normalize(x: Array, eps: float = 1e-6) -> Array:
+  """Unit-length rows, computed in fp32."""
+  x = x.astype(jnp.float32)
+  return x * jax.lax.rsqrt(jnp.sum(x * x, axis=-1, keepdims=True) + eps)
+
+
+def patchify(images: Array, patch: int) -> Array:
+  """[B, H, W, C] -> [B, (H/p)*(W/p), p*p*C], patches in raster order, pixels (row, col, channel)."""
+  b, h, w, c = images.shape
+  x = images.reshape(b, h // patch, patch, w // patch, patch, c)
+  x = x.transpose(0, 1, 3, 2, 4, 5)
+  return x.reshape(b, (h // patch) * (w // patch), patch * patch * c)
+
+
+class ImageTower(nnx.Module):
+  """ViT: linear patch embedding, learned positions, pre-LN encoder, pooling, projection."""
+
+  def __init__(self, *, image_size: int, patch: int, width: int, depth: int, heads: int,
+               mlp_dim: int, embed_dim: int, pool: str, mean: tuple, std: tuple, dtype: Dtype,
+               rngs: nnx.Rngs):
+    if pool not in IMAGE_POOLS:
+      raise ValueError(f'image pool {pool!r} is not one of {IMAGE_POOLS}')
+    self.patch, self.pool, self.dtype = patch, pool, dtype
+    self.mean, self.std = tuple(mean), tuple(std)
+    num_tokens = (image_size // patch) ** 2 + (1 if pool == 'cls' else 0)
+    self.patch_embed = dense(patch * patch * 3, width, dtype=dtype, rngs=rngs)
+    self.pos_embed = nnx.Param(EMBED_INIT(rngs.params(), (num_tokens, width), jnp.float32))
+    if pool == 'cls':
+      self.cls_token = nnx.Param(jnp.zeros((1, 1, width), jnp.float32))
+    if pool == 'map':
+      self.map_head = AttentionPool(width, heads, mlp_dim, dtype=dtype, rngs=rngs)
+    self.encoder = Encoder(width, depth, heads, mlp_dim, dtype=dtype, rngs=rngs)
+    self.proj = dense(width, embed_dim, use_bias=False, dtype=dtype, rngs=rngs)
+
+  def normalize(self, images: Array) -> Array:
+    """uint8 [0, 255] pixels -> mean/std-normalised floats, on the device."""
+    x = images.astype(jnp.float32) / 255.0
+    return ((x - jnp.asarray(self.mean)) / jnp.asarray(self.std)).astype(self.dtype)
+
+  def __call__(self, images: Array) -> Array:
+    x = self.patch_embed(patchify(self.normalize(images), self.patch))
+    if self.pool == 'cls':
+      cls = jnp.broadcast_to(self.cls_token[...].astype(x.dtype), (x.shape[0], 1, x.shape[-1]))
+      x = jnp.concatenate([cls, x], axis=1)
+    x = self.encoder(x + self.pos_embed[...].astype(x.dtype))
+    if self.pool == 'cls':
+      pooled = x[:, 0]
+    elif self.pool == 'gap':
+      pooled = jnp.mean(x, axis=1)
+    else:
+      pooled = self.map_head(x)
+    return l2_normalize(self.proj(pooled))
+
+
+class TextTower(nnx.Module):
+  """Transformer over token ids: causal with end-of-text pooling (CLIP) or bidirectional [CLS] (BERT)."""
+
+  def __init__(self, *, vocab_size: int, context_length: int, width: int, depth: int, heads: int,
+               mlp_dim: int, embed_dim: int, causal: bool, pool: str, dtype: Dtype,
+               rngs: nnx.Rngs):
+    if pool not in TEXT_POOLS:
+      raise ValueError(f'text pool {pool!r} is not one of {TEXT_POOLS}')
+    self.causal, self.pool, self.dtype = causal, pool, dtype
+    num_tokens = context_length + (1 if pool == 'cls' else 0)
+    self.token_embed = nnx.Embed(vocab_size, width, embedding_init=EMBED_INIT, dtype=dtype,
+                                 param_dtype=jnp.float32, rngs=rngs)
+    self.pos_embed = nnx.Param(EMBED_INIT(rngs.params(), (num_tokens, width), jnp.float32))
+    if pool == 'cls':
+      self.cls_token = nnx.Param(EMBED_INIT(rngs.params(), (1, 1, width), jnp.float32))
+    self.encoder = Encoder(width, depth, heads, mlp_dim, dtype=dtype, rngs=rngs)
+    self.proj = dense(width, embed_dim, use_bias=False, dtype=dtype, rngs=rngs)
+
+  def __call__(self, tokens: Array) -> Array:
+    """tokens: int32 [B, T], padded with 0 after the end-of-text token."""
+    valid = tokens != 0
+    x = self.token_embed(tokens)
+    if self.pool == 'cls':
+      cls = jnp.broadcast_to(self.cls_token[...].astype(x.dtype), (x.shape[0], 1, x.shape[-1]))
+      x = jnp.concatenate([cls, x], axis=1)
+      valid = jnp.concatenate([jnp.ones_like(valid[:, :1]), valid], axis=1)
+    x = self.encoder(x + self.pos_embed[...].astype(x.dtype), key_mask=valid, causal=self.causal)
+    if self.pool == 'cls':
+      pooled = x[:, 0]
+    else:  # The end-of-text token is the last non-padding token.
+      last = jnp.maximum(jnp.sum(valid, axis=1) - 1, 0)
+      pooled = jnp.take_along_axis(x, last[:, None, None], axis=1)[:, 0]
+    return l2_normalize(self.proj(pooled))

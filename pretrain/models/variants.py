@@ -1,0 +1,26 @@
+"""Named tower sizes. Pure Python (no jax import) so configs and validation can use it cheaply."""
+
+# Each variant: image tower (patch, width, depth, heads, mlp), text tower (width, depth, heads, mlp),
+# and the shared embedding size. Input sizes (image size, context, vocabulary) live in the config.
+VARIANTS = {
+    # CPU-minutes model of the demo.
+    'demo': dict(patch=4, image_width=128, image_depth=4, image_heads=4, image_mlp=512,
+                 text_width=128, text_depth=4, text_heads=4, text_mlp=512, embed_dim=128),
+    # The benchmark's `tiny` (issue 3): ViT 256/6/4/1024, patch 8; text 256/6/4/1024; embedding 256.
+    'tiny': dict(patch=8, image_width=256, image_depth=6, image_heads=4, image_mlp=1024,
+                 text_width=256, text_depth=6, text_heads=4, text_mlp=1024, embed_dim=256),
+    # OpenCLIP's ViT-B-32 / ViT-B-16 / ViT-L-14 (text 512/12/8 for B, 768/12/12 for L).
+    'b32': dict(patch=32, image_width=768, image_depth=12, image_heads=12, image_mlp=3072,
+                text_width=512, text_depth=12, text_heads=8, text_mlp=2048, embed_dim=512),
+    'b16': dict(patch=16, image_width=768, image_depth=12, image_heads=12, image_mlp=3072,
+                text_width=512, text_depth=12, text_heads=8, text_mlp=2048, embed_dim=512),
+    'l14': dict(patch=14, image_width=1024, image_depth=24, image_heads=16, image_mlp=4096,
+                text_width=768, text_depth=12, text_heads=12, text_mlp=3072, embed_dim=768),
+}
+
+
+def get_variant(name: str) -> dict:
+  """The size dict of a named variant, or a one-line error listing the known names."""
+  if name not in VARIANTS:
+    raise KeyError(f'unknown model variant {name!r}; known: {", ".join(sorted(VARIANTS))}')
+  return dict(VARIANTS[name])

@@ -1,0 +1,41 @@
+"""AdamW with warmup + cosine decay, a weight-decay mask, and global-norm clipping."""
+
+from typing import Any
+
+import jax
+import optax
+
+# Leaves never decayed besides 1-d ones (biases, norm scales): the temperature and the learned
+# positional/class/probe embeddings, as OpenCLIP and big_vision exclude them.
+NO_DECAY_NAMES = ('log_logit_scale', 'pos_embed', 'cls_token', 'probe')
+
+
+def _path_names(path: tuple) -> list[str]:
+  return [str(getattr(key, 'key', getattr(key, 'name', key))) for key in path]
+
+
+def decay_mask(params: Any) -> Any:
+  """True for leaves that get weight decay: matrices other than embeddings listed above."""
+  def decays(path, leaf):
+    names = _path_names(path)
+    return leaf.ndim >= 2 and not any(name in NO_DECAY_NAMES for name in names)
+  return jax.tree_util.tree_map_with_path(decays, params)
+
+
+def make_schedule(optim_cfg, total_steps: int) -> optax.Schedule:
+  """Linear warmup from 0 to `lr`, then cosine decay to `lr * end_lr_ratio` at `total_steps`."""
+  return optax.warmup_cosine_decay_schedule(
+      init_value=0.0, peak_value=optim_cfg.lr, warmup_steps=optim_cfg.warmup_steps,
+      decay_steps=max(total_steps, optim_cfg.warmup_steps + 1),
+      end_value=optim_cfg.lr * optim_cfg.end_lr_ratio)
+
+
+def make_optimizer(optim_cfg, total_steps: int) -> tuple[optax.GradientTransformation, optax.Schedule]:
+  """The optax chain of `config.optim` and its learning-rate schedule."""
+  schedule = make_schedule(optim_cfg, total_steps)
+  parts = []
+  if optim_cfg.grad_clip_norm:
+    parts.append(optax.clip_by_global_norm(optim_cfg.grad_clip_norm))
+  parts.append(optax.adamw(schedule, b1=optim_cfg.b1, b2=optim_cfg.b2, eps=optim_cfg.eps,
+                           weight_decay=optim_cfg.weight_decay, mask=decay_mask))
+  return optax.chain(*parts), schedule

@@ -1,0 +1,136 @@
+"""Trains a dual encoder from a config file; re-running the same command resumes.
+
+  python -m pretrain.train --config PATH[:ARG] --workdir DIR [--config.FIELD=VALUE ...]
+"""
+
+import os
+import sys
+import time
+import zlib
+
+import jax
+import numpy as np
+
+from data.sources import open_source
+from data.tokenizers import get_tokenizer, save_to_workdir
+from pretrain import distributed, sharding, validate
+from pretrain.checkpoint import Checkpointer
+from pretrain.config_cli import parse_args, save_config
+from pretrain.errors import ConfigError
+from pretrain.logger import MetricsLogger, Throughput
+from pretrain.optim import make_optimizer
+from pretrain.train_step import StepBuilder
+
+
+def batch_fingerprint(local_batch: dict) -> int:
+  """crc32 of this process's batch bytes: a cheap record of exactly which data a step saw."""
+  crc = 0
+  for key in sorted(local_batch):
+    crc = zlib.crc32(np.ascontiguousarray(local_batch[key]).tobytes(), crc)
+  return crc
+
+
+def prepare_run(config, workdir: str):
+  """Validates everything, writes config.json and the tokenizer, builds the data iterator."""
+  shape = validate.check_training(config, jax.device_count(), jax.process_count())
+  validate.check_workdir(workdir)
+  tokenizer = get_tokenizer(config.data.tokenizer, config.data.lowercase)
+  validate.check_vocab(tokenizer.vocab_size, config.model.vocab_size, config.data.tokenizer)
+  source = open_source(config.data.train, config.model.image_size, config.seed)
+  if jax.process_index() == 0:
+    save_config(config, os.path.join(workdir, 'config.json'))
+    save_to_workdir(config.data.tokenizer, workdir)
+  from data.pipeline import train_dataset
+  dataset = train_dataset(source, tokenizer, config.data, image_size=config.model.image_size,
+                          context_length=config.model.context_length,
+                          global_batch=config.batch_size, seed=config.seed,
+                          process_index=jax.process_index(), process_count=jax.process_count())
+  return shape, tokenizer, dataset
+
+
+def train(config, workdir: str) -> dict | None:
+  """Runs (or resumes) training to `config.total_steps`; returns the final eval metrics."""
+  shape, tokenizer, dataset = prepare_run(config, workdir)
+  mesh = sharding.make_mesh(shape)
+  tx, schedule = make_optimizer(config.optim, config.total_steps)
+  builder = StepBuilder(config, mesh, tx, schedule)
+  data_iter = iter(dataset)
+  ckpt = Checkpointer(workdir, config.keep_checkpoints)
+  is_main = jax.process_index() == 0
+  latest = ckpt.latest_step()
+  if latest is not None and latest >= config.total_steps:
+    if is_main:
+      print(f'run in {workdir} already finished: checkpoint at step {latest} '
+            f'(total_steps={config.total_steps}); nothing to do', flush=True)
+    ckpt.close()
+    return None
+  if latest is None:
+    state = builder.init_state()
+  else:
+    state = ckpt.restore(latest, builder.abstract_state, data_iter)
+    if is_main:
+      print(f'resumed from {workdir}/checkpoints/{latest}', flush=True)
+  step_fn = builder.jit_step()
+  logger = MetricsLogger(workdir, config.total_steps, enabled=is_main)
+  start = int(jax.device_get(state['step']))
+  timer = Throughput(start)
+  for step in range(start + 1, config.total_steps + 1):
+    local = next(data_iter)
+    fingerprint = batch_fingerprint(local)
+    state, metrics = step_fn(state, sharding.global_batch(local, mesh))
+    if step % config.log_every == 0 or step == config.total_steps:
+      metrics = {k: float(v) for k, v in jax.device_get(metrics).items()}
+      examples_per_s, seconds_per_step = timer.mark(step, config.batch_size)
+      logger.write(step, {**metrics, 'examples_per_s': examples_per_s,
+                          'batch_crc32': fingerprint})
+      logger.progress(step, metrics, examples_per_s, seconds_per_step)
+    stopping = step == config.exit_after_step
+    if step % config.checkpoint_every == 0 or step == config.total_steps or stopping:
+      ckpt.save(step, state, data_iter)
+    if stopping:
+      ckpt.close()
+      logger.close()
+      if is_main:
+        print(f'exit_after_step={step}: checkpointed and stopped; re-run to resume', flush=True)
+      return None
+  ckpt.close()
+  logger.close()
+  return final_eval(config, workdir, builder, state['params'], tokenizer, mesh)
+
+
+def final_eval(config, workdir, builder, params, tokenizer, mesh) -> dict | None:
+  """Zero-shot accuracy of the final parameters on `config.eval.zeroshot`, if set."""
+  if not config.eval.zeroshot:
+    return None
+  from eval.embed import Embedder
+  from eval.templates import load_templates
+  from eval.zeroshot_lib import evaluate_zeroshot
+  source = open_source(config.eval.zeroshot, config.model.image_size, config.seed)
+  start = time.perf_counter()
+  metrics = evaluate_zeroshot(
+      Embedder(builder.graphdef, params, mesh), tokenizer, source,
+      load_templates(config.eval.templates), image_size=config.model.image_size,
+      context_length=config.model.context_length, batch_size=config.eval.batch_size)
+  if jax.process_index() == 0:
+    chance = 1.0 / len(source.classnames)
+    print(f'zero-shot {source.name}: acc1 {metrics["acc1"]:.4f}  acc5 {metrics.get("acc5", 0):.4f}  '
+          f'mean_per_class_recall {metrics["mean_per_class_recall"]:.4f}  '
+          f'({metrics["num_examples"]} images, {len(source.classnames)} classes, '
+          f'chance {chance:.4f}, {time.perf_counter() - start:.1f}s)', flush=True)
+  return metrics
+
+
+def main(argv: list[str]) -> int:
+  """Command-line entry point; configuration errors print one line and exit 2."""
+  try:
+    config, flags = parse_args(argv)
+    distributed.maybe_initialize()
+    train(config, flags['workdir'])
+  except ConfigError as e:
+    print(f'error: {e}', file=sys.stderr)
+    return 2
+  return 0
+
+
+if __name__ == '__main__':
+  sys.exit(main(sys.argv[1:]))

@@ -1,0 +1,86 @@
+"""The train state and the one jitted, pure train step over pytrees."""
+
+from typing import Any, Callable
+
+import jax
+import jax.numpy as jnp
+import optax
+from flax import nnx
+from jax.sharding import Mesh
+
+from pretrain import sharding
+from pretrain.losses import make_softmax_loss
+from pretrain.models import build_model
+
+TrainState = dict  # {'step': int32 [], 'params': pure dict, 'opt_state': optax state, 'rng': uint32 [2]}
+
+
+def model_graphdef_and_shapes(config) -> tuple[nnx.GraphDef, Any]:
+  """The model's static graph and the abstract (shape-only) pure dict of its parameters."""
+  abstract = nnx.eval_shape(lambda: build_model(config.model, config.loss, nnx.Rngs(0)))
+  graphdef, state = nnx.split(abstract)
+  return graphdef, nnx.to_pure_dict(state)
+
+
+def init_params(config, seed: int) -> Any:
+  """Fresh model parameters as a pure dict (call under jit to create them sharded)."""
+  model = build_model(config.model, config.loss, nnx.Rngs(seed))
+  return nnx.to_pure_dict(nnx.state(model))
+
+
+class StepBuilder:
+  """Everything the loop needs to create, shard and advance the train state on a mesh."""
+
+  def __init__(self, config, mesh: Mesh, tx: optax.GradientTransformation,
+               schedule: optax.Schedule):
+    self.config, self.mesh, self.tx, self.schedule = config, mesh, tx, schedule
+    self.graphdef, param_shapes = model_graphdef_and_shapes(config)
+    abstract = jax.eval_shape(self._init_state, param_shapes)
+    rule = config.param_sharding
+    self.state_shardings = {
+        'step': sharding.replicated(mesh), 'rng': sharding.replicated(mesh),
+        'params': sharding.tree_shardings(abstract['params'], mesh, rule),
+        'opt_state': sharding.tree_shardings(abstract['opt_state'], mesh, rule),
+    }
+    self.abstract_state = jax.tree.map(
+        lambda leaf, s: jax.ShapeDtypeStruct(leaf.shape, leaf.dtype, sharding=s),
+        abstract, self.state_shardings)
+    self.loss_fn = make_softmax_loss(mesh, sharding.BATCH_AXES, config.loss.label_smoothing)
+
+  def _init_state(self, params: Any) -> TrainState:
+    return {'step': jnp.zeros((), jnp.int32), 'params': params, 'opt_state': self.tx.init(params),
+            'rng': jax.random.key_data(jax.random.key(self.config.seed))}
+
+  def init_state(self) -> TrainState:
+    """A fresh state, created directly in its shardings."""
+    def create():
+      return self._init_state(init_params(self.config, self.config.seed))
+    return jax.jit(create, out_shardings=self.state_shardings)()
+
+  def loss_and_metrics(self, params: Any, batch: dict) -> tuple[jax.Array, dict]:
+    """Forward pass of both towers and the global-batch contrastive loss."""
+    model = nnx.merge(self.graphdef, params)
+    img = model.embed_images(batch['image'])
+    txt = model.embed_texts(batch['text'])
+    scale = model.logit_scale()
+    loss, metrics = self.loss_fn(img, txt, scale)
+    return loss, {**metrics, 'logit_scale': scale, 'temperature': 1.0 / scale}
+
+  def _step(self, state: TrainState, batch: dict) -> tuple[TrainState, dict]:
+    grad_fn = jax.value_and_grad(self.loss_and_metrics, has_aux=True)
+    (loss, metrics), grads = grad_fn(state['params'], batch)
+    updates, opt_state = self.tx.update(grads, state['opt_state'], state['params'])
+    params = optax.apply_updates(state['params'], updates)
+    metrics = {**metrics, 'loss': loss, 'grad_norm': optax.global_norm(grads),
+               'lr': self.schedule(state['step'])}
+    new_state = {'step': state['step'] + 1, 'params': params, 'opt_state': opt_state,
+                 'rng': state['rng']}
+    return new_state, metrics
+
+  def jit_step(self) -> Callable[[TrainState, dict], tuple[TrainState, dict]]:
+    """The compiled step: explicit in/out shardings, the old state donated."""
+    batch_shardings = {'image': sharding.batch_sharding(self.mesh),
+                       'text': sharding.batch_sharding(self.mesh)}
+    return jax.jit(self._step, in_shardings=(self.state_shardings, batch_shardings),
+                   out_shardings=(self.state_shardings, sharding.replicated(self.mesh)),
+                   donate_argnums=0)

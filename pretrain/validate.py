@@ -1,0 +1,74 @@
+"""Checks of a config against the machine it runs on, all before anything is compiled."""
+
+import math
+import os
+
+from data.sources import check_spec
+from pretrain.errors import ConfigError
+from pretrain.models.towers import IMAGE_POOLS, TEXT_POOLS
+from pretrain.models.variants import get_variant
+from pretrain.sharding import batch_parallelism, resolve_mesh_shape
+
+LOSSES = ('softmax',)
+DTYPES = ('float32', 'bfloat16')
+
+
+def _check(condition: bool, message: str) -> None:
+  if not condition:
+    raise ConfigError(message)
+
+
+def check_model(model) -> None:
+  """Variant, pooling, dtype and image/patch sizes."""
+  try:
+    size = get_variant(model.variant)
+  except KeyError as e:
+    raise ConfigError(e.args[0]) from None
+  _check(model.image_pool in IMAGE_POOLS,
+         f'unknown model.image_pool {model.image_pool!r}; known: {", ".join(IMAGE_POOLS)}')
+  _check(model.text_pool in TEXT_POOLS,
+         f'unknown model.text_pool {model.text_pool!r}; known: {", ".join(TEXT_POOLS)}')
+  _check(model.dtype in DTYPES, f'unknown model.dtype {model.dtype!r}; known: {", ".join(DTYPES)}')
+  _check(model.image_size % size['patch'] == 0,
+         f'model.image_size {model.image_size} is not divisible by the patch size {size["patch"]} '
+         f'of variant {model.variant!r}')
+
+
+def check_training(config, num_devices: int, num_processes: int) -> dict[str, int]:
+  """Everything about a training config that can be wrong; returns the resolved mesh shape."""
+  check_model(config.model)
+  _check(config.loss.name in LOSSES, f'unknown loss.name {config.loss.name!r}; known: {", ".join(LOSSES)}')
+  check_spec(config.data.train)
+  _check(config.total_steps > 0, f'total_steps must be positive, got {config.total_steps}')
+  _check(config.optim.lr > 0, f'optim.lr must be positive, got {config.optim.lr}')
+  _check(config.optim.warmup_steps < config.total_steps,
+         f'optim.warmup_steps {config.optim.warmup_steps} is not shorter than the run '
+         f'(total_steps {config.total_steps})')
+  _check(config.log_every > 0 and config.checkpoint_every > 0,
+         'log_every and checkpoint_every must be positive')
+  shape = resolve_mesh_shape(dict(config.mesh), num_devices)
+  ways = math.prod(shape[axis] for axis in ('data', 'fsdp'))
+  _check(config.batch_size % ways == 0,
+         f'batch_size {config.batch_size} is not divisible by the data-parallel size {ways} '
+         f'(mesh {shape})')
+  _check(config.batch_size % num_processes == 0,
+         f'batch_size {config.batch_size} is not divisible by the {num_processes} processes')
+  return shape
+
+
+def check_vocab(tokenizer_vocab: int, model_vocab: int, spec: str) -> None:
+  """The tokenizer's ids must all have a row in the embedding table."""
+  _check(tokenizer_vocab <= model_vocab,
+         f'tokenizer {spec} has {tokenizer_vocab} ids but model.vocab_size is {model_vocab}')
+
+
+def check_workdir(workdir: str) -> None:
+  """The workdir exists (or can be created) and is writable."""
+  try:
+    os.makedirs(workdir, exist_ok=True)
+  except OSError as e:
+    raise ConfigError(f'workdir {workdir} cannot be created: {e.strerror}') from None
+  _check(os.access(workdir, os.W_OK), f'workdir {workdir} is not writable')
+
+
+__all__ = ['check_model', 'check_training', 'check_vocab', 'check_workdir', 'batch_parallelism']

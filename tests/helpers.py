@@ -1,0 +1,43 @@
+"""Shared test helpers: tiny configs, meshes and running the trainer in a fresh process."""
+
+import json
+import os
+import subprocess
+import sys
+
+import jax
+
+from configs.common import base_config
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def tiny_config():
+  """The demo config shrunk so a step compiles and runs in about a second."""
+  config = base_config()
+  config.model.update(dict(image_size=16, context_length=8))
+  config.batch_size = 16
+  return config
+
+
+def mesh(data: int, fsdp: int, devices=None):
+  """An Auto-axes data x fsdp mesh over the first data*fsdp devices."""
+  devices = jax.devices()[:data * fsdp] if devices is None else devices
+  return jax.make_mesh((data, fsdp), ('data', 'fsdp'), devices=devices,
+                       axis_types=(jax.sharding.AxisType.Auto,) * 2)
+
+
+def run_train(workdir, *overrides, config='configs/demo.py', devices=8, timeout=600):
+  """Runs `python -m pretrain.train` in a fresh process; returns the CompletedProcess."""
+  env = dict(os.environ)
+  env['XLA_FLAGS'] = f'--xla_force_host_platform_device_count={devices}'
+  env['PYTHONPATH'] = ROOT
+  cmd = [sys.executable, '-m', 'pretrain.train', '--config', config, '--workdir', str(workdir),
+         *overrides]
+  return subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout)
+
+
+def read_metrics(workdir) -> list[dict]:
+  """The rows of WORKDIR/metrics.jsonl."""
+  with open(os.path.join(workdir, 'metrics.jsonl')) as f:
+    return [json.loads(line) for line in f]

@@ -1,0 +1,42 @@
+"""Command-line config loading: overrides reach the config, mistakes are one-line errors."""
+
+import pytest
+
+from pretrain.config_cli import parse_args
+from pretrain.errors import ConfigError
+
+
+def test_overrides_reach_the_config():
+  config, flags = parse_args(['--config', 'configs/demo.py', '--workdir', '/tmp/x',
+                              '--config.total_steps=7', '--config.mesh.fsdp=2',
+                              '--config.optim.lr=3e-4', '--config.model.image_pool=gap',
+                              '--config.data.flip=true', '--config.model.image_mean=(0.1,0.2,0.3)'])
+  assert flags['workdir'] == '/tmp/x'
+  assert config.total_steps == 7 and config.mesh.fsdp == 2
+  assert config.optim.lr == 3e-4 and config.model.image_pool == 'gap'
+  assert config.data.flip is True and tuple(config.model.image_mean) == (0.1, 0.2, 0.3)
+
+
+def test_named_variant():
+  config, _ = parse_args(['--config', 'configs/demo.py:tiny', '--workdir', '/tmp/x'])
+  assert config.model.variant == 'tiny' and config.model.image_size == 64
+
+
+@pytest.mark.parametrize('args, message', [
+    (['--config.total_step=3'], r'unknown config field --config.total_step; did you mean total_steps'),
+    (['--config.batch_size=abc'], 'expected a int'),
+    (['--config.mesh=3'], 'is a group'),
+    (['--config.data.flip=maybe'], 'expected true or false'),
+])
+def test_bad_overrides(args, message):
+  with pytest.raises(ConfigError, match=message):
+    parse_args(['--config', 'configs/demo.py', '--workdir', '/tmp/x', *args])
+
+
+def test_missing_config_file_and_variant():
+  with pytest.raises(ConfigError, match='does not exist'):
+    parse_args(['--config', 'configs/nope.py', '--workdir', '/tmp/x'])
+  with pytest.raises(ConfigError, match="unknown variant 'huge'"):
+    parse_args(['--config', 'configs/demo.py:huge', '--workdir', '/tmp/x'])
+  with pytest.raises(ConfigError, match='--workdir is required'):
+    parse_args(['--config', 'configs/demo.py'])
