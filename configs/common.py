@@ -10,9 +10,9 @@ def base_config() -> ml_collections.ConfigDict:
   """Every field the trainer reads, with CPU-demo defaults."""
   config = ml_collections.ConfigDict()
   config.seed = 0                  # Parameter init, data order and augmentation.
-  config.total_steps = 300
+  config.total_steps = 200
   config.batch_size = 128          # Global batch: all processes and devices together.
-  config.log_every = 25            # Steps between progress lines / metrics.jsonl rows.
+  config.log_every = 20            # Steps between progress lines / metrics.jsonl rows.
   config.checkpoint_every = 100    # Steps between checkpoints (one is always written at the end).
   config.keep_checkpoints = 2      # Keep-N: older complete checkpoints are deleted.
   config.exit_after_step = 0       # Checkpoint and exit at this step, as if preempted (drills); 0 = off.
@@ -40,7 +40,7 @@ def base_config() -> ml_collections.ConfigDict:
       label_smoothing=0.0,         # ALIGN: 0.1.
   ))
   config.optim = ml_collections.ConfigDict(dict(
-      lr=1e-3, warmup_steps=30, end_lr_ratio=0.0,  # Linear warmup, cosine decay to lr*end_lr_ratio.
+      lr=1e-3, warmup_steps=20, end_lr_ratio=0.0,  # Linear warmup, cosine decay to lr*end_lr_ratio.
       weight_decay=0.1, b1=0.9, b2=0.98, eps=1e-6,  # AdamW; decay skips 1-d, embeddings, temperature.
       grad_clip_norm=1.0,          # Global-norm clipping; 0 = off.
   ))

@@ -65,6 +65,8 @@ def restore_params(workdir: str, step: int | None, abstract_params: Any) -> tupl
     step = manager.latest_step() if step is None else step
     if step is None:
       raise FileNotFoundError(f'no complete checkpoint in {checkpoint_dir(workdir)}')
+    if not os.path.isdir(os.path.join(checkpoint_dir(workdir), str(step))):
+      raise FileNotFoundError(f'no checkpoint {step} in {checkpoint_dir(workdir)}')
     args = ocp.args.Composite(params=ocp.args.StandardRestore(abstract_params))
     return step, manager.restore(step, args=args)['params']
   finally:

@@ -1,0 +1,138 @@
+"""What every offline eval job shares: flags, which checkpoints to evaluate, and the outputs.
+
+`--step N` evaluates that checkpoint, `--once` the newest, `--watch` follows the run: each complete
+checkpoint exactly once, oldest first, results kept in RUN/eval so a restarted job skips finished
+steps, until the run's final step is done.
+"""
+
+import argparse
+import json
+import os
+import sys
+import time
+from typing import Callable
+
+import jax
+import numpy as np
+
+from pretrain.checkpoint import checkpoint_dir
+from pretrain.errors import ConfigError
+
+Evaluate = Callable[[int | None], tuple[int, dict]]  # step (None: newest) -> (step, metrics)
+
+
+def add_common_flags(parser: argparse.ArgumentParser) -> None:
+  """--workdir, --dataset, --step/--once/--watch, --batch_size, --poll_seconds."""
+  parser.add_argument('--workdir', required=True, help='the training run to evaluate')
+  parser.add_argument('--dataset', required=True, help='data spec, e.g. shapes:zeroshot')
+  which = parser.add_mutually_exclusive_group()
+  which.add_argument('--step', type=int, default=None, help='evaluate this checkpoint')
+  which.add_argument('--once', action='store_true', help='evaluate the newest checkpoint (default)')
+  which.add_argument('--watch', action='store_true', help='follow the run until its final step')
+  parser.add_argument('--batch_size', type=int, default=256)
+  parser.add_argument('--poll_seconds', type=float, default=30.0, help='--watch polling period')
+
+
+def dataset_name(source, spec: str) -> str:
+  """A file-system-safe name for the dataset's output folder."""
+  name = getattr(source, 'name', None) or spec
+  return ''.join(c if c.isalnum() or c in '-_.' else '_' for c in name).strip('_')
+
+
+class Outputs:
+  """RUN/eval/<kind>/<dataset>/step_<N>.json, TensorBoard scalars, one summary line."""
+
+  def __init__(self, workdir: str, kind: str, dataset: str):
+    self.kind, self.dataset = kind, dataset
+    self.folder = os.path.join(workdir, 'eval', kind, dataset)
+    self.is_main = jax.process_index() == 0
+    if self.is_main:
+      os.makedirs(self.folder, exist_ok=True)
+
+  def path(self, step: int) -> str:
+    """Where the metrics of `step` go."""
+    return os.path.join(self.folder, f'step_{step}.json')
+
+  def done(self, step: int) -> bool:
+    """Whether `step` was already evaluated (by this job or an earlier one)."""
+    return os.path.isfile(self.path(step))
+
+  def write(self, step: int, metrics: dict, extras: dict[str, np.ndarray]) -> None:
+    """Writes the JSON (atomically), arrays beside it, TB scalars, and prints the summary."""
+    if not self.is_main:
+      return
+    for name, array in extras.items():
+      with open(os.path.join(self.folder, f'step_{step}_{name}.json'), 'w') as f:
+        json.dump(np.asarray(array).tolist(), f)
+    with open(self.path(step) + '.tmp', 'w') as f:
+      json.dump({'step': step, 'dataset': self.dataset, **metrics}, f, indent=2)
+    os.replace(self.path(step) + '.tmp', self.path(step))
+    try:
+      from tensorboardX import SummaryWriter
+      with SummaryWriter(self.folder) as tb:
+        for key, value in metrics.items():
+          if isinstance(value, (int, float)):
+            tb.add_scalar(f'{self.kind}/{self.dataset}/{key}', value, step)
+    except ImportError:
+      pass
+    shown = '  '.join(f'{k} {v:.4f}' for k, v in metrics.items()
+                      if isinstance(v, float) and k != 'wall_s')
+    print(f'{self.kind} {self.dataset} step {step}: {shown}  '
+          f'({metrics.get("num_examples", "?")} examples, {metrics.get("wall_s", 0):.1f}s)',
+          flush=True)
+
+
+def complete_steps(workdir: str) -> list[int]:
+  """Steps of checkpoints whose writing has finished (orbax renames them into place when done)."""
+  folder = checkpoint_dir(workdir)
+  if not os.path.isdir(folder):
+    return []
+  return sorted(int(name) for name in os.listdir(folder)
+                if name.isdigit() and os.path.isdir(os.path.join(folder, name)))
+
+
+def final_step(workdir: str) -> int:
+  """The run's total_steps, from its config.json."""
+  with open(os.path.join(workdir, 'config.json')) as f:
+    return int(json.load(f)['total_steps'])
+
+
+def watch(workdir: str, outputs: Outputs, evaluate: Evaluate, poll_seconds: float,
+          max_polls: int | None = None) -> list[int]:
+  """Evaluates every new complete checkpoint once, oldest first, until the final step is done."""
+  last, evaluated, polls = final_step(workdir), [], 0
+  while True:
+    for step in complete_steps(workdir):
+      if outputs.done(step):
+        continue
+      try:
+        evaluate(step)
+        evaluated.append(step)
+      except FileNotFoundError:
+        if os.path.isdir(os.path.join(checkpoint_dir(workdir), str(step))):
+          raise
+        print(f'warning: checkpoint {step} was deleted (keep-N) before it was read; skipped',
+              file=sys.stderr, flush=True)
+    polls += 1  # The final checkpoint is the newest, so keep-N never deletes it before it is read.
+    if outputs.done(last) or (max_polls is not None and polls >= max_polls):
+      return evaluated
+    time.sleep(poll_seconds)
+
+
+def run_job(args: argparse.Namespace, outputs: Outputs, evaluate: Evaluate) -> None:
+  """Dispatches --step / --once / --watch."""
+  if args.watch:
+    watch(args.workdir, outputs, evaluate, args.poll_seconds)
+  else:
+    evaluate(args.step)
+
+
+def main_guard(main: Callable[[list[str]], int], argv: list[str]) -> int:
+  """Runs an eval job's main; a ConfigError or a missing checkpoint is one line, exit 2."""
+  try:
+    return main(argv)
+  except (ConfigError, FileNotFoundError) as e:
+    print(f'error: {e}', file=sys.stderr)
+    return 2
+
+

@@ -1,0 +1,79 @@
+"""Image-text retrieval of a run's checkpoints.
+
+  python -m eval.retrieval --workdir RUN --dataset SPEC [--step N | --once | --watch] [--batch_size N]
+"""
+
+import argparse
+import sys
+import time
+
+import numpy as np
+
+from data.sources import open_source
+from data.transforms import eval_transform
+from eval.embed import Embedder
+from eval.job import Outputs, add_common_flags, dataset_name, main_guard, run_job
+from eval.retrieval_lib import retrieval_metrics
+from eval.run_model import RunModel
+
+
+def captions_of(record: dict) -> list[str]:
+  """Every caption of a record (`captions` list or a single `caption`)."""
+  return list(record['captions']) if 'captions' in record else [record['caption']]
+
+
+def evaluate_retrieval(embedder: Embedder, tokenizer, source, *, image_size: int,
+                       context_length: int, batch_size: int) -> dict:
+  """Embeds every image once and every caption of every image once; returns the metrics."""
+  captions, owner = [], []
+  for i in range(len(source)):
+    texts = captions_of(source[i])
+    captions.extend(texts)
+    owner.extend([i] * len(texts))
+
+  def read_images(index: np.ndarray) -> np.ndarray:
+    return np.stack([eval_transform(source[int(i)]['image'], image_size) for i in index])
+
+  image_emb = embedder.embed('images', read_images, len(source), batch_size)
+  text_emb = embedder.embed_texts(tokenizer.encode(captions, context_length), batch_size)
+  metrics = retrieval_metrics(image_emb, text_emb, np.asarray(owner))
+  metrics.update(num_examples=len(source), num_captions=len(captions))
+  return metrics
+
+
+def parse(argv: list[str]) -> argparse.Namespace:
+  """The job's flags."""
+  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  add_common_flags(parser)
+  return parser.parse_args(argv)
+
+
+def make_job(args: argparse.Namespace):
+  """(outputs, evaluate) for the run and dataset the flags name."""
+  run = RunModel(args.workdir)
+  source = open_source(args.dataset, run.config.model.image_size, run.config.seed)
+  outputs = Outputs(args.workdir, 'retrieval', dataset_name(source, args.dataset))
+
+  def evaluate(step):
+    start = time.perf_counter()
+    step, embedder = run.embedder(step)
+    metrics = evaluate_retrieval(embedder, run.tokenizer, source,
+                                 image_size=run.config.model.image_size,
+                                 context_length=run.config.model.context_length,
+                                 batch_size=args.batch_size)
+    metrics['wall_s'] = time.perf_counter() - start
+    outputs.write(step, metrics, {})
+    return step, metrics
+
+  return outputs, evaluate
+
+
+def main(argv: list[str]) -> int:
+  """Command-line entry point."""
+  args = parse(argv)
+  run_job(args, *make_job(args))
+  return 0
+
+
+if __name__ == '__main__':
+  sys.exit(main_guard(main, sys.argv[1:]))

@@ -1,0 +1,96 @@
+"""Image-text retrieval metrics (CLIP_benchmark definitions), exact, in O(block x chunk) memory.
+
+The rank of a query is the position of its best positive in the database sorted by descending
+score, ties broken by lower index (a stable sort). recall@k is the fraction of queries whose rank
+is <= k; for image->text a query is a hit when ANY of its captions is in the top k.
+Two passes over blocks of the similarity matrix (never all of it): the first finds each query's
+best positive score, the second counts the items ranked above it. Both directions share the blocks.
+"""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+KS = (1, 5, 10)
+
+
+@jax.jit
+def _block_best(img, txt, owner, img_start, txt_start, best_i, arg_i, best_t):
+  """Pass 1 on one block: best positive caption per image, positive score per caption."""
+  s = jnp.dot(img, txt.T, precision=jax.lax.Precision.HIGHEST)
+  img_idx = img_start + jnp.arange(img.shape[0])
+  txt_idx = txt_start + jnp.arange(txt.shape[0])
+  positive = owner[None, :] == img_idx[:, None]
+  masked = jnp.where(positive, s, -jnp.inf)
+  row_best = jnp.max(masked, axis=1)
+  row_arg = txt_start + jnp.argmax(masked, axis=1)  # first (lowest-index) maximum
+  better = (row_best > best_i) | ((row_best == best_i) & (row_arg < arg_i))
+  best_i = jnp.where(better, row_best, best_i)
+  arg_i = jnp.where(better, row_arg, arg_i)
+  col = jnp.max(masked, axis=0)  # at most one positive image per caption
+  best_t = jnp.maximum(best_t, col)
+  return best_i, arg_i, best_t
+
+
+@jax.jit
+def _block_count(img, txt, owner, img_start, txt_start, n_img, n_txt, best_i, arg_i, best_t):
+  """Pass 2 on one block: items ranked above each query's best positive."""
+  s = jnp.dot(img, txt.T, precision=jax.lax.Precision.HIGHEST)
+  img_idx = img_start + jnp.arange(img.shape[0])
+  txt_idx = txt_start + jnp.arange(txt.shape[0])
+  valid = (img_idx[:, None] < n_img) & (txt_idx[None, :] < n_txt)
+  positive = owner[None, :] == img_idx[:, None]
+  above_i = (s > best_i[:, None]) | ((s == best_i[:, None]) & (txt_idx[None, :] < arg_i[:, None]))
+  count_i = jnp.sum(above_i & ~positive & valid, axis=1)
+  own = owner[None, :]
+  above_t = (s > best_t[None, :]) | ((s == best_t[None, :]) & (img_idx[:, None] < own))
+  count_t = jnp.sum(above_t & ~positive & valid, axis=0)
+  return count_i, count_t
+
+
+def _pad(x: np.ndarray, size: int, value=0) -> np.ndarray:
+  pad = size - len(x)
+  if pad <= 0:
+    return x
+  return np.concatenate([x, np.full((pad, *x.shape[1:]), value, x.dtype)])
+
+
+def retrieval_ranks(image_emb: np.ndarray, text_emb: np.ndarray, text_owner: np.ndarray,
+                    block: int = 2048, chunk: int = 8192) -> tuple[np.ndarray, np.ndarray]:
+  """1-based ranks: (image->text per image, text->image per caption). text_owner[j] = image of j."""
+  n_img, n_txt = len(image_emb), len(text_emb)
+  if n_img == 0 or n_txt == 0:
+    return np.zeros(0, np.int64), np.zeros(0, np.int64)
+  block, chunk = min(block, n_img), min(chunk, n_txt)
+  img_pad = _pad(np.asarray(image_emb, np.float32), -(-n_img // block) * block)
+  txt_pad = _pad(np.asarray(text_emb, np.float32), -(-n_txt // chunk) * chunk)
+  owner = _pad(np.asarray(text_owner, np.int32), len(txt_pad), -1)
+  best_i = np.full(len(img_pad), -np.inf, np.float32)
+  arg_i = np.full(len(img_pad), np.iinfo(np.int32).max, np.int32)
+  best_t = np.full(len(txt_pad), -np.inf, np.float32)
+  blocks = [(i, j) for i in range(0, len(img_pad), block) for j in range(0, len(txt_pad), chunk)]
+  for i, j in blocks:
+    bi, ai, bt = _block_best(img_pad[i:i + block], txt_pad[j:j + chunk], owner[j:j + chunk], i, j,
+                             best_i[i:i + block], arg_i[i:i + block], best_t[j:j + chunk])
+    best_i[i:i + block], arg_i[i:i + block], best_t[j:j + chunk] = bi, ai, bt
+  count_i = np.zeros(len(img_pad), np.int64)
+  count_t = np.zeros(len(txt_pad), np.int64)
+  for i, j in blocks:
+    ci, ct = _block_count(img_pad[i:i + block], txt_pad[j:j + chunk], owner[j:j + chunk], i, j,
+                          n_img, n_txt, best_i[i:i + block], arg_i[i:i + block], best_t[j:j + chunk])
+    count_i[i:i + block] += np.asarray(ci)
+    count_t[j:j + chunk] += np.asarray(ct)
+  return count_i[:n_img] + 1, count_t[:n_txt] + 1
+
+
+def retrieval_metrics(image_emb: np.ndarray, text_emb: np.ndarray, text_owner: np.ndarray,
+                      **chunking) -> dict:
+  """text_retrieval_recall@k (image->text), image_retrieval_recall@k (text->image), mean ranks."""
+  rank_i2t, rank_t2i = retrieval_ranks(image_emb, text_emb, text_owner, **chunking)
+  metrics = {}
+  for k in KS:
+    metrics[f'text_retrieval_recall@{k}'] = float(np.mean(rank_i2t <= k))
+    metrics[f'image_retrieval_recall@{k}'] = float(np.mean(rank_t2i <= k))
+  metrics['text_retrieval_mean_rank'] = float(np.mean(rank_i2t))
+  metrics['image_retrieval_mean_rank'] = float(np.mean(rank_t2i))
+  return metrics

@@ -1,0 +1,35 @@
+"""A training run as eval jobs see it: config, tokenizer and parameters, from `--workdir` alone."""
+
+import os
+
+import jax
+from jax.sharding import NamedSharding
+from jax.sharding import PartitionSpec as P
+
+from data.tokenizers import load_from_workdir
+from eval.embed import Embedder
+from pretrain import sharding
+from pretrain.checkpoint import restore_params
+from pretrain.config_cli import load_saved_config
+from pretrain.train_step import model_graphdef_and_shapes
+
+
+class RunModel:
+  """Rebuilds the model and tokenizer a run saved; restores parameters onto this job's devices."""
+
+  def __init__(self, workdir: str):
+    self.workdir = workdir
+    self.config = load_saved_config(os.path.join(workdir, 'config.json'))
+    self.tokenizer = load_from_workdir(self.config.data.tokenizer, workdir,
+                                       self.config.data.lowercase)
+    self.graphdef, shapes = model_graphdef_and_shapes(self.config)
+    # Whatever devices this job has: batch over all of them, parameters replicated.
+    self.mesh = sharding.make_mesh({'data': -1, 'fsdp': 1})
+    replicated = NamedSharding(self.mesh, P())
+    self.abstract_params = jax.tree.map(
+        lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=replicated), shapes)
+
+  def embedder(self, step: int | None) -> tuple[int, Embedder]:
+    """(step, an Embedder over that checkpoint's parameters); None = the newest."""
+    step, params = restore_params(self.workdir, step, self.abstract_params)
+    return step, Embedder(self.graphdef, params, self.mesh)

@@ -1,0 +1,67 @@
+"""Zero-shot classification of a run's checkpoints.
+
+  python -m eval.zeroshot --workdir RUN --dataset SPEC [--classnames FILE] [--templates NAME|FILE]
+      [--step N | --once | --watch] [--batch_size N]
+"""
+
+import argparse
+import sys
+import time
+
+from data.sources import open_source
+from eval.job import Outputs, add_common_flags, dataset_name, main_guard, run_job
+from eval.run_model import RunModel
+from eval.templates import load_templates
+from eval.zeroshot_lib import evaluate_zeroshot
+from pretrain.errors import ConfigError
+
+
+def read_classnames(path: str) -> list[str]:
+  """One class name per line."""
+  with open(path) as f:
+    return [line.strip() for line in f if line.strip()]
+
+
+def parse(argv: list[str]) -> argparse.Namespace:
+  """The job's flags."""
+  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  add_common_flags(parser)
+  parser.add_argument('--classnames', default=None, help='file with one class name per line')
+  parser.add_argument('--templates', default='clip80', help='built-in set name or a file')
+  return parser.parse_args(argv)
+
+
+def make_job(args: argparse.Namespace):
+  """(outputs, evaluate) for the run and dataset the flags name."""
+  run = RunModel(args.workdir)
+  templates = load_templates(args.templates)
+  source = open_source(args.dataset, run.config.model.image_size, run.config.seed)
+  if args.classnames:
+    source.classnames = read_classnames(args.classnames)
+  if not getattr(source, 'classnames', None):
+    raise ConfigError(f'{args.dataset} has no class names: pass --classnames FILE')
+  outputs = Outputs(args.workdir, 'zeroshot', dataset_name(source, args.dataset))
+
+  def evaluate(step):
+    start = time.perf_counter()
+    step, embedder = run.embedder(step)
+    metrics = evaluate_zeroshot(
+        embedder, run.tokenizer, source, templates, image_size=run.config.model.image_size,
+        context_length=run.config.model.context_length, batch_size=args.batch_size)
+    confusion = metrics.pop('confusion')
+    metrics['wall_s'] = time.perf_counter() - start
+    outputs.write(step, metrics, {'confusion': confusion})
+    return step, metrics
+
+  return outputs, evaluate
+
+
+def main(argv: list[str]) -> int:
+  """Command-line entry point."""
+  args = parse(argv)
+  run_job(args, *make_job(args))
+  return 0
+
+
+if __name__ == '__main__':
+  sys.exit(main_guard(main, sys.argv[1:]))
