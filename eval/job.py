@@ -119,6 +119,19 @@ def watch(workdir: str, outputs: Outputs, evaluate: Evaluate, poll_seconds: floa
     time.sleep(poll_seconds)
 
 
+def timed_evaluator(run, outputs: Outputs,
+                    compute: Callable[[object], tuple[dict, dict]]) -> Evaluate:
+  """Wraps `compute(embedder) -> (metrics, arrays)`: restore, time, write the outputs."""
+  def evaluate(step):
+    start = time.perf_counter()
+    step, embedder = run.embedder(step)
+    metrics, arrays = compute(embedder)
+    metrics['wall_s'] = time.perf_counter() - start
+    outputs.write(step, metrics, arrays)
+    return step, metrics
+  return evaluate
+
+
 def run_job(args: argparse.Namespace, outputs: Outputs, evaluate: Evaluate) -> None:
   """Dispatches --step / --once / --watch."""
   if args.watch:

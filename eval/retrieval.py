@@ -5,14 +5,14 @@
 
 import argparse
 import sys
-import time
 
 import numpy as np
 
 from data.sources import open_source
 from data.transforms import eval_transform
 from eval.embed import Embedder
-from eval.job import Outputs, add_common_flags, dataset_name, main_guard, run_job
+from eval.job import (Outputs, add_common_flags, dataset_name, main_guard, run_job,
+                      timed_evaluator)
 from eval.retrieval_lib import retrieval_metrics
 from eval.run_model import RunModel
 
@@ -54,18 +54,14 @@ def make_job(args: argparse.Namespace):
   source = open_source(args.dataset, run.config.model.image_size, run.config.seed)
   outputs = Outputs(args.workdir, 'retrieval', dataset_name(source, args.dataset))
 
-  def evaluate(step):
-    start = time.perf_counter()
-    step, embedder = run.embedder(step)
+  def compute(embedder):
     metrics = evaluate_retrieval(embedder, run.tokenizer, source,
                                  image_size=run.config.model.image_size,
                                  context_length=run.config.model.context_length,
                                  batch_size=args.batch_size)
-    metrics['wall_s'] = time.perf_counter() - start
-    outputs.write(step, metrics, {})
-    return step, metrics
+    return metrics, {}
 
-  return outputs, evaluate
+  return outputs, timed_evaluator(run, outputs, compute)
 
 
 def main(argv: list[str]) -> int:

@@ -6,10 +6,10 @@
 
 import argparse
 import sys
-import time
 
 from data.sources import open_source
-from eval.job import Outputs, add_common_flags, dataset_name, main_guard, run_job
+from eval.job import (Outputs, add_common_flags, dataset_name, main_guard, run_job,
+                      timed_evaluator)
 from eval.run_model import RunModel
 from eval.templates import load_templates
 from eval.zeroshot_lib import evaluate_zeroshot
@@ -42,18 +42,13 @@ def make_job(args: argparse.Namespace):
     raise ConfigError(f'{args.dataset} has no class names: pass --classnames FILE')
   outputs = Outputs(args.workdir, 'zeroshot', dataset_name(source, args.dataset))
 
-  def evaluate(step):
-    start = time.perf_counter()
-    step, embedder = run.embedder(step)
+  def compute(embedder):
     metrics = evaluate_zeroshot(
         embedder, run.tokenizer, source, templates, image_size=run.config.model.image_size,
         context_length=run.config.model.context_length, batch_size=args.batch_size)
-    confusion = metrics.pop('confusion')
-    metrics['wall_s'] = time.perf_counter() - start
-    outputs.write(step, metrics, {'confusion': confusion})
-    return step, metrics
+    return metrics, {'confusion': metrics.pop('confusion')}
 
-  return outputs, evaluate
+  return outputs, timed_evaluator(run, outputs, compute)
 
 
 def main(argv: list[str]) -> int:

@@ -1,0 +1,25 @@
+"""Benchmark scripts run end to end at CI sizes (no timing assertions)."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from tests.helpers import ROOT
+
+
+@pytest.mark.parametrize('module, args', [
+    ('benchmarks.train_throughput', ['--config', 'tiny', '--smoke', '--steps', '2']),
+    ('benchmarks.retrieval_metrics', ['--smoke']),
+])
+def test_benchmark_smoke(tmp_path, module, args):
+  out = tmp_path / 'result.json'
+  env = dict(os.environ, PYTHONPATH=ROOT)
+  env.pop('XLA_FLAGS', None)
+  result = subprocess.run([sys.executable, '-m', module, *args, '--out', str(out)], cwd=ROOT,
+                          env=env, capture_output=True, text=True, timeout=300)
+  assert result.returncode == 0, result.stderr[-2000:]
+  rows = json.loads(out.read_text())['results']
+  assert len(rows) == 1 and all(v not in (None, '') for v in rows[0].values())
