@@ -13,6 +13,7 @@ import sys
 import jax
 import numpy as np
 
+from data.records import BAD_KINDS
 from benchmarks.common import matmul_peak_flops, median_seconds, peak_rss_bytes, print_table, write_json
 from pretrain import sharding
 from pretrain.config_cli import apply_override, load_config_file
@@ -46,7 +47,8 @@ def synthetic_batch(config, mesh) -> dict:
   lengths = rng.integers(2, ctx + 1, n)
   text[np.arange(ctx)[None, :] >= lengths[:, None]] = 0
   text[np.arange(n), lengths - 1] = 2
-  batch = {'image': rng.integers(0, 256, (n, size, size, 3), np.uint8), 'text': text}
+  batch = {'image': rng.integers(0, 256, (n, size, size, 3), np.uint8), 'text': text,
+           'bad': np.zeros((n, len(BAD_KINDS)), np.int32)}
   return sharding.global_batch(batch, mesh)
 
 

@@ -52,6 +52,9 @@ def base_config() -> ml_collections.ConfigDict:
       flip=False,                  # Random horizontal flip.
       num_threads=2,               # grain reader threads per process.
       prefetch=4,                  # Batches prefetched by grain.
+      workers=0,                   # grain worker processes (0: threads of this process only).
+      on_bad_record='skip',        # 'skip' (count, log once, substitute) or 'error' (stop).
+      max_pixels=89_478_485,       # Larger images are refused before decoding (bombs).
   ))
   config.eval = ml_collections.ConfigDict(dict(
       zeroshot='shapes:zeroshot',  # Classification set evaluated at the end ('' = none).

@@ -8,12 +8,33 @@ position, so it does not depend on the process layout either.
 """
 
 import dataclasses
+import sys
+import threading
 
 import grain
 import numpy as np
 
-from data.tokenizers import Tokenizer
+from data.records import BAD_KINDS, BAD_POLICIES, BadRecord
+from data.tokenizer import Tokenizer
 from data.transforms import train_transform
+
+# A bad record is replaced by the next readable record in index order; this many in a row is a
+# broken source, not a few bad records.
+MAX_CONSECUTIVE_BAD = 100
+
+
+class BadRecordLog:
+  """Logs each bad record's source, key and reason once per process."""
+
+  def __init__(self):
+    self._seen, self._lock = set(), threading.Lock()
+
+  def __call__(self, error: BadRecord) -> None:
+    with self._lock:
+      if (error.source, error.key) in self._seen:
+        return
+      self._seen.add((error.source, error.key))
+    print(f'warning: skipping {error}', file=sys.stderr, flush=True)
 
 
 class ProcessSlice:
@@ -39,7 +60,12 @@ class ProcessSlice:
 
 @dataclasses.dataclass
 class PrepareExample:
-  """(global position, record index) -> {'image': uint8 [S,S,3], 'text': int32 [T]}."""
+  """(global position, record index) -> {'image': uint8 [S,S,3], 'text': int32 [T], 'bad': [K]}.
+
+  `bad` counts, by kind, the record at this position if it was bad (policy 'skip'); the records
+  tried while looking for its substitute are not counted again, so over an epoch every bad record
+  is counted exactly once. With policy 'error' the BadRecord propagates.
+  """
 
   source: object
   tokenizer: Tokenizer
@@ -48,24 +74,45 @@ class PrepareExample:
   flip: bool
   context_length: int
   seed: int
+  on_bad_record: str = 'skip'
+  log: BadRecordLog = dataclasses.field(default_factory=BadRecordLog)
+
+  def _read(self, index: int, bad: np.ndarray) -> dict:
+    for attempt in range(MAX_CONSECUTIVE_BAD):
+      try:
+        return self.source[(index + attempt) % len(self.source)]
+      except BadRecord as e:
+        if self.on_bad_record == 'error':
+          raise
+        if attempt == 0:
+          bad[BAD_KINDS.index(e.kind)] += 1
+        self.log(e)
+    raise RuntimeError(f'{MAX_CONSECUTIVE_BAD} bad records in a row in {self.source.name} '
+                       f'from index {index}: the source looks broken')
 
   def __call__(self, item: tuple[int, int]) -> dict:
     position, index = item
-    record = self.source[index]
+    bad = np.zeros(len(BAD_KINDS), np.int32)
+    record = self._read(index, bad)
     rng = np.random.default_rng((self.seed, position))
     image = train_transform(record['image'], self.image_size, self.resize, self.flip, rng)
     text = self.tokenizer.encode([record['caption']], self.context_length)[0]
-    return {'image': image, 'text': text}
+    return {'image': image, 'text': text, 'bad': bad}
 
 
 def train_dataset(source, tokenizer: Tokenizer, data_cfg, *, image_size: int, context_length: int,
                   global_batch: int, seed: int, process_index: int,
                   process_count: int) -> grain.IterDataset:
   """This process's batches of the infinite, per-epoch shuffled training stream."""
+  if data_cfg.on_bad_record not in BAD_POLICIES:
+    raise ValueError(f'data.on_bad_record must be one of {BAD_POLICIES}')
   order = grain.MapDataset.range(len(source)).shuffle(seed=seed).repeat(None)
   prepare = PrepareExample(source, tokenizer, image_size, data_cfg.resize or image_size,
-                           data_cfg.flip, context_length, seed)
+                           data_cfg.flip, context_length, seed, data_cfg.on_bad_record)
   ds = grain.MapDataset.source(ProcessSlice(order, global_batch, process_index, process_count))
   ds = ds.map(prepare).batch(global_batch // process_count, drop_remainder=True)
-  return ds.to_iter_dataset(grain.ReadOptions(num_threads=data_cfg.num_threads,
-                                              prefetch_buffer_size=data_cfg.prefetch))
+  ds = ds.to_iter_dataset(grain.ReadOptions(num_threads=data_cfg.num_threads,
+                                            prefetch_buffer_size=data_cfg.prefetch))
+  if data_cfg.workers > 0:
+    ds = ds.mp_prefetch(grain.MultiprocessingOptions(num_workers=data_cfg.workers))
+  return ds

@@ -101,6 +101,17 @@ class ShapesSource:
   def __len__(self) -> int:
     return self._size
 
+  def labels(self) -> list[int]:
+    """Labels of the zeroshot split without rendering (it cycles through the classes)."""
+    if self.split != 'zeroshot':
+      return [self[i]['label'] for i in range(len(self))]
+    return [i % len(self.classnames) for i in range(len(self))]
+
+  def text(self, index: int) -> list[str]:
+    """The caption(s) of record `index` (rendering is cheap here, so this reuses it)."""
+    record = self[index]
+    return record.get('captions') or [record['caption']]
+
   def __getitem__(self, index: int) -> dict:
     if not 0 <= index < self._size:
       raise IndexError(index)

@@ -15,6 +15,7 @@ from typing import Callable
 import jax
 import numpy as np
 
+from data.records import BadRecord
 from pretrain.checkpoint import checkpoint_dir
 from pretrain.errors import ConfigError
 
@@ -141,10 +142,10 @@ def run_job(args: argparse.Namespace, outputs: Outputs, evaluate: Evaluate) -> N
 
 
 def main_guard(main: Callable[[list[str]], int], argv: list[str]) -> int:
-  """Runs an eval job's main; a ConfigError or a missing checkpoint is one line, exit 2."""
+  """Runs an eval job's main; a bad config, record or missing checkpoint is one line, exit 2."""
   try:
     return main(argv)
-  except (ConfigError, FileNotFoundError) as e:
+  except (ConfigError, FileNotFoundError, BadRecord) as e:
     print(f'error: {e}', file=sys.stderr)
     return 2
 

@@ -17,17 +17,12 @@ from eval.retrieval_lib import retrieval_metrics
 from eval.run_model import RunModel
 
 
-def captions_of(record: dict) -> list[str]:
-  """Every caption of a record (`captions` list or a single `caption`)."""
-  return list(record['captions']) if 'captions' in record else [record['caption']]
-
-
 def evaluate_retrieval(embedder: Embedder, tokenizer, source, *, image_size: int,
                        context_length: int, batch_size: int) -> dict:
   """Embeds every image once and every caption of every image once; returns the metrics."""
   captions, owner = [], []
   for i in range(len(source)):
-    texts = captions_of(source[i])
+    texts = source.text(i)
     captions.extend(texts)
     owner.extend([i] * len(texts))
 

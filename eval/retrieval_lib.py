@@ -48,11 +48,12 @@ def _block_count(img, txt, owner, img_start, txt_start, n_img, n_txt, best_i, ar
   return count_i, count_t
 
 
-def _pad(x: np.ndarray, size: int, value=0) -> np.ndarray:
-  pad = size - len(x)
-  if pad <= 0:
-    return x
-  return np.concatenate([x, np.full((pad, *x.shape[1:]), value, x.dtype)])
+def _rows(x: np.ndarray, start: int, size: int, fill=0) -> np.ndarray:
+  """x[start:start+size], padded with `fill` up to `size` rows (only the last block is copied)."""
+  part = x[start:start + size]
+  if len(part) == size:
+    return part
+  return np.concatenate([part, np.full((size - len(part), *x.shape[1:]), fill, x.dtype)])
 
 
 def retrieval_ranks(image_emb: np.ndarray, text_emb: np.ndarray, text_owner: np.ndarray,
@@ -62,22 +63,27 @@ def retrieval_ranks(image_emb: np.ndarray, text_emb: np.ndarray, text_owner: np.
   if n_img == 0 or n_txt == 0:
     return np.zeros(0, np.int64), np.zeros(0, np.int64)
   block, chunk = min(block, n_img), min(chunk, n_txt)
-  img_pad = _pad(np.asarray(image_emb, np.float32), -(-n_img // block) * block)
-  txt_pad = _pad(np.asarray(text_emb, np.float32), -(-n_txt // chunk) * chunk)
-  owner = _pad(np.asarray(text_owner, np.int32), len(txt_pad), -1)
-  best_i = np.full(len(img_pad), -np.inf, np.float32)
-  arg_i = np.full(len(img_pad), np.iinfo(np.int32).max, np.int32)
-  best_t = np.full(len(txt_pad), -np.inf, np.float32)
-  blocks = [(i, j) for i in range(0, len(img_pad), block) for j in range(0, len(txt_pad), chunk)]
-  for i, j in blocks:
-    bi, ai, bt = _block_best(img_pad[i:i + block], txt_pad[j:j + chunk], owner[j:j + chunk], i, j,
-                             best_i[i:i + block], arg_i[i:i + block], best_t[j:j + chunk])
+  img = np.asarray(image_emb, np.float32)  # no copy when already float32
+  txt = np.asarray(text_emb, np.float32)
+  owner = np.asarray(text_owner, np.int32)
+  n_blocks, n_chunks = -(-n_img // block), -(-n_txt // chunk)
+  best_i = np.full(n_blocks * block, -np.inf, np.float32)
+  arg_i = np.full(n_blocks * block, np.iinfo(np.int32).max, np.int32)
+  best_t = np.full(n_chunks * chunk, -np.inf, np.float32)
+  tiles = [(i * block, j * chunk) for i in range(n_blocks) for j in range(n_chunks)]
+
+  def tile(i, j):
+    return (_rows(img, i, block), _rows(txt, j, chunk), _rows(owner, j, chunk, -1), i, j)
+
+  for i, j in tiles:
+    bi, ai, bt = _block_best(*tile(i, j), best_i[i:i + block], arg_i[i:i + block],
+                             best_t[j:j + chunk])
     best_i[i:i + block], arg_i[i:i + block], best_t[j:j + chunk] = bi, ai, bt
-  count_i = np.zeros(len(img_pad), np.int64)
-  count_t = np.zeros(len(txt_pad), np.int64)
-  for i, j in blocks:
-    ci, ct = _block_count(img_pad[i:i + block], txt_pad[j:j + chunk], owner[j:j + chunk], i, j,
-                          n_img, n_txt, best_i[i:i + block], arg_i[i:i + block], best_t[j:j + chunk])
+  count_i = np.zeros(n_blocks * block, np.int64)
+  count_t = np.zeros(n_chunks * chunk, np.int64)
+  for i, j in tiles:
+    ci, ct = _block_count(*tile(i, j), n_img, n_txt, best_i[i:i + block], arg_i[i:i + block],
+                          best_t[j:j + chunk])
     count_i[i:i + block] += np.asarray(ci)
     count_t[j:j + chunk] += np.asarray(ct)
   return count_i[:n_img] + 1, count_t[:n_txt] + 1

@@ -6,7 +6,7 @@ import jax
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from data.tokenizers import load_from_workdir
+from data.tokenizer import load_from_workdir
 from eval.embed import Embedder
 from pretrain import sharding
 from pretrain.checkpoint import restore_params

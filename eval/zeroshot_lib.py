@@ -2,7 +2,7 @@
 
 import numpy as np
 
-from data.tokenizers import Tokenizer
+from data.tokenizer import Tokenizer
 from data.transforms import eval_transform
 from eval.embed import Embedder
 
@@ -40,6 +40,13 @@ def zeroshot_metrics(image_emb: np.ndarray, labels: np.ndarray, class_emb: np.nd
   return metrics
 
 
+def source_labels(source) -> np.ndarray:
+  """Every record's label: `source.labels()` when the source has it cheaply, else by reading."""
+  if hasattr(source, 'labels'):
+    return np.asarray(source.labels(), np.int64)
+  return np.array([source[i]['label'] for i in range(len(source))], np.int64)
+
+
 def evaluate_zeroshot(embedder: Embedder, tokenizer: Tokenizer, source, templates: list[str], *,
                       image_size: int, context_length: int, batch_size: int) -> dict:
   """Embeds every image of a labelled source once and scores it against its class names."""
@@ -48,7 +55,7 @@ def evaluate_zeroshot(embedder: Embedder, tokenizer: Tokenizer, source, template
 
   count = len(source)
   image_emb = embedder.embed('images', read_images, count, batch_size)
-  labels = np.array([source[i]['label'] for i in range(count)]) if count else np.zeros(0, int)
+  labels = source_labels(source)
   class_emb = class_embeddings(embedder, tokenizer, list(source.classnames), templates,
                                context_length, batch_size)
   metrics = zeroshot_metrics(image_emb, labels, class_emb)

@@ -10,6 +10,10 @@ import grain
 import orbax.checkpoint as ocp
 
 
+# Small host-side parts of the train state, saved together as the `train` item.
+TRAIN_ITEM_KEYS = ('step', 'rng', 'bad_records')
+
+
 def checkpoint_dir(workdir: str) -> str:
   """Where a run's checkpoints live."""
   return os.path.join(os.path.abspath(workdir), 'checkpoints')
@@ -32,7 +36,7 @@ class Checkpointer:
     args = ocp.args.Composite(
         params=ocp.args.StandardSave(state['params']),
         opt_state=ocp.args.StandardSave(state['opt_state']),
-        train=ocp.args.StandardSave({'step': state['step'], 'rng': state['rng']}),
+        train=ocp.args.StandardSave({k: state[k] for k in TRAIN_ITEM_KEYS}),
         data=grain.checkpoint.CheckpointSave(data_iterator))
     self.manager.save(step, args=args, force=True)
 
@@ -41,12 +45,11 @@ class Checkpointer:
     args = ocp.args.Composite(
         params=ocp.args.StandardRestore(abstract_state['params']),
         opt_state=ocp.args.StandardRestore(abstract_state['opt_state']),
-        train=ocp.args.StandardRestore({'step': abstract_state['step'],
-                                        'rng': abstract_state['rng']}),
+        train=ocp.args.StandardRestore({k: abstract_state[k] for k in TRAIN_ITEM_KEYS}),
         data=grain.checkpoint.CheckpointRestore(data_iterator))
     restored = self.manager.restore(step, args=args)
     return {'params': restored['params'], 'opt_state': restored['opt_state'],
-            'step': restored['train']['step'], 'rng': restored['train']['rng']}
+            **restored['train']}
 
   def wait(self) -> None:
     """Blocks until pending async saves are complete."""

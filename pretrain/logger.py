@@ -39,14 +39,19 @@ class MetricsLogger:
           self._tb.add_scalar(key, value, step)
       self._tb.flush()
 
-  def progress(self, step: int, metrics: dict, examples_per_s: float, seconds_per_step: float) -> None:
-    """Prints step/total, loss, temperature, accuracies, examples/s and ETA."""
+  def progress(self, step: int, metrics: dict, examples_per_s: float, seconds_per_step: float,
+               bad_records: dict[str, int] | None = None) -> None:
+    """Prints step/total, loss, temperature, accuracies, examples/s, ETA and skipped records."""
     if not self.enabled:
       return
     eta = _fmt_duration(seconds_per_step * (self.total_steps - step))
+    bad = ''
+    if bad_records:
+      detail = ', '.join(f'{k} {n}' for k, n in sorted(bad_records.items()))
+      bad = f'  skipped {sum(bad_records.values())} bad ({detail})'
     print(f'step {step}/{self.total_steps}  loss {metrics["loss"]:.4f}  '
           f'temp {metrics["temperature"]:.4f}  acc i2t {metrics["acc_i2t"]:.3f} '
-          f't2i {metrics["acc_t2i"]:.3f}  {examples_per_s:.1f} ex/s  ETA {eta}', flush=True)
+          f't2i {metrics["acc_t2i"]:.3f}  {examples_per_s:.1f} ex/s  ETA {eta}{bad}', flush=True)
 
   def close(self) -> None:
     """Flushes and closes the files."""

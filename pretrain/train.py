@@ -11,8 +11,9 @@ import zlib
 import jax
 import numpy as np
 
-from data.sources import open_source
-from data.tokenizers import get_tokenizer, save_to_workdir
+from data.records import BAD_KINDS, BadRecord
+from data.sources import index_cache_dir, open_source
+from data.tokenizer import get_tokenizer, save_to_workdir
 from pretrain import distributed, sharding, validate
 from pretrain.checkpoint import Checkpointer
 from pretrain.config_cli import parse_args, save_config
@@ -36,7 +37,16 @@ def prepare_run(config, workdir: str):
   validate.check_workdir(workdir)
   tokenizer = get_tokenizer(config.data.tokenizer, config.data.lowercase)
   validate.check_vocab(tokenizer.vocab_size, config.model.vocab_size, config.data.tokenizer)
-  source = open_source(config.data.train, config.model.image_size, config.seed)
+  source = open_source(config.data.train, config.model.image_size, config.seed,
+                       cache_dir=index_cache_dir(workdir), max_pixels=config.data.max_pixels)
+  problems = getattr(source, 'problems', [])
+  if problems and config.data.on_bad_record == 'error':
+    raise problems[0]
+  for problem in problems:
+    print(f'warning: {problem}', file=sys.stderr, flush=True)
+  if config.data.workers > 0:  # grain's worker processes read absl flags.
+    from absl import flags
+    flags.FLAGS.mark_as_parsed()
   if jax.process_index() == 0:
     save_config(config, os.path.join(workdir, 'config.json'))
     save_to_workdir(config.data.tokenizer, workdir)
@@ -45,12 +55,20 @@ def prepare_run(config, workdir: str):
                           context_length=config.model.context_length,
                           global_batch=config.batch_size, seed=config.seed,
                           process_index=jax.process_index(), process_count=jax.process_count())
-  return shape, tokenizer, dataset
+  return shape, tokenizer, dataset, problems
+
+
+def bad_record_counts(state_counts, problems) -> dict[str, int]:
+  """Bad records by kind: those skipped in batches (all processes) plus broken shards."""
+  counts = {kind: int(n) for kind, n in zip(BAD_KINDS, np.asarray(state_counts))}
+  for problem in problems:
+    counts[problem.kind] += 1
+  return {kind: n for kind, n in counts.items() if n}
 
 
 def train(config, workdir: str) -> dict | None:
   """Runs (or resumes) training to `config.total_steps`; returns the final eval metrics."""
-  shape, tokenizer, dataset = prepare_run(config, workdir)
+  shape, tokenizer, dataset, problems = prepare_run(config, workdir)
   mesh = sharding.make_mesh(shape)
   tx, schedule = make_optimizer(config.optim, config.total_steps)
   builder = StepBuilder(config, mesh, tx, schedule)
@@ -80,10 +98,12 @@ def train(config, workdir: str) -> dict | None:
     state, metrics = step_fn(state, sharding.global_batch(local, mesh))
     if step % config.log_every == 0 or step == config.total_steps:
       metrics = {k: float(v) for k, v in jax.device_get(metrics).items()}
+      bad = bad_record_counts(jax.device_get(state['bad_records']), problems)
       examples_per_s, seconds_per_step = timer.mark(step, config.batch_size)
       logger.write(step, {**metrics, 'examples_per_s': examples_per_s,
-                          'batch_crc32': fingerprint})
-      logger.progress(step, metrics, examples_per_s, seconds_per_step)
+                          'batch_crc32': fingerprint, 'bad_records': sum(bad.values()),
+                          **{f'bad_records/{k}': n for k, n in bad.items()}})
+      logger.progress(step, metrics, examples_per_s, seconds_per_step, bad)
     stopping = step == config.exit_after_step
     if step % config.checkpoint_every == 0 or step == config.total_steps or stopping:
       ckpt.save(step, state, data_iter)
@@ -129,6 +149,9 @@ def main(argv: list[str]) -> int:
   except ConfigError as e:
     print(f'error: {e}', file=sys.stderr)
     return 2
+  except BadRecord as e:  # data.on_bad_record='error'
+    print(f'error: {e}', file=sys.stderr)
+    return 1
   return 0
 
 

@@ -8,11 +8,14 @@ import optax
 from flax import nnx
 from jax.sharding import Mesh
 
+from data.records import BAD_KINDS
 from pretrain import sharding
 from pretrain.losses import make_softmax_loss
 from pretrain.models import build_model
 
-TrainState = dict  # {'step': int32 [], 'params': pure dict, 'opt_state': optax state, 'rng': uint32 [2]}
+# {'step': int32 [], 'params': pure dict, 'opt_state': optax state, 'rng': uint32 [2],
+#  'bad_records': int32 [len(BAD_KINDS)] (bad records skipped so far, over all processes)}
+TrainState = dict
 
 
 def model_graphdef_and_shapes(config) -> tuple[nnx.GraphDef, Any]:
@@ -39,6 +42,7 @@ class StepBuilder:
     rule = config.param_sharding
     self.state_shardings = {
         'step': sharding.replicated(mesh), 'rng': sharding.replicated(mesh),
+        'bad_records': sharding.replicated(mesh),
         'params': sharding.tree_shardings(abstract['params'], mesh, rule),
         'opt_state': sharding.tree_shardings(abstract['opt_state'], mesh, rule),
     }
@@ -49,7 +53,8 @@ class StepBuilder:
 
   def _init_state(self, params: Any) -> TrainState:
     return {'step': jnp.zeros((), jnp.int32), 'params': params, 'opt_state': self.tx.init(params),
-            'rng': jax.random.key_data(jax.random.key(self.config.seed))}
+            'rng': jax.random.key_data(jax.random.key(self.config.seed)),
+            'bad_records': jnp.zeros(len(BAD_KINDS), jnp.int32)}
 
   def init_state(self) -> TrainState:
     """A fresh state, created directly in its shardings."""
@@ -73,14 +78,14 @@ class StepBuilder:
     params = optax.apply_updates(state['params'], updates)
     metrics = {**metrics, 'loss': loss, 'grad_norm': optax.global_norm(grads),
                'lr': self.schedule(state['step'])}
+    bad = state['bad_records'] + jnp.sum(batch['bad'], axis=0, dtype=jnp.int32)
     new_state = {'step': state['step'] + 1, 'params': params, 'opt_state': opt_state,
-                 'rng': state['rng']}
+                 'rng': state['rng'], 'bad_records': bad}
     return new_state, metrics
 
   def jit_step(self) -> Callable[[TrainState, dict], tuple[TrainState, dict]]:
     """The compiled step: explicit in/out shardings, the old state donated."""
-    batch_shardings = {'image': sharding.batch_sharding(self.mesh),
-                       'text': sharding.batch_sharding(self.mesh)}
+    batch_shardings = {key: sharding.batch_sharding(self.mesh) for key in ('image', 'text', 'bad')}
     return jax.jit(self._step, in_shardings=(self.state_shardings, batch_shardings),
                    out_shardings=(self.state_shardings, sharding.replicated(self.mesh)),
                    donate_argnums=0)

@@ -3,6 +3,7 @@
 import math
 import os
 
+from data.records import BAD_POLICIES
 from data.sources import check_spec
 from pretrain.errors import ConfigError
 from pretrain.models.towers import IMAGE_POOLS, TEXT_POOLS
@@ -39,6 +40,8 @@ def check_training(config, num_devices: int, num_processes: int) -> dict[str, in
   check_model(config.model)
   _check(config.loss.name in LOSSES, f'unknown loss.name {config.loss.name!r}; known: {", ".join(LOSSES)}')
   check_spec(config.data.train)
+  _check(config.data.on_bad_record in BAD_POLICIES,
+         f'unknown data.on_bad_record {config.data.on_bad_record!r}; known: {", ".join(BAD_POLICIES)}')
   _check(config.total_steps > 0, f'total_steps must be positive, got {config.total_steps}')
   _check(config.optim.lr > 0, f'optim.lr must be positive, got {config.optim.lr}')
   _check(config.optim.warmup_steps < config.total_steps,

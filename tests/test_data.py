@@ -7,9 +7,10 @@ import pytest
 
 from data.pipeline import ProcessSlice, train_dataset
 from data.shapes import ShapesSource, classnames
-from data.tokenizers import get_tokenizer, load_from_workdir, save_to_workdir
+from data.tokenizer import get_tokenizer, load_from_workdir, save_to_workdir
 
-DATA_CFG = ml_collections.ConfigDict(dict(resize=0, flip=True, num_threads=2, prefetch=2))
+DATA_CFG = ml_collections.ConfigDict(dict(resize=0, flip=True, num_threads=2, prefetch=2, workers=0,
+                                         on_bad_record='skip'))
 
 
 def _dataset(source, process_index=0, process_count=1, global_batch=8):

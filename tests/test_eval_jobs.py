@@ -102,6 +102,29 @@ def test_cli_writes_metrics_and_summary(run_dir, module, dataset, key):
   assert f'{kind} {name} step 6:' in result.stdout
 
 
+@pytest.mark.parametrize('fmt, module, key', [
+    ('imagefolder', 'eval.zeroshot', 'acc5'),
+    ('wds', 'eval.retrieval', 'text_retrieval_recall@5'),
+    ('jsonl', 'eval.retrieval', 'image_retrieval_mean_rank'),
+])
+def test_cli_on_file_formats(run_dir, tmp_path, fmt, module, key):
+  from data.make_corpus import write_corpus
+  split = 'zeroshot' if module == 'eval.zeroshot' else 'retrieval'
+  spec = write_corpus(fmt, str(tmp_path / fmt), 53, split, 16, per_shard=20)
+  env = dict(os.environ, PYTHONPATH=ROOT, XLA_FLAGS='--xla_force_host_platform_device_count=4')
+  cmd = [sys.executable, '-m', module, '--workdir', str(run_dir), '--dataset', spec, '--step', '4',
+         '--batch_size', '16', *(['--templates', 'shapes'] if split == 'zeroshot' else [])]
+  result = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+  assert result.returncode == 0, result.stderr[-2000:]
+  from data.sources import open_source
+  from eval.job import dataset_name
+  name = dataset_name(open_source(spec), spec)
+  metrics = json.loads((run_dir / 'eval' / module.split('.')[1] / name / 'step_4.json').read_text())
+  assert metrics['num_examples'] == 53 and key in metrics and metrics['dataset'] == name
+  if split == 'retrieval':
+    assert metrics['num_captions'] == 53 * 5
+
+
 def test_cli_errors_are_one_line(tmp_path):
   env = dict(os.environ, PYTHONPATH=ROOT)
   cmd = [sys.executable, '-m', 'eval.zeroshot', '--workdir', str(tmp_path), '--dataset',

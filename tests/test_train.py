@@ -77,3 +77,42 @@ def test_bad_config_is_one_line_before_compiling(tmp_path, override, message):
   lines = [l for l in result.stderr.splitlines() if l.strip() and 'warn' not in l.lower()]
   assert len(lines) == 1 and lines[0].startswith('error: ') and message in lines[0], result.stderr
   assert not (tmp_path / 'w' / 'checkpoints').exists()
+
+
+@pytest.fixture(scope='module')
+def built_corpora(tmp_path_factory):
+  from data.make_corpus import write_corpus
+  root = tmp_path_factory.mktemp('corpora')
+  return {fmt: write_corpus(fmt, str(root / fmt), 96, 'train', 16, per_shard=40)
+          for fmt in ('csv', 'wds')}
+
+
+@pytest.mark.parametrize('fmt', ['csv', 'wds'])
+def test_trains_on_a_built_corpus(tmp_path, built_corpora, fmt):
+  result = run_train(tmp_path, f'--config.data.train={built_corpora[fmt]}', *FAST,
+                     '--config.total_steps=4', '--config.eval.zeroshot=')
+  assert result.returncode == 0, result.stderr[-2000:]
+  assert len(read_metrics(tmp_path)) == 4
+  if fmt == 'wds':
+    assert len(os.listdir(tmp_path / 'data_index')) == 3  # one cached index per shard
+
+
+def test_bad_record_policies_through_the_trainer(tmp_path):
+  from tests.corpora import csv_with_bad_records
+  path, expected = csv_with_bad_records(str(tmp_path / 'data'), good=24, max_pixels=64 * 64)
+  common = [f'--config.data.train=csv:{path}', '--config.data.max_pixels=4096', *FAST,
+            '--config.batch_size=32', '--config.eval.zeroshot=']
+  skip = run_train(tmp_path / 'skip', *common, '--config.total_steps=3')
+  assert skip.returncode == 0, skip.stderr[-2000:]
+  # 32 rows = one batch per epoch, so 3 steps read every bad record exactly 3 times.
+  rows = read_metrics(tmp_path / 'skip')
+  assert [r['bad_records'] for r in rows] == [8, 16, 24]
+  assert {k[len('bad_records/'):]: v for k, v in rows[-1].items()
+          if k.startswith('bad_records/')} == {k: 3 * n for k, n in expected.items()}
+  assert 'skipped 24 bad' in skip.stdout
+  assert skip.stderr.count('warning: skipping bad record') == 8  # each logged once
+  error = run_train(tmp_path / 'error', *common, '--config.total_steps=3',
+                    '--config.data.on_bad_record=error', '--config.data.num_threads=1')
+  lines = [l for l in error.stderr.splitlines() if l.startswith('error: ')]
+  assert error.returncode == 1 and len(lines) == 1
+  assert 'bad record in bad.csv, key row' in lines[0]

@@ -167,3 +167,60 @@ def load_from_workdir(spec: str, workdir: str, lowercase: bool = False) -> Token
   if kind == 'sentencepiece':
     return SentencePieceTokenizer(path, lowercase)
   return HFTokenizer(path, lowercase)
+
+
+def train_sentencepiece(captions, vocab_size: int, out: str, lowercase: bool = True) -> None:
+  """Trains a unigram sentencepiece model with ids 0 = padding, 1 = unknown, 2 = end-of-text."""
+  import sentencepiece
+  import tempfile
+  texts = (clean_text(c, lowercase) for c in captions)
+  with tempfile.TemporaryDirectory() as tmp:
+    prefix = os.path.join(tmp, 'sp')
+    sentencepiece.SentencePieceTrainer.train(
+        sentence_iterator=texts, model_prefix=prefix, vocab_size=vocab_size,
+        model_type='unigram', character_coverage=1.0, pad_id=0, unk_id=1, eos_id=2, bos_id=-1,
+        hard_vocab_limit=False, minloglevel=2)
+    os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
+    shutil.copyfile(prefix + '.model', out)
+
+
+def source_captions(spec: str):
+  """Every readable caption of a data source (bad records are skipped with a warning)."""
+  import sys
+
+  from data.records import BadRecord
+  from data.sources import open_source
+  source = open_source(spec)
+  for i in range(len(source)):
+    try:
+      yield from source.text(i)
+    except BadRecord as e:
+      print(f'warning: skipping {e}', file=sys.stderr)
+
+
+def main(argv: list[str]) -> int:
+  """`python -m data.tokenizer train --data SPEC --vocab_size N --out PATH`."""
+  import argparse
+  import sys
+  parser = argparse.ArgumentParser(prog='python -m data.tokenizer')
+  commands = parser.add_subparsers(dest='command', required=True)
+  train = commands.add_parser('train', help='train a sentencepiece model on a source\'s captions')
+  train.add_argument('--data', required=True, help='data spec, e.g. csv:/data/train.csv')
+  train.add_argument('--vocab_size', type=int, required=True)
+  train.add_argument('--out', required=True, help='output .model file')
+  train.add_argument('--no_lowercase', action='store_true')
+  args = parser.parse_args(argv)
+  try:
+    train_sentencepiece(source_captions(args.data), args.vocab_size, args.out,
+                        lowercase=not args.no_lowercase)
+  except ConfigError as e:
+    print(f'error: {e}', file=sys.stderr)
+    return 2
+  tok = SentencePieceTokenizer(args.out)
+  print(f'wrote {args.out}: {tok.vocab_size} pieces; use --config.data.tokenizer=sentencepiece:{args.out}')
+  return 0
+
+
+if __name__ == '__main__':
+  import sys
+  sys.exit(main(sys.argv[1:]))

@@ -1,0 +1,148 @@
+"""Sources over files on disk: `csv:`, `jsonl:` and `imagefolder:`.
+
+Relative image paths resolve against the folder of the CSV/JSONL file; absolute ones stay.
+Records decode on access (`source[i]`) and raise `BadRecord` for anything broken.
+"""
+
+import csv
+import json
+import os
+
+from data.records import DEFAULT_MAX_PIXELS, BadRecord, decode_caption, decode_image, read_file
+from pretrain.errors import ConfigError
+
+IMAGE_EXTENSIONS = ('.jpg', '.jpeg', '.png', '.webp', '.bmp', '.gif', '.tif', '.tiff')
+
+
+def _resolve(base: str, path: str) -> str:
+  return path if os.path.isabs(path) else os.path.join(base, path)
+
+
+def _require_file(path: str, kind: str) -> None:
+  if not os.path.isfile(path):
+    raise ConfigError(f'{kind} data path {path} does not exist')
+
+
+class CsvSource:
+  """A CSV/TSV with a header row; columns `image_key` and `caption_key` (OpenCLIP: filepath/title)."""
+
+  def __init__(self, path: str, sep: str = ',', image_key: str = 'image',
+               caption_key: str = 'caption', max_pixels: int = DEFAULT_MAX_PIXELS):
+    _require_file(path, 'csv')
+    self.name, self.base, self.max_pixels = os.path.basename(path), os.path.dirname(path), max_pixels
+    sep = '\t' if sep in ('tab', '\\t') else sep
+    # surrogateescape keeps undecodable bytes visible, so a bad caption is caught per row.
+    with open(path, newline='', encoding='utf-8', errors='surrogateescape') as f:
+      rows = list(csv.reader(f, delimiter=sep))
+    if not rows:
+      raise ConfigError(f'csv {path} is empty: it needs a header row')
+    self.header, self.rows = rows[0], rows[1:]
+    for column in (image_key, caption_key):
+      if column not in self.header:
+        raise ConfigError(f'csv {path} has no column {column!r} (columns: {self.header}); '
+                          'set image_key=/caption_key= in the spec, e.g. csv:F?sep=tab&image_key=filepath&caption_key=title')
+    self._image, self._caption = self.header.index(image_key), self.header.index(caption_key)
+
+  def __len__(self) -> int:
+    return len(self.rows)
+
+  def _row(self, i: int) -> list[str]:
+    row = self.rows[i]
+    if len(row) != len(self.header):
+      raise BadRecord('bad_csv_row', self.name, f'row {i + 2}',
+                      f'{len(row)} fields where the header has {len(self.header)}')
+    return row
+
+  def text(self, i: int) -> list[str]:
+    """The captions of record i, without reading its image."""
+    return [decode_caption(self._row(i)[self._caption], self.name, f'row {i + 2}')]
+
+  def __getitem__(self, i: int) -> dict:
+    row, key = self._row(i), f'row {i + 2}'
+    caption = decode_caption(row[self._caption], self.name, key)
+    data = read_file(_resolve(self.base, row[self._image]), self.name, key)
+    return {'image': decode_image(data, self.name, key, self.max_pixels), 'caption': caption,
+            'key': key}
+
+
+class JsonlSource:
+  """One JSON object per line: {"image": path, "caption": str} or {..., "captions": [str, ...]}."""
+
+  def __init__(self, path: str, max_pixels: int = DEFAULT_MAX_PIXELS):
+    _require_file(path, 'jsonl')
+    self.name, self.base, self.max_pixels = os.path.basename(path), os.path.dirname(path), max_pixels
+    with open(path, encoding='utf-8', errors='surrogateescape') as f:
+      self.lines = [line for line in f if line.strip()]
+
+  def __len__(self) -> int:
+    return len(self.lines)
+
+  def _object(self, i: int) -> dict:
+    try:
+      obj = json.loads(self.lines[i])
+    except json.JSONDecodeError as e:
+      raise BadRecord('bad_json_line', self.name, f'line {i + 1}', f'not JSON: {e.msg}') from None
+    if not isinstance(obj, dict):
+      raise BadRecord('bad_json_line', self.name, f'line {i + 1}', 'not a JSON object')
+    return obj
+
+  def text(self, i: int) -> list[str]:
+    """The captions of record i, without reading its image."""
+    obj, key = self._object(i), f'line {i + 1}'
+    values = obj['captions'] if isinstance(obj.get('captions'), list) else [obj.get('caption')]
+    return [decode_caption(v, self.name, key) for v in values] or [
+        decode_caption(None, self.name, key)]
+
+  def __getitem__(self, i: int) -> dict:
+    obj, key = self._object(i), f'line {i + 1}'
+    captions = self.text(i)
+    if not isinstance(obj.get('image'), str):
+      raise BadRecord('missing_file', self.name, key, 'no "image" path')
+    data = read_file(_resolve(self.base, obj['image']), self.name, key)
+    record = {'image': decode_image(data, self.name, key, self.max_pixels),
+              'caption': captions[0], 'key': key}
+    if 'captions' in obj:
+      record['captions'] = captions
+    return record
+
+
+class ImageFolderSource:
+  """DIR/<class>/<image>: labels from sorted folder names; names from classnames.txt if present."""
+
+  def __init__(self, root: str, max_pixels: int = DEFAULT_MAX_PIXELS):
+    if not os.path.isdir(root):
+      raise ConfigError(f'imagefolder data path {root} does not exist')
+    self.name = os.path.basename(os.path.normpath(root))
+    self.root, self.max_pixels = root, max_pixels
+    folders = sorted(d for d in os.listdir(root) if os.path.isdir(os.path.join(root, d)))
+    if not folders:
+      raise ConfigError(f'imagefolder {root} has no class folders')
+    self.classnames = [d.replace('_', ' ') for d in folders]
+    names_file = os.path.join(root, 'classnames.txt')
+    if os.path.isfile(names_file):
+      with open(names_file) as f:
+        names = [line.strip() for line in f if line.strip()]
+      if len(names) != len(folders):
+        raise ConfigError(f'{names_file} has {len(names)} names for {len(folders)} folders')
+      self.classnames = names
+    self.items = [(os.path.join(folder, name), label)
+                  for label, folder in enumerate(folders)
+                  for name in sorted(os.listdir(os.path.join(root, folder)))
+                  if name.lower().endswith(IMAGE_EXTENSIONS)]
+
+  def __len__(self) -> int:
+    return len(self.items)
+
+  def labels(self) -> list[int]:
+    """Every record's label, without reading images."""
+    return [label for _, label in self.items]
+
+  def text(self, i: int) -> list[str]:
+    """The class name of record i, used as its caption."""
+    return [self.classnames[self.items[i][1]]]
+
+  def __getitem__(self, i: int) -> dict:
+    path, label = self.items[i]
+    data = read_file(os.path.join(self.root, path), self.name, path)
+    return {'image': decode_image(data, self.name, path, self.max_pixels), 'label': label,
+            'caption': self.classnames[label], 'key': path}
