@@ -16,6 +16,11 @@ def base_config() -> ml_collections.ConfigDict:
   config.checkpoint_every = 100    # Steps between checkpoints (one is always written at the end).
   config.keep_checkpoints = 2      # Keep-N: older complete checkpoints are deleted.
   config.exit_after_step = 0       # Checkpoint and exit at this step, as if preempted (drills); 0 = off.
+  config.max_consecutive_skips = 10  # Non-finite updates in a row before the run stops.
+  # Test-only hooks; leave empty in real runs.
+  config.debug = ml_collections.ConfigDict(dict(
+      nonfinite_at_attempts=(),    # 1-based step calls whose loss is replaced by NaN.
+  ))
 
   # Devices: the batch is split over data x fsdp; parameters are sharded over fsdp. -1 = the rest.
   config.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1))

@@ -6,12 +6,14 @@ Items are saved separately so eval jobs can restore `params` alone onto any mesh
 import os
 from typing import Any
 
-import grain
+import jax
 import orbax.checkpoint as ocp
+
+from pretrain.errors import ConfigError
 
 
 # Small host-side parts of the train state, saved together as the `train` item.
-TRAIN_ITEM_KEYS = ('step', 'rng', 'bad_records')
+TRAIN_ITEM_KEYS = ('step', 'rng', 'bad_records', 'skipped_updates', 'consecutive_skips')
 
 
 def checkpoint_dir(workdir: str) -> str:
@@ -37,17 +39,21 @@ class Checkpointer:
         params=ocp.args.StandardSave(state['params']),
         opt_state=ocp.args.StandardSave(state['opt_state']),
         train=ocp.args.StandardSave({k: state[k] for k in TRAIN_ITEM_KEYS}),
-        data=grain.checkpoint.CheckpointSave(data_iterator))
+        # Captured now, not when the async write runs: the loop advances the iterator meanwhile.
+        # Every process is at the same position (one local batch per step), so one copy serves.
+        data=ocp.args.JsonSave(data_iterator.get_state()))
     self.manager.save(step, args=args, force=True)
 
   def restore(self, step: int, abstract_state: dict, data_iterator: Any) -> dict:
     """The train state at `step`, placed as `abstract_state`'s shardings; moves the data iterator."""
+    check_shapes(self.manager.directory, step, abstract_state['params'])
     args = ocp.args.Composite(
         params=ocp.args.StandardRestore(abstract_state['params']),
         opt_state=ocp.args.StandardRestore(abstract_state['opt_state']),
         train=ocp.args.StandardRestore({k: abstract_state[k] for k in TRAIN_ITEM_KEYS}),
-        data=grain.checkpoint.CheckpointRestore(data_iterator))
+        data=ocp.args.JsonRestore())
     restored = self.manager.restore(step, args=args)
+    data_iterator.set_state(restored['data'])
     return {'params': restored['params'], 'opt_state': restored['opt_state'],
             **restored['train']}
 
@@ -61,6 +67,28 @@ class Checkpointer:
     self.manager.close()
 
 
+def _keystr(path: tuple) -> str:
+  return '/'.join(str(getattr(k, 'key', getattr(k, 'idx', k))) for k in path)
+
+
+def check_shapes(directory, step: int, abstract_params: Any) -> None:
+  """Raises ConfigError naming the first parameter whose saved shape differs from the config's."""
+  metadata = ocp.StandardCheckpointer().metadata(os.path.join(str(directory), str(step), 'params'))
+  saved = getattr(metadata, 'item_metadata', metadata)
+  saved = {_keystr(p): tuple(leaf.shape) for p, leaf in
+           jax.tree_util.tree_leaves_with_path(getattr(saved, 'tree', saved))}
+  wanted = {_keystr(p): tuple(leaf.shape) for p, leaf in
+            jax.tree_util.tree_leaves_with_path(abstract_params)}
+  for name, shape in wanted.items():
+    if name not in saved:
+      raise ConfigError(f'checkpoint {step} in {directory} has no parameter {name}: '
+                        'was it written by a different model config?')
+    if saved[name] != shape:
+      raise ConfigError(f'checkpoint {step} in {directory}: parameter {name} has shape '
+                        f'{saved[name]} but the config makes {shape}: was it written by a '
+                        'different model config?')
+
+
 def restore_params(workdir: str, step: int | None, abstract_params: Any) -> tuple[int, Any]:
   """Parameters only (no optimizer state) of checkpoint `step` (None: newest), onto any mesh."""
   manager = ocp.CheckpointManager(checkpoint_dir(workdir))
@@ -70,6 +98,7 @@ def restore_params(workdir: str, step: int | None, abstract_params: Any) -> tupl
       raise FileNotFoundError(f'no complete checkpoint in {checkpoint_dir(workdir)}')
     if not os.path.isdir(os.path.join(checkpoint_dir(workdir), str(step))):
       raise FileNotFoundError(f'no checkpoint {step} in {checkpoint_dir(workdir)}')
+    check_shapes(manager.directory, step, abstract_params)
     args = ocp.args.Composite(params=ocp.args.StandardRestore(abstract_params))
     return step, manager.restore(step, args=args)['params']
   finally:

@@ -40,7 +40,7 @@ class MetricsLogger:
       self._tb.flush()
 
   def progress(self, step: int, metrics: dict, examples_per_s: float, seconds_per_step: float,
-               bad_records: dict[str, int] | None = None) -> None:
+               bad_records: dict[str, int] | None = None, skipped_updates: int = 0) -> None:
     """Prints step/total, loss, temperature, accuracies, examples/s, ETA and skipped records."""
     if not self.enabled:
       return
@@ -49,6 +49,8 @@ class MetricsLogger:
     if bad_records:
       detail = ', '.join(f'{k} {n}' for k, n in sorted(bad_records.items()))
       bad = f'  skipped {sum(bad_records.values())} bad ({detail})'
+    if skipped_updates:
+      bad += f'  {skipped_updates} non-finite updates skipped'
     print(f'step {step}/{self.total_steps}  loss {metrics["loss"]:.4f}  '
           f'temp {metrics["temperature"]:.4f}  acc i2t {metrics["acc_i2t"]:.3f} '
           f't2i {metrics["acc_t2i"]:.3f}  {examples_per_s:.1f} ex/s  ETA {eta}{bad}', flush=True)

@@ -20,6 +20,7 @@ from pretrain.config_cli import parse_args, save_config
 from pretrain.errors import ConfigError
 from pretrain.logger import MetricsLogger, Throughput
 from pretrain.optim import make_optimizer
+from pretrain.run_control import StopRequest, WorkdirLock
 from pretrain.train_step import StepBuilder
 
 
@@ -32,9 +33,11 @@ def batch_fingerprint(local_batch: dict) -> int:
 
 
 def prepare_run(config, workdir: str):
-  """Validates everything, writes config.json and the tokenizer, builds the data iterator."""
+  """Validates, locks the workdir, writes config.json and the tokenizer, builds the dataset."""
   shape = validate.check_training(config, jax.device_count(), jax.process_count())
   validate.check_workdir(workdir)
+  # Taken before anything in the workdir is written, so a second trainer changes nothing.
+  lock = WorkdirLock(workdir) if jax.process_index() == 0 else None
   tokenizer = get_tokenizer(config.data.tokenizer, config.data.lowercase)
   validate.check_vocab(tokenizer.vocab_size, config.model.vocab_size, config.data.tokenizer)
   source = open_source(config.data.train, config.model.image_size, config.seed,
@@ -55,7 +58,7 @@ def prepare_run(config, workdir: str):
                           context_length=config.model.context_length,
                           global_batch=config.batch_size, seed=config.seed,
                           process_index=jax.process_index(), process_count=jax.process_count())
-  return shape, tokenizer, dataset, problems
+  return shape, tokenizer, dataset, problems, lock
 
 
 def bad_record_counts(state_counts, problems) -> dict[str, int]:
@@ -66,59 +69,113 @@ def bad_record_counts(state_counts, problems) -> dict[str, int]:
   return {kind: n for kind, n in counts.items() if n}
 
 
+class NonFiniteError(RuntimeError):
+  """Too many non-finite updates in a row."""
+
+
+def restore_or_init(ckpt: Checkpointer, builder: StepBuilder, data_iter, workdir: str):
+  """The newest complete checkpoint's state (moving the data iterator), or a fresh one."""
+  latest = ckpt.latest_step()
+  if latest is None:
+    return builder.init_state()
+  state = ckpt.restore(latest, builder.abstract_state, data_iter)
+  if jax.process_index() == 0:
+    print(f'resumed from {workdir}/checkpoints/{latest}', flush=True)
+  return state
+
+
 def train(config, workdir: str) -> dict | None:
   """Runs (or resumes) training to `config.total_steps`; returns the final eval metrics."""
-  shape, tokenizer, dataset, problems = prepare_run(config, workdir)
-  mesh = sharding.make_mesh(shape)
-  tx, schedule = make_optimizer(config.optim, config.total_steps)
-  builder = StepBuilder(config, mesh, tx, schedule)
-  data_iter = iter(dataset)
-  ckpt = Checkpointer(workdir, config.keep_checkpoints)
-  is_main = jax.process_index() == 0
-  latest = ckpt.latest_step()
-  if latest is not None and latest >= config.total_steps:
-    if is_main:
-      print(f'run in {workdir} already finished: checkpoint at step {latest} '
-            f'(total_steps={config.total_steps}); nothing to do', flush=True)
-    ckpt.close()
-    return None
-  if latest is None:
-    state = builder.init_state()
-  else:
-    state = ckpt.restore(latest, builder.abstract_state, data_iter)
-    if is_main:
-      print(f'resumed from {workdir}/checkpoints/{latest}', flush=True)
-  step_fn = builder.jit_step()
-  logger = MetricsLogger(workdir, config.total_steps, enabled=is_main)
-  start = int(jax.device_get(state['step']))
-  timer = Throughput(start)
-  for step in range(start + 1, config.total_steps + 1):
-    local = next(data_iter)
-    fingerprint = batch_fingerprint(local)
-    state, metrics = step_fn(state, sharding.global_batch(local, mesh))
-    if step % config.log_every == 0 or step == config.total_steps:
-      metrics = {k: float(v) for k, v in jax.device_get(metrics).items()}
-      bad = bad_record_counts(jax.device_get(state['bad_records']), problems)
-      examples_per_s, seconds_per_step = timer.mark(step, config.batch_size)
-      logger.write(step, {**metrics, 'examples_per_s': examples_per_s,
-                          'batch_crc32': fingerprint, 'bad_records': sum(bad.values()),
-                          **{f'bad_records/{k}': n for k, n in bad.items()}})
-      logger.progress(step, metrics, examples_per_s, seconds_per_step, bad)
-    stopping = step == config.exit_after_step
-    if step % config.checkpoint_every == 0 or step == config.total_steps or stopping:
-      ckpt.save(step, state, data_iter)
-    if stopping:
+  shape, tokenizer, dataset, problems, lock = prepare_run(config, workdir)
+  try:
+    ckpt = Checkpointer(workdir, config.keep_checkpoints)
+    latest = ckpt.latest_step()
+    if latest is not None and latest >= config.total_steps:
+      if jax.process_index() == 0:
+        print(f'run in {workdir} already finished: checkpoint at step {latest} '
+              f'(total_steps={config.total_steps}); nothing to do', flush=True)
       ckpt.close()
-      logger.close()
-      if is_main:
-        print(f'exit_after_step={step}: checkpointed and stopped; re-run to resume', flush=True)
       return None
-  ckpt.close()
-  logger.close()
-  return final_eval(config, workdir, builder, state['params'], tokenizer, mesh)
+    mesh = sharding.make_mesh(shape)
+    tx, schedule = make_optimizer(config.optim, config.total_steps)
+    builder = StepBuilder(config, mesh, tx, schedule)
+    data_iter = iter(dataset)
+    state = restore_or_init(ckpt, builder, data_iter, workdir)
+    state, finished = run_loop(config, workdir, builder, mesh, ckpt, data_iter, state, problems)
+    ckpt.close()
+    if not finished:
+      return None
+    return final_eval(config, builder, state['params'], tokenizer, mesh)
+  finally:
+    if lock:
+      lock.release()
 
 
-def final_eval(config, workdir, builder, params, tokenizer, mesh) -> dict | None:
+def run_loop(config, workdir, builder, mesh, ckpt, data_iter, state, problems):
+  """Steps until total_steps, SIGTERM or exit_after_step; -> (state, reached total_steps)."""
+  step_fn = builder.jit_step()
+  is_main = jax.process_index() == 0
+  logger = MetricsLogger(workdir, config.total_steps, enabled=is_main)
+  stop = StopRequest()
+  step = int(jax.device_get(state['step']))
+  timer = Throughput(step)
+  try:
+    while step < config.total_steps:
+      local = next(data_iter)
+      state, metrics = step_fn(state, sharding.global_batch(local, mesh))
+      if check_skipped(config, state, metrics, step + 1, ckpt):
+        continue
+      step += 1
+      if step % config.log_every == 0 or step == config.total_steps:
+        log_step(logger, timer, config, step, state, metrics, batch_fingerprint(local), problems)
+      stopping = step == config.exit_after_step or stop.requested
+      if step % config.checkpoint_every == 0 or step == config.total_steps or stopping:
+        ckpt.save(step, state, data_iter)
+      if stopping:
+        ckpt.wait()
+        if is_main:
+          why = 'SIGTERM' if stop.requested else f'exit_after_step={step}'
+          print(f'{why}: checkpointed step {step} and stopped; re-run the same command to resume',
+                flush=True)
+        return state, False
+  finally:
+    stop.restore()
+    logger.close()
+  return state, True
+
+
+def check_skipped(config, state, metrics, step: int, ckpt: Checkpointer) -> bool:
+  """Whether the update was skipped as non-finite; raises after too many in a row."""
+  if not bool(jax.device_get(metrics['skipped'])):
+    return False
+  consecutive = int(jax.device_get(state['consecutive_skips']))
+  if jax.process_index() == 0:
+    print(f'warning: step {step}: loss {float(metrics["loss"]):.4g}, grad norm '
+          f'{float(metrics["grad_norm"]):.4g}: non-finite, update skipped '
+          f'({consecutive} in a row)', file=sys.stderr, flush=True)
+  if consecutive >= config.max_consecutive_skips:
+    ckpt.wait()
+    last = ckpt.latest_step()
+    raise NonFiniteError(
+        f'{consecutive} non-finite updates in a row at step {step} (max_consecutive_skips='
+        f'{config.max_consecutive_skips}); stopped. The last good checkpoint is step {last}; '
+        'check the data and the learning rate, then re-run to resume from it')
+  return True
+
+
+def log_step(logger, timer, config, step, state, metrics, fingerprint, problems) -> None:
+  """One metrics.jsonl row and one progress line."""
+  metrics = {k: float(v) for k, v in jax.device_get(metrics).items()}
+  bad = bad_record_counts(jax.device_get(state['bad_records']), problems)
+  skipped = int(jax.device_get(state['skipped_updates']))
+  examples_per_s, seconds_per_step = timer.mark(step, config.batch_size)
+  logger.write(step, {**metrics, 'examples_per_s': examples_per_s, 'batch_crc32': fingerprint,
+                      'skipped_updates': skipped, 'bad_records': sum(bad.values()),
+                      **{f'bad_records/{k}': n for k, n in bad.items()}})
+  logger.progress(step, metrics, examples_per_s, seconds_per_step, bad, skipped)
+
+
+def final_eval(config, builder, params, tokenizer, mesh) -> dict | None:
   """Zero-shot accuracy of the final parameters on `config.eval.zeroshot`, if set."""
   if not config.eval.zeroshot:
     return None
@@ -149,7 +206,7 @@ def main(argv: list[str]) -> int:
   except ConfigError as e:
     print(f'error: {e}', file=sys.stderr)
     return 2
-  except BadRecord as e:  # data.on_bad_record='error'
+  except (BadRecord, NonFiniteError) as e:  # data.on_bad_record='error'; a diverged run
     print(f'error: {e}', file=sys.stderr)
     return 1
   return 0

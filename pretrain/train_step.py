@@ -13,8 +13,9 @@ from pretrain import sharding
 from pretrain.losses import make_softmax_loss
 from pretrain.models import build_model
 
-# {'step': int32 [], 'params': pure dict, 'opt_state': optax state, 'rng': uint32 [2],
-#  'bad_records': int32 [len(BAD_KINDS)] (bad records skipped so far, over all processes)}
+# {'step': int32 [] (applied updates), 'params': pure dict, 'opt_state': optax state,
+#  'rng': uint32 [2], 'bad_records': int32 [len(BAD_KINDS)] (skipped records, all processes),
+#  'skipped_updates': int32 [] (non-finite updates skipped), 'consecutive_skips': int32 []}
 TrainState = dict
 
 
@@ -43,6 +44,8 @@ class StepBuilder:
     self.state_shardings = {
         'step': sharding.replicated(mesh), 'rng': sharding.replicated(mesh),
         'bad_records': sharding.replicated(mesh),
+        'skipped_updates': sharding.replicated(mesh),
+        'consecutive_skips': sharding.replicated(mesh),
         'params': sharding.tree_shardings(abstract['params'], mesh, rule),
         'opt_state': sharding.tree_shardings(abstract['opt_state'], mesh, rule),
     }
@@ -54,7 +57,9 @@ class StepBuilder:
   def _init_state(self, params: Any) -> TrainState:
     return {'step': jnp.zeros((), jnp.int32), 'params': params, 'opt_state': self.tx.init(params),
             'rng': jax.random.key_data(jax.random.key(self.config.seed)),
-            'bad_records': jnp.zeros(len(BAD_KINDS), jnp.int32)}
+            'bad_records': jnp.zeros(len(BAD_KINDS), jnp.int32),
+            'skipped_updates': jnp.zeros((), jnp.int32),
+            'consecutive_skips': jnp.zeros((), jnp.int32)}
 
   def init_state(self) -> TrainState:
     """A fresh state, created directly in its shardings."""
@@ -71,16 +76,35 @@ class StepBuilder:
     loss, metrics = self.loss_fn(img, txt, scale)
     return loss, {**metrics, 'logit_scale': scale, 'temperature': 1.0 / scale}
 
+  def _inject_nonfinite(self, loss: jax.Array, state: TrainState) -> jax.Array:
+    """Test-only hook (`config.debug.nonfinite_at_attempts`): NaN loss at chosen attempts."""
+    attempts = tuple(self.config.debug.nonfinite_at_attempts)
+    if not attempts:
+      return loss
+    attempt = state['step'] + state['skipped_updates'] + 1  # 1-based count of step calls
+    return jnp.where(jnp.isin(attempt, jnp.asarray(attempts)), jnp.nan, loss)
+
   def _step(self, state: TrainState, batch: dict) -> tuple[TrainState, dict]:
     grad_fn = jax.value_and_grad(self.loss_and_metrics, has_aux=True)
     (loss, metrics), grads = grad_fn(state['params'], batch)
+    loss = self._inject_nonfinite(loss, state)
+    grad_norm = optax.global_norm(grads)
     updates, opt_state = self.tx.update(grads, state['opt_state'], state['params'])
     params = optax.apply_updates(state['params'], updates)
-    metrics = {**metrics, 'loss': loss, 'grad_norm': optax.global_norm(grads),
-               'lr': self.schedule(state['step'])}
-    bad = state['bad_records'] + jnp.sum(batch['bad'], axis=0, dtype=jnp.int32)
-    new_state = {'step': state['step'] + 1, 'params': params, 'opt_state': opt_state,
-                 'rng': state['rng'], 'bad_records': bad}
+    # A non-finite loss or gradient leaves parameters, optimizer state and step untouched.
+    ok = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
+    keep = lambda new, old: jax.tree.map(lambda n, o: jnp.where(ok, n, o), new, old)
+    metrics = {**metrics, 'loss': loss, 'grad_norm': grad_norm,
+               'lr': self.schedule(state['step']), 'skipped': ~ok}
+    new_state = {
+        'step': state['step'] + ok.astype(jnp.int32),
+        'params': keep(params, state['params']),
+        'opt_state': keep(opt_state, state['opt_state']),
+        'rng': state['rng'],
+        'bad_records': state['bad_records'] + jnp.sum(batch['bad'], axis=0, dtype=jnp.int32),
+        'skipped_updates': state['skipped_updates'] + (~ok).astype(jnp.int32),
+        'consecutive_skips': jnp.where(ok, 0, state['consecutive_skips'] + 1),
+    }
     return new_state, metrics
 
   def jit_step(self) -> Callable[[TrainState, dict], tuple[TrainState, dict]]:

@@ -31,7 +31,7 @@ def test_resume_is_bit_identical(tmp_path):
   straight, split = tmp_path / 'straight', tmp_path / 'split'
   assert run_train(straight, *common).returncode == 0
   first = run_train(split, *common, '--config.exit_after_step=4')
-  assert first.returncode == 0 and 'checkpointed and stopped' in first.stdout
+  assert first.returncode == 0 and 'exit_after_step=4: checkpointed step 4' in first.stdout
   second = run_train(split, *common)
   assert second.returncode == 0 and 'resumed from' in second.stdout
   rows_a, rows_b = read_metrics(straight), read_metrics(split)

@@ -1,0 +1,143 @@
+"""Non-finite updates, SIGTERM, the workdir lock, mismatched checkpoints, no pickle."""
+
+import ast
+import os
+import pathlib
+import signal
+import subprocess
+import sys
+import time
+
+import jax
+import numpy as np
+import pytest
+
+from data.records import BAD_KINDS
+from pretrain.optim import make_optimizer
+from pretrain.sharding import batch_sharding
+from pretrain.train_step import StepBuilder
+from tests.helpers import ROOT, mesh, read_metrics, run_train, tiny_config
+
+FAST = ['--config.model.image_size=16', '--config.model.context_length=12',
+        '--config.batch_size=16', '--config.optim.warmup_steps=1', '--config.log_every=1',
+        '--config.eval.zeroshot=']
+
+
+def test_nonfinite_update_leaves_state_untouched():
+  config = tiny_config()
+  config.debug.nonfinite_at_attempts = (2,)
+  the_mesh = mesh(4, 2)
+  tx, schedule = make_optimizer(config.optim, 100)
+  builder = StepBuilder(config, the_mesh, tx, schedule)
+  step = builder.jit_step()
+  rng = np.random.default_rng(0)
+  batch = {'image': rng.integers(0, 256, (16, 16, 16, 3), np.uint8),
+           'text': np.tile(np.array([[5, 6, 2, 0, 0, 0, 0, 0]], np.int32), (16, 1)),
+           'bad': np.zeros((16, len(BAD_KINDS)), np.int32)}
+  batch = {k: jax.device_put(v, batch_sharding(the_mesh)) for k, v in batch.items()}
+  state, _ = step(builder.init_state(), batch)  # attempt 1: a normal update
+  before = jax.device_get(state)
+  state, metrics = step(state, batch)  # attempt 2: NaN loss injected
+  after = jax.device_get(state)
+  assert bool(metrics['skipped']) and int(after['step']) == 1
+  assert int(after['skipped_updates']) == 1 and int(after['consecutive_skips']) == 1
+  same = jax.tree.map(np.array_equal, {k: before[k] for k in ('params', 'opt_state')},
+                      {k: after[k] for k in ('params', 'opt_state')})
+  assert all(jax.tree.leaves(same))
+  state, metrics = step(state, batch)  # attempt 3: normal again
+  assert not bool(metrics['skipped']) and int(state['step']) == 2
+  assert int(state['consecutive_skips']) == 0 and int(state['skipped_updates']) == 1
+
+
+def test_consecutive_nonfinite_updates_stop_the_run_keeping_the_last_checkpoint(tmp_path):
+  result = run_train(tmp_path, *FAST, '--config.total_steps=8', '--config.checkpoint_every=2',
+                     '--config.debug.nonfinite_at_attempts=(4,5,6)',
+                     '--config.max_consecutive_skips=3')
+  errors = [l for l in result.stderr.splitlines() if l.startswith('error: ')]
+  assert result.returncode == 1 and len(errors) == 1
+  assert '3 non-finite updates in a row at step 4' in errors[0]
+  assert 'last good checkpoint is step 2' in errors[0]
+  assert sorted(os.listdir(tmp_path / 'checkpoints')) == ['2']
+  # Without the injected NaNs (a fixed cause), the same run resumes from step 2 and finishes.
+  again = run_train(tmp_path, *FAST, '--config.total_steps=8', '--config.checkpoint_every=2')
+  assert again.returncode == 0 and 'resumed from' in again.stdout
+
+
+def test_skipped_update_is_counted_in_metrics(tmp_path):
+  result = run_train(tmp_path, *FAST, '--config.total_steps=4',
+                     '--config.debug.nonfinite_at_attempts=(2,)')
+  assert result.returncode == 0, result.stderr[-2000:]
+  rows = read_metrics(tmp_path)
+  assert [r['step'] for r in rows] == [1, 2, 3, 4]
+  assert [r['skipped_updates'] for r in rows] == [0, 1, 1, 1]
+  assert 'non-finite, update skipped' in result.stderr
+
+
+def _start(workdir, *overrides):
+  env = dict(os.environ, PYTHONPATH=ROOT, XLA_FLAGS='--xla_force_host_platform_device_count=8')
+  cmd = [sys.executable, '-m', 'pretrain.train', '--config', 'configs/demo.py', '--workdir',
+         str(workdir), *FAST, *overrides]
+  return subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                          text=True)
+
+
+def _wait_for_rows(workdir, rows, process, timeout=240):
+  deadline = time.time() + timeout
+  while time.time() < deadline:
+    if (workdir / 'metrics.jsonl').exists() and len(read_metrics(workdir)) >= rows:
+      return
+    assert process.poll() is None, process.communicate()
+    time.sleep(0.2)
+  raise TimeoutError
+
+
+def test_sigterm_checkpoints_and_exits_and_a_second_trainer_is_refused(tmp_path):
+  trainer = _start(tmp_path, '--config.total_steps=100000', '--config.checkpoint_every=100000')
+  try:
+    _wait_for_rows(tmp_path, 3, trainer)
+    second = run_train(tmp_path, *FAST, '--config.total_steps=100000')
+    lines = [l for l in second.stderr.splitlines() if l.startswith('error: ')]
+    assert second.returncode == 2 and len(lines) == 1 and 'is in use by another trainer' in lines[0]
+    start = time.time()
+    trainer.send_signal(signal.SIGTERM)
+    out, _ = trainer.communicate(timeout=60)
+    assert time.time() - start < 60 and trainer.returncode == 0
+  finally:
+    trainer.kill()
+  step = int(out.split('SIGTERM: checkpointed step ')[1].split()[0])
+  assert os.listdir(tmp_path / 'checkpoints') == [str(step)] and step >= 3
+  # The lock died with the process: the same command resumes.
+  resumed = run_train(tmp_path, *FAST, f'--config.total_steps={step + 1}')
+  assert resumed.returncode == 0 and f'resumed from {tmp_path}/checkpoints/{step}' in resumed.stdout
+
+
+def test_checkpoint_of_another_model_names_the_parameter(tmp_path):
+  assert run_train(tmp_path, *FAST, '--config.total_steps=2').returncode == 0
+  result = run_train(tmp_path, *FAST, '--config.total_steps=4', '--config.model.variant=tiny')
+  lines = [l for l in result.stderr.splitlines() if l.startswith('error: ')]
+  assert result.returncode == 2 and len(lines) == 1
+  assert 'parameter img/cls_token has shape (1, 1, 128) but the config makes (1, 1, 256)' in lines[0]
+
+
+def test_workdir_that_cannot_be_created(tmp_path):
+  (tmp_path / 'file').write_text('not a folder')
+  result = run_train(tmp_path / 'file' / 'run', *FAST, '--config.total_steps=2')
+  assert result.returncode == 2 and 'cannot be created' in result.stderr
+
+
+def test_no_module_of_ours_imports_pickle():
+  banned = {'pickle', 'cPickle', 'dill', 'cloudpickle', 'shelve', 'marshal'}
+  offenders = []
+  for path in pathlib.Path(ROOT).rglob('*.py'):
+    if any(part.startswith('.') or part in ('venv', '.venv') for part in path.parts):
+      continue
+    for node in ast.walk(ast.parse(path.read_text())):
+      names = []
+      if isinstance(node, ast.Import):
+        names = [a.name.split('.')[0] for a in node.names]
+      elif isinstance(node, ast.ImportFrom) and node.module:
+        names = [node.module.split('.')[0]]
+      elif isinstance(node, ast.keyword) and node.arg == 'allow_pickle':
+        names = ['allow_pickle']
+      offenders += [f'{path}: {n}' for n in names if n in banned | {'allow_pickle'}]
+  assert offenders == []
