@@ -141,3 +141,12 @@ def test_no_module_of_ours_imports_pickle():
         names = ['allow_pickle']
       offenders += [f'{path}: {n}' for n in names if n in banned | {'allow_pickle'}]
   assert offenders == []
+
+
+@pytest.mark.slow
+def test_three_random_kills_resume_bit_identical(tmp_path):
+  from benchmarks.crash_resume import run
+  row = run(kills=3, seed=1, total_steps=40, root=str(tmp_path))
+  assert row['kills'] == 3 and 1 <= row['resumed'] <= row['kills']
+  assert row['completed'] and row['bit_identical'] and row['unreadable'] == 0
+  assert row['failed_starts'] == 0

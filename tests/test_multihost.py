@@ -1,0 +1,54 @@
+"""Two real processes (jax.distributed over 127.0.0.1) train exactly like one process."""
+
+import os
+import socket
+import subprocess
+import sys
+
+import pytest
+
+from tests.helpers import ROOT, read_metrics, run_train
+
+COMMON = ['--config.model.image_size=16', '--config.model.context_length=12',
+          '--config.batch_size=16', '--config.optim.warmup_steps=1', '--config.log_every=1',
+          '--config.checkpoint_every=2', '--config.eval.zeroshot=', '--config.mesh.fsdp=2']
+
+
+def _free_port() -> int:
+  with socket.socket() as s:
+    s.bind(('127.0.0.1', 0))
+    return s.getsockname()[1]
+
+
+def run_two_processes(workdir, *overrides):
+  port = _free_port()
+  procs = []
+  for pid in range(2):
+    env = dict(os.environ, PYTHONPATH=ROOT, JAX_COORDINATOR_ADDRESS=f'127.0.0.1:{port}',
+               JAX_NUM_PROCESSES='2', JAX_PROCESS_ID=str(pid),
+               XLA_FLAGS='--xla_force_host_platform_device_count=4')
+    cmd = [sys.executable, '-m', 'pretrain.train', '--config', 'configs/demo.py', '--workdir',
+           str(workdir), *COMMON, *overrides]
+    procs.append(subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE,
+                                  stderr=subprocess.PIPE, text=True))
+  outputs = [p.communicate(timeout=600) for p in procs]
+  return [p.returncode for p in procs], outputs
+
+
+@pytest.mark.slow
+def test_two_hosts_equal_one_host_and_checkpoint_moves_between_them(tmp_path):
+  codes, outputs = run_two_processes(tmp_path / 'two', '--config.total_steps=4')
+  assert codes == [0, 0], outputs[0][1][-2000:] + outputs[1][1][-2000:]
+  one = run_train(tmp_path / 'one', *COMMON, '--config.total_steps=4', devices=8)
+  assert one.returncode == 0, one.stderr[-2000:]
+  two_rows, one_rows = read_metrics(tmp_path / 'two'), read_metrics(tmp_path / 'one')
+  assert [r['step'] for r in two_rows] == [1, 2, 3, 4]
+  for a, b in zip(two_rows, one_rows):
+    assert abs(a['loss'] - b['loss']) <= 1e-6, (a, b)
+    assert a['acc_i2t'] == b['acc_i2t'] and a['acc_t2i'] == b['acc_t2i']
+  # The 2-process checkpoint restores in 1 process on another mesh, and training continues.
+  more = run_train(tmp_path / 'two', *COMMON, '--config.total_steps=6', '--config.mesh.fsdp=1',
+                   devices=8)
+  assert more.returncode == 0, more.stderr[-2000:]
+  assert f'resumed from {tmp_path / "two"}/checkpoints/4' in more.stdout
+  assert [r['step'] for r in read_metrics(tmp_path / 'two')][-2:] == [5, 6]
