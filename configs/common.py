@@ -39,7 +39,10 @@ def base_config() -> ml_collections.ConfigDict:
       text_pool='eot',             # 'eot' (end-of-text token, CLIP) or 'cls' ([CLS] token, BERT).
   ))
   config.loss = ml_collections.ConfigDict(dict(
-      name='softmax',              # Symmetric softmax (CLIP/ALIGN) over the whole global batch.
+      name='softmax',              # 'softmax' (CLIP/ALIGN, symmetric) or 'sigmoid' (SigLIP).
+      impl='auto',                 # softmax: 'local_rows' (auto; b x B logits) or 'tiled'; sigmoid: 'ring'.
+      tile=1024,                   # Columns per tile of the 'tiled' softmax.
+      init_logit_bias=-10.0,       # SigLIP's bias init (sigmoid only); SigLIP's scale init is 10.
       init_logit_scale=1 / 0.07,   # CLIP 1/0.07; ALIGN 1.0 (temperature 1).
       max_logit_scale=100.0,       # Clamp of the scale (CLIP: 100); 0 = none.
       label_smoothing=0.0,         # ALIGN: 0.1.

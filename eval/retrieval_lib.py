@@ -57,7 +57,7 @@ def _rows(x: np.ndarray, start: int, size: int, fill=0) -> np.ndarray:
 
 
 def retrieval_ranks(image_emb: np.ndarray, text_emb: np.ndarray, text_owner: np.ndarray,
-                    block: int = 2048, chunk: int = 8192) -> tuple[np.ndarray, np.ndarray]:
+                    block: int = 1024, chunk: int = 4096) -> tuple[np.ndarray, np.ndarray]:
   """1-based ranks: (image->text per image, text->image per caption). text_owner[j] = image of j."""
   n_img, n_txt = len(image_emb), len(text_emb)
   if n_img == 0 or n_txt == 0:

@@ -10,7 +10,7 @@ from jax.sharding import Mesh
 
 from data.records import BAD_KINDS
 from pretrain import sharding
-from pretrain.losses import make_softmax_loss
+from pretrain.losses import make_loss
 from pretrain.models import build_model
 
 # {'step': int32 [] (applied updates), 'params': pure dict, 'opt_state': optax state,
@@ -52,7 +52,7 @@ class StepBuilder:
     self.abstract_state = jax.tree.map(
         lambda leaf, s: jax.ShapeDtypeStruct(leaf.shape, leaf.dtype, sharding=s),
         abstract, self.state_shardings)
-    self.loss_fn = make_softmax_loss(mesh, sharding.BATCH_AXES, config.loss.label_smoothing)
+    self.loss_fn = make_loss(mesh, sharding.BATCH_AXES, config.loss)
 
   def _init_state(self, params: Any) -> TrainState:
     return {'step': jnp.zeros((), jnp.int32), 'params': params, 'opt_state': self.tx.init(params),
@@ -73,7 +73,8 @@ class StepBuilder:
     img = model.embed_images(batch['image'])
     txt = model.embed_texts(batch['text'])
     scale = model.logit_scale()
-    loss, metrics = self.loss_fn(img, txt, scale)
+    extra = (model.logit_bias[...],) if self.config.loss.name == 'sigmoid' else ()
+    loss, metrics = self.loss_fn(img, txt, scale, *extra)
     return loss, {**metrics, 'logit_scale': scale, 'temperature': 1.0 / scale}
 
   def _inject_nonfinite(self, loss: jax.Array, state: TrainState) -> jax.Array:

@@ -6,11 +6,11 @@ import os
 from data.records import BAD_POLICIES
 from data.sources import check_spec
 from pretrain.errors import ConfigError
+from pretrain.losses import LOSS_IMPLS
 from pretrain.models.towers import IMAGE_POOLS, TEXT_POOLS
 from pretrain.models.variants import get_variant
 from pretrain.sharding import batch_parallelism, resolve_mesh_shape
 
-LOSSES = ('softmax',)
 DTYPES = ('float32', 'bfloat16')
 
 
@@ -38,7 +38,11 @@ def check_model(model) -> None:
 def check_training(config, num_devices: int, num_processes: int) -> dict[str, int]:
   """Everything about a training config that can be wrong; returns the resolved mesh shape."""
   check_model(config.model)
-  _check(config.loss.name in LOSSES, f'unknown loss.name {config.loss.name!r}; known: {", ".join(LOSSES)}')
+  _check(config.loss.name in LOSS_IMPLS,
+         f'unknown loss.name {config.loss.name!r}; known: {", ".join(LOSS_IMPLS)}')
+  impls = LOSS_IMPLS[config.loss.name]
+  _check(config.loss.impl in impls, f'unknown loss.impl {config.loss.impl!r} for '
+         f'{config.loss.name}; known: {", ".join(impls)}')
   check_spec(config.data.train)
   _check(config.data.on_bad_record in BAD_POLICIES,
          f'unknown data.on_bad_record {config.data.on_bad_record!r}; known: {", ".join(BAD_POLICIES)}')

@@ -70,3 +70,53 @@ def test_logits_per_device_are_local_rows_only():
   hlo = jax.jit(loss_fn).lower(*args).compile().as_text()
   assert f'f32[8,{b_total}]' in hlo
   assert f'f32[{b_total},{b_total}]' not in hlo
+
+
+@pytest.mark.parametrize('shape', [(1, 1), (8, 1), (2, 4)])
+@pytest.mark.parametrize('smoothing, tile', [(0.0, 24), (0.1, 16), (0.1, 1000)])
+def test_tiled_softmax_equals_local_rows(shape, smoothing, tile):
+  from pretrain.tiled_loss import make_tiled_softmax_loss
+  k1, k2 = jax.random.split(jax.random.key(3))
+  img, txt = unit_rows(k1, 64, 16), unit_rows(k2, 64, 16)
+  txt = (txt + 0.5 * img) / jnp.linalg.norm(txt + 0.5 * img, axis=1, keepdims=True)
+  the_mesh = mesh(*shape)
+  results = []
+  for loss_fn in (make_softmax_loss(the_mesh, ('data', 'fsdp'), smoothing),
+                  make_tiled_softmax_loss(the_mesh, ('data', 'fsdp'), smoothing, tile)):
+    fn = jax.jit(jax.value_and_grad(lambda *a, f=loss_fn: f(*a), argnums=(0, 1, 2), has_aux=True))
+    results.append(fn(img, txt, jnp.float32(10.0)))
+  ((la, ma), ga), ((lb, mb), gb) = results
+  assert abs(float(la) - float(lb)) <= 1e-5
+  for x, y in zip(ga, gb):
+    np.testing.assert_allclose(np.asarray(x), np.asarray(y), atol=1e-5)
+  assert float(ma['acc_i2t']) == float(mb['acc_i2t']) and float(ma['acc_t2i']) == float(mb['acc_t2i'])
+
+
+def test_tiled_softmax_never_builds_b_by_B_logits():
+  from pretrain.tiled_loss import make_tiled_softmax_loss
+  loss_fn = make_tiled_softmax_loss(mesh(8, 1), ('data', 'fsdp'), 0.0, tile=16)
+  args = (jnp.ones((256, 8)), jnp.ones((256, 8)), jnp.float32(1.0))
+  hlo = jax.jit(jax.grad(lambda *a: loss_fn(*a)[0], argnums=(0, 1))).lower(*args).compile().as_text()
+  assert 'f32[32,16]' in hlo and 'f32[32,256]' not in hlo  # b x tile, never b x B
+
+
+@pytest.mark.parametrize('shape', [(1, 1), (8, 1), (4, 2)])
+def test_sigmoid_ring_equals_dense_reference(shape):
+  from pretrain.sigmoid_loss import make_sigmoid_ring_loss, sigmoid_reference
+  k1, k2 = jax.random.split(jax.random.key(4))
+  img, txt = unit_rows(k1, 32, 16), unit_rows(k2, 32, 16)
+  txt = (txt + 0.8 * img) / jnp.linalg.norm(txt + 0.8 * img, axis=1, keepdims=True)
+  loss_fn = make_sigmoid_ring_loss(mesh(*shape), ('data', 'fsdp'))
+  args = (img, txt, jnp.float32(10.0), jnp.float32(-10.0))
+  (loss, metrics), grads = jax.jit(jax.value_and_grad(
+      lambda *a: loss_fn(*a), argnums=(0, 1, 2, 3), has_aux=True))(*args)
+  (ref, ref_metrics), ref_grads = jax.value_and_grad(
+      sigmoid_reference, argnums=(0, 1, 2, 3), has_aux=True)(*args)
+  assert abs(float(loss) - float(ref)) <= 1e-5
+  for x, y in zip(grads, ref_grads):
+    np.testing.assert_allclose(np.asarray(x), np.asarray(y), atol=1e-5)
+  for key in ('acc_i2t', 'acc_t2i'):
+    assert float(metrics[key]) == float(ref_metrics[key])
+  if shape != (1, 1):  # a ring, not a gather
+    hlo = jax.jit(lambda *a: loss_fn(*a)[0]).lower(*args).compile().as_text()
+    assert 'collective-permute' in hlo and 'all-gather' not in hlo

@@ -17,12 +17,14 @@ class DualEncoder(nnx.Module):
   """Image and text towers into one embedding space, plus the contrastive logit scale."""
 
   def __init__(self, image: ImageTower, text: TextTower, init_logit_scale: float,
-               max_logit_scale: float | None):
+               max_logit_scale: float | None, init_logit_bias: float | None = None):
     self.img = image
     self.txt = text
     # Stored in log space so it stays positive; OpenCLIP/CLIP keep it the same way.
     self.log_logit_scale = nnx.Param(jnp.asarray(math.log(init_logit_scale), jnp.float32))
     self.max_logit_scale = max_logit_scale
+    if init_logit_bias is not None:  # SigLIP's learned bias (init -10).
+      self.logit_bias = nnx.Param(jnp.asarray(init_logit_bias, jnp.float32))
 
   def embed_images(self, images: Array) -> Array:
     """uint8 images [B, H, W, 3] -> unit embeddings [B, D]."""
@@ -54,4 +56,5 @@ def build_model(model_cfg, loss_cfg, rngs: nnx.Rngs) -> DualEncoder:
       width=size['text_width'], depth=size['text_depth'], heads=size['text_heads'],
       mlp_dim=size['text_mlp'], embed_dim=size['embed_dim'], causal=model_cfg.text_causal,
       pool=model_cfg.text_pool, dtype=dtype, rngs=rngs)
-  return DualEncoder(image, text, loss_cfg.init_logit_scale, loss_cfg.max_logit_scale)
+  bias = loss_cfg.init_logit_bias if loss_cfg.name == 'sigmoid' else None
+  return DualEncoder(image, text, loss_cfg.init_logit_scale, loss_cfg.max_logit_scale, bias)
