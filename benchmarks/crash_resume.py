@@ -2,8 +2,8 @@
 
   python -m benchmarks.crash_resume [--kills 20] [--seed 0] [--total_steps 200] [--out FILE]
 
-Half the kills wait for a checkpoint write to be in progress (orbax's temporary folder present);
-the others land a random delay after the run's first new step. Afterwards the final parameters and
+Each life of the trainer makes 1-12 steps of progress; then half the kills wait for a checkpoint
+write to be in progress (orbax's temporary folder present) and the others land within 0.2 s. Afterwards the final parameters and
 optimizer state must be bit-identical to an uninterrupted run, and every checkpoint left readable.
 """
 
@@ -54,15 +54,17 @@ def _writing(workdir: str) -> bool:
 
 def kill_once(workdir: str, total_steps: int, rng: random.Random, log) -> str:
   """Starts the trainer and SIGKILLs it; returns 'finished', 'during_write' or 'random'."""
-  start_rows = _rows(workdir)
+  # Let this life make 1-12 steps of progress (rows of metrics.jsonl), so kills are spread over
+  # the run and most restarts resume from a checkpoint rather than from scratch.
+  target = _rows(workdir) + rng.randint(1, 12)
   proc = subprocess.Popen(trainer_cmd(workdir, total_steps), cwd=ROOT, env=_env(),
                           stdout=log, stderr=subprocess.STDOUT)
-  while _rows(workdir) <= start_rows:  # wait for progress (start-up and compile)
+  while _rows(workdir) < target:
     if proc.poll() is not None:
       return 'finished' if proc.returncode == 0 else f'failed ({proc.returncode})'
-    time.sleep(0.01)
+    time.sleep(0.002)
   mode = 'during_write' if rng.random() < 0.5 else 'random'
-  deadline = time.time() + (5.0 if mode == 'during_write' else rng.uniform(0.0, 1.0))
+  deadline = time.time() + (5.0 if mode == 'during_write' else rng.uniform(0.0, 0.2))
   while time.time() < deadline and proc.poll() is None:
     if mode == 'during_write' and _writing(workdir):
       break
