@@ -29,6 +29,12 @@ class BadRecordLog:
   def __init__(self):
     self._seen, self._lock = set(), threading.Lock()
 
+  def __getstate__(self) -> dict:
+    return {}  # grain ships transforms to worker processes: each starts with its own log.
+
+  def __setstate__(self, state: dict) -> None:
+    self.__init__()
+
   def __call__(self, error: BadRecord) -> None:
     with self._lock:
       if (error.source, error.key) in self._seen:
