@@ -23,6 +23,9 @@ class BadRecord(Exception):
     self.kind, self.source, self.key, self.reason = kind, source, key, reason
     super().__init__(f'bad record in {source}, key {key}: {reason} ({kind})')
 
+  def __reduce__(self):  # Rebuilt intact when grain passes it from a worker process.
+    return BadRecord, (self.kind, self.source, self.key, self.reason)
+
 
 def read_file(path: str, source: str, key: str) -> bytes:
   """The bytes of a file, or BadRecord(missing_file)."""

@@ -21,13 +21,31 @@ def checkpoint_dir(workdir: str) -> str:
   return os.path.join(os.path.abspath(workdir), 'checkpoints')
 
 
+class CheckpointWriteError(RuntimeError):
+  """A checkpoint could not be written (disk full, read-only, ...); older ones are untouched."""
+
+
+def _root_cause(error: BaseException) -> str:
+  """The innermost OSError's message, else the error's own first line."""
+  seen = error
+  while seen is not None:
+    if isinstance(seen, OSError) and seen.strerror:
+      return f'{seen.strerror} ({seen.filename or "?"})'
+    seen = seen.__cause__ or seen.__context__
+  return str(error).splitlines()[0] if str(error) else type(error).__name__
+
+
 class Checkpointer:
   """Async save every N steps with keep-N; restore of the newest complete checkpoint."""
 
   def __init__(self, workdir: str, keep: int):
+    # Temporary folders of a save cut short (kill, full disk) are removed when a run starts.
     options = ocp.CheckpointManagerOptions(max_to_keep=keep, create=True,
-                                           enable_async_checkpointing=True)
-    self.manager = ocp.CheckpointManager(checkpoint_dir(workdir), options=options)
+                                           enable_async_checkpointing=True,
+                                           cleanup_tmp_directories=True)
+    self.directory = checkpoint_dir(workdir)
+    self.manager = ocp.CheckpointManager(self.directory, options=options)
+    self._pending = None  # step of the save in flight
 
   def latest_step(self) -> int | None:
     """The newest complete checkpoint's step, or None."""
@@ -42,7 +60,19 @@ class Checkpointer:
         # Captured now, not when the async write runs: the loop advances the iterator meanwhile.
         # Every process is at the same position (one local batch per step), so one copy serves.
         data=ocp.args.JsonSave(data_iterator.get_state()))
-    self.manager.save(step, args=args, force=True)
+    self._guarded(lambda: self.manager.save(step, args=args, force=True), step)
+    self._pending = step
+
+  def _guarded(self, action, step: int | None) -> None:
+    """Runs a save/wait; a failure becomes one clear CheckpointWriteError."""
+    try:
+      action()
+    except Exception as e:  # orbax surfaces write errors with many types, often from a thread.
+      failed = self._pending if self._pending is not None else step  # async errors surface late
+      complete = sorted(int(n) for n in os.listdir(self.directory) if n.isdigit())
+      raise CheckpointWriteError(
+          f'writing checkpoint {failed} to {self.directory} failed: {_root_cause(e)}; '
+          f'the complete checkpoints {complete} are intact') from None
 
   def restore(self, step: int, abstract_state: dict, data_iterator: Any) -> dict:
     """The train state at `step`, placed as `abstract_state`'s shardings; moves the data iterator."""
@@ -59,11 +89,12 @@ class Checkpointer:
 
   def wait(self) -> None:
     """Blocks until pending async saves are complete."""
-    self.manager.wait_until_finished()
+    self._guarded(self.manager.wait_until_finished, None)
+    self._pending = None
 
   def close(self) -> None:
     """Waits for saves, then releases the manager."""
-    self.manager.wait_until_finished()
+    self.wait()
     self.manager.close()
 
 

@@ -1,9 +1,11 @@
 """Owning a workdir and stopping cleanly: the workdir lock and the SIGTERM handler."""
 
 import fcntl
+import logging
 import os
 import signal
 import socket
+import sys
 import time
 
 from pretrain.errors import ConfigError
@@ -52,3 +54,25 @@ class StopRequest:
   def restore(self) -> None:
     """Puts back the previous SIGTERM handler."""
     signal.signal(signal.SIGTERM, self._previous)
+
+
+def quiet_background_errors() -> None:
+  """One line, not a traceback, for errors raised where nothing can catch them.
+
+  After a failed checkpoint write, tensorstore callbacks fire on orbax's already-closed event
+  loop ('Event loop is closed'); the failure itself is reported by CheckpointWriteError.
+  """
+  def hook(unraisable) -> None:
+    if isinstance(unraisable.exc_value, RuntimeError) and 'Event loop is closed' in str(
+        unraisable.exc_value):
+      return
+    print(f'warning: ignored in background: {unraisable.exc_type.__name__}: '
+          f'{unraisable.exc_value}', file=sys.stderr, flush=True)
+  sys.unraisablehook = hook
+  # orbax logs a failed background write with its traceback; the message line is enough.
+  logging.getLogger('absl').addFilter(_drop_traceback)
+
+
+def _drop_traceback(record: logging.LogRecord) -> bool:
+  record.exc_info, record.exc_text = None, None
+  return True

@@ -15,12 +15,12 @@ from data.records import BAD_KINDS, BadRecord
 from data.sources import index_cache_dir, open_source
 from data.tokenizer import get_tokenizer, save_to_workdir
 from pretrain import distributed, sharding, validate
-from pretrain.checkpoint import Checkpointer
+from pretrain.checkpoint import Checkpointer, CheckpointWriteError
 from pretrain.config_cli import parse_args, save_config
 from pretrain.errors import ConfigError
 from pretrain.logger import MetricsLogger, Throughput
 from pretrain.optim import make_optimizer
-from pretrain.run_control import StopRequest, WorkdirLock
+from pretrain.run_control import StopRequest, WorkdirLock, quiet_background_errors
 from pretrain.train_step import StepBuilder
 
 
@@ -201,11 +201,17 @@ def main(argv: list[str]) -> int:
   """Command-line entry point; configuration errors print one line and exit 2."""
   try:
     config, flags = parse_args(argv)
+    quiet_background_errors()
     distributed.maybe_initialize()
     train(config, flags['workdir'])
   except ConfigError as e:
     print(f'error: {e}', file=sys.stderr)
     return 2
+  except CheckpointWriteError as e:
+    print(f'error: {e}', file=sys.stderr, flush=True)
+    sys.stdout.flush()
+    # orbax's writer threads are broken now; their exit hooks would only add tracebacks.
+    os._exit(1)
   except (BadRecord, NonFiniteError) as e:  # data.on_bad_record='error'; a diverged run
     print(f'error: {e}', file=sys.stderr)
     return 1

@@ -76,6 +76,9 @@ def check_workdir(workdir: str) -> None:
   except OSError as e:
     raise ConfigError(f'workdir {workdir} cannot be created: {e.strerror}') from None
   _check(os.access(workdir, os.W_OK), f'workdir {workdir} is not writable')
+  checkpoints = os.path.join(workdir, 'checkpoints')
+  _check(not os.path.isdir(checkpoints) or os.access(checkpoints, os.W_OK),
+         f'checkpoint directory {checkpoints} is not writable')
 
 
 __all__ = ['check_model', 'check_training', 'check_vocab', 'check_workdir', 'batch_parallelism']

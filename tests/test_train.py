@@ -70,6 +70,10 @@ def test_demo_config_learns(tmp_path):
     ('--config.model.vocab_size=10', 'model.vocab_size is 10'),
     ('--config.optim.warmup_steps=500', 'is not shorter than the run'),
     ('--config.bogus=1', 'unknown config field --config.bogus'),
+    ('--config.loss.name=hinge', "unknown loss.name 'hinge'"),
+    ('--config.loss.impl=ring', "unknown loss.impl 'ring' for softmax"),
+    ('--config.data.train=csv:/no/such/file.csv', 'csv data path /no/such/file.csv does not exist'),
+    ('--config.data.on_bad_record=ignore', "unknown data.on_bad_record 'ignore'"),
 ])
 def test_bad_config_is_one_line_before_compiling(tmp_path, override, message):
   result = run_train(tmp_path / 'w', override)
