@@ -59,6 +59,7 @@ def test_watch_handles_new_deleted_and_restart(run_dir, tmp_path):
   ckpts = workdir / 'checkpoints'
   for step in ('4', '6'):
     shutil.move(ckpts / step, stash / step)
+  (ckpts / '8.orbax-checkpoint-tmp').mkdir()  # a checkpoint still being written is ignored
   assert complete_steps(str(workdir)) == [2]
   args = zeroshot.parse(['--workdir', str(workdir), '--dataset', 'shapes:zeroshot',
                          '--templates', 'shapes', '--watch', '--batch_size', '64'])
