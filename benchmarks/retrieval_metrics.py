@@ -14,10 +14,13 @@ from benchmarks.common import peak_rss_bytes, print_table, write_json
 from eval.retrieval_lib import retrieval_metrics
 
 
-def random_unit(n: int, dim: int, rng: np.random.Generator) -> np.ndarray:
-  """float32 unit rows, normalised in place (no float64 copy of the whole matrix)."""
+def random_unit(n: int, dim: int, rng: np.random.Generator, chunk: int = 65_536) -> np.ndarray:
+  """float32 unit rows, normalised in place a chunk at a time (np.linalg.norm of the whole
+  matrix would allocate a temporary as large as the matrix and dominate the peak)."""
   x = rng.standard_normal((n, dim), dtype=np.float32)
-  x /= np.linalg.norm(x, axis=1, keepdims=True)
+  for start in range(0, n, chunk):
+    part = x[start:start + chunk]
+    part /= np.linalg.norm(part, axis=1, keepdims=True)
   return x
 
 
