@@ -9,7 +9,7 @@ from pretrain.errors import ConfigError
 from pretrain.losses import LOSS_IMPLS
 from pretrain.models.towers import IMAGE_POOLS, TEXT_POOLS
 from pretrain.models.variants import get_variant
-from pretrain.sharding import batch_parallelism, resolve_mesh_shape
+from pretrain.sharding import resolve_mesh_shape
 
 DTYPES = ('float32', 'bfloat16')
 
@@ -80,5 +80,3 @@ def check_workdir(workdir: str) -> None:
   _check(not os.path.isdir(checkpoints) or os.access(checkpoints, os.W_OK),
          f'checkpoint directory {checkpoints} is not writable')
 
-
-__all__ = ['check_model', 'check_training', 'check_vocab', 'check_workdir', 'batch_parallelism']
