@@ -138,12 +138,17 @@ def get_tokenizer(spec: str, lowercase: bool = False) -> Tokenizer:
   return HFTokenizer(path, lowercase)
 
 
+def _workdir_file(kind: str) -> str:
+  """The file a run keeps its tokenizer in."""
+  return 'tokenizer.model' if kind == 'sentencepiece' else 'tokenizer.json'
+
+
 def save_to_workdir(spec: str, workdir: str) -> str:
   """Copies the tokenizer's file into `workdir`; returns the file name ('' for `bytes`)."""
   kind, path = _split_spec(spec)
   if kind == 'bytes':
     return ''
-  name = 'tokenizer.model' if kind == 'sentencepiece' else 'tokenizer.json'
+  name = _workdir_file(kind)
   target = os.path.join(workdir, name)
   if kind == 'shapes':
     with open(target + '.tmp', 'w') as f:
@@ -160,7 +165,7 @@ def load_from_workdir(spec: str, workdir: str, lowercase: bool = False) -> Token
   kind = spec.partition(':')[0]
   if kind == 'bytes':
     return BytesTokenizer(lowercase)
-  name = 'tokenizer.model' if kind == 'sentencepiece' else 'tokenizer.json'
+  name = _workdir_file(kind)
   path = os.path.join(workdir, name)
   if not os.path.isfile(path):
     raise ConfigError(f'{workdir} has no {name}: is it the workdir of a training run?')

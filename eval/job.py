@@ -141,12 +141,16 @@ def run_job(args: argparse.Namespace, outputs: Outputs, evaluate: Evaluate) -> N
     evaluate(args.step)
 
 
-def main_guard(main: Callable[[list[str]], int], argv: list[str]) -> int:
-  """Runs an eval job's main; a bad config, record or missing checkpoint is one line, exit 2."""
+def cli(parse: Callable[[list[str]], argparse.Namespace],
+        make_job: Callable[[argparse.Namespace], tuple[Outputs, Evaluate]], argv: list[str]) -> int:
+  """An eval job's command line: flags, job, run; a bad config, record or missing checkpoint is
+  one line, exit 2."""
   try:
-    return main(argv)
+    args = parse(argv)
+    run_job(args, *make_job(args))
   except (ConfigError, FileNotFoundError, BadRecord) as e:
     print(f'error: {e}', file=sys.stderr)
     return 2
+  return 0
 
 

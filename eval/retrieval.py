@@ -11,8 +11,7 @@ import numpy as np
 from data.sources import open_source
 from data.transforms import eval_transform
 from eval.embed import Embedder
-from eval.job import (Outputs, add_common_flags, dataset_name, main_guard, run_job,
-                      timed_evaluator)
+from eval.job import Outputs, add_common_flags, cli, dataset_name, timed_evaluator
 from eval.retrieval_lib import retrieval_metrics
 from eval.run_model import RunModel
 
@@ -59,12 +58,5 @@ def make_job(args: argparse.Namespace):
   return outputs, timed_evaluator(run, outputs, compute)
 
 
-def main(argv: list[str]) -> int:
-  """Command-line entry point."""
-  args = parse(argv)
-  run_job(args, *make_job(args))
-  return 0
-
-
 if __name__ == '__main__':
-  sys.exit(main_guard(main, sys.argv[1:]))
+  sys.exit(cli(parse, make_job, sys.argv[1:]))

@@ -8,8 +8,7 @@ import argparse
 import sys
 
 from data.sources import open_source
-from eval.job import (Outputs, add_common_flags, dataset_name, main_guard, run_job,
-                      timed_evaluator)
+from eval.job import Outputs, add_common_flags, cli, dataset_name, timed_evaluator
 from eval.run_model import RunModel
 from eval.templates import load_templates
 from eval.zeroshot_lib import evaluate_zeroshot
@@ -51,12 +50,5 @@ def make_job(args: argparse.Namespace):
   return outputs, timed_evaluator(run, outputs, compute)
 
 
-def main(argv: list[str]) -> int:
-  """Command-line entry point."""
-  args = parse(argv)
-  run_job(args, *make_job(args))
-  return 0
-
-
 if __name__ == '__main__':
-  sys.exit(main_guard(main, sys.argv[1:]))
+  sys.exit(cli(parse, make_job, sys.argv[1:]))

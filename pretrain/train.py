@@ -73,9 +73,9 @@ class NonFiniteError(RuntimeError):
   """Too many non-finite updates in a row."""
 
 
-def restore_or_init(ckpt: Checkpointer, builder: StepBuilder, data_iter, workdir: str):
-  """The newest complete checkpoint's state (moving the data iterator), or a fresh one."""
-  latest = ckpt.latest_step()
+def restore_or_init(ckpt: Checkpointer, latest: int | None, builder: StepBuilder, data_iter,
+                    workdir: str):
+  """Checkpoint `latest`'s state (moving the data iterator), or a fresh one when None."""
   if latest is None:
     return builder.init_state()
   state = ckpt.restore(latest, builder.abstract_state, data_iter)
@@ -100,7 +100,7 @@ def train(config, workdir: str) -> dict | None:
     tx, schedule = make_optimizer(config.optim, config.total_steps)
     builder = StepBuilder(config, mesh, tx, schedule)
     data_iter = iter(dataset)
-    state = restore_or_init(ckpt, builder, data_iter, workdir)
+    state = restore_or_init(ckpt, latest, builder, data_iter, workdir)
     state, finished = run_loop(config, workdir, builder, mesh, ckpt, data_iter, state, problems)
     ckpt.close()
     if not finished:
@@ -165,9 +165,10 @@ def check_skipped(config, state, metrics, step: int, ckpt: Checkpointer) -> bool
 
 def log_step(logger, timer, config, step, state, metrics, fingerprint, problems) -> None:
   """One metrics.jsonl row and one progress line."""
-  metrics = {k: float(v) for k, v in jax.device_get(metrics).items()}
-  bad = bad_record_counts(jax.device_get(state['bad_records']), problems)
-  skipped = int(jax.device_get(state['skipped_updates']))
+  metrics, bad, skipped = jax.device_get(
+      (metrics, state['bad_records'], state['skipped_updates']))  # one round trip
+  metrics = {k: float(v) for k, v in metrics.items()}
+  bad, skipped = bad_record_counts(bad, problems), int(skipped)
   examples_per_s, seconds_per_step = timer.mark(step, config.batch_size)
   logger.write(step, {**metrics, 'examples_per_s': examples_per_s, 'batch_crc32': fingerprint,
                       'skipped_updates': skipped, 'bad_records': sum(bad.values()),
