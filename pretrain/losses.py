@@ -80,7 +80,7 @@ def make_loss(mesh: Mesh, batch_axes: Sequence[str], loss_cfg) -> Callable:
   """The loss `config.loss` names: (img, txt, scale[, bias]) -> (loss, metrics)."""
   if loss_cfg.name == 'sigmoid':
     from pretrain.sigmoid_loss import make_sigmoid_ring_loss
-    return make_sigmoid_ring_loss(mesh, batch_axes)
+    return make_sigmoid_ring_loss(mesh, batch_axes, loss_cfg.tile)
   if loss_cfg.impl == 'tiled':
     from pretrain.tiled_loss import make_tiled_softmax_loss
     return make_tiled_softmax_loss(mesh, batch_axes, loss_cfg.label_smoothing, loss_cfg.tile)

@@ -1,11 +1,14 @@
 """SigLIP's sigmoid loss over all pairs of the global batch, with a ppermute ring.
 
-Each device scores its b images against its own b texts (positives on the diagonal), then passes
-its text block to the next device P-1 times with `ppermute`, scoring negatives only; nothing is
-all-gathered, so memory is O(b x b). Each hop is rematerialised (`jax.checkpoint`) so the backward
-pass does not keep every block. A text block carries its positive score and its best score so
-far, so text->image accuracy is counted on the device where the block's tour ends.
+Each device scores its b images against its own b texts (positives on the diagonal), then the text
+blocks travel round the ring (`ppermute`, see pretrain/ring.py), scored one tile of T texts at a
+time; nothing is all-gathered. The custom VJP keeps no scores: the backward pass runs the ring
+again, recomputes each tile and sends each text block's gradient round with it, so memory is
+O(b x d + b x T) per device whatever the global batch. Each text block carries its best negative
+score, so text->image accuracy is known when the block is home.
 """
+
+from functools import partial
 
 import jax
 import jax.numpy as jnp
@@ -14,6 +17,7 @@ from jax.sharding import Mesh
 from jax.sharding import PartitionSpec as P
 
 from pretrain.losses import LossFn
+from pretrain.ring import ring_size, ring_visit, tile_rows, tile_valid, untile_rows
 
 
 def sigmoid_reference(img, txt, scale, bias) -> tuple[jax.Array, dict]:
@@ -27,45 +31,91 @@ def sigmoid_reference(img, txt, scale, bias) -> tuple[jax.Array, dict]:
   return -jnp.sum(jax.nn.log_sigmoid(signs * z)) / img.shape[0], metrics
 
 
-def _negatives(img, txt, scale, bias):
-  z = scale * img @ txt.T + bias
-  return -jnp.sum(jax.nn.log_sigmoid(-z)), jnp.max(z, axis=1), jnp.max(z, axis=0)
+def _tile_scores(q, k_tile, ok, start, own, scale, bias):
+  """Logits of one tile, its positives mask (own block's diagonal) and its raw dot products."""
+  dots = q @ k_tile.T
+  z = scale * dots + bias
+  cols = start + jnp.arange(k_tile.shape[0])
+  positive = own & (jnp.arange(q.shape[0])[:, None] == cols[None, :]) & ok[None, :]
+  return z, positive, dots
 
 
-def make_sigmoid_ring_loss(mesh: Mesh, batch_axes) -> LossFn:
+@partial(jax.custom_vjp, nondiff_argnums=(4, 5, 6))
+def ring_sigmoid(q, k, scale, bias, tile, axes, size):
+  """(-sum log sigmoid(+-z) over this device's rows x all columns, best negative per row,
+  best negative per column of this device's block), z = scale * q @ k^T + bias."""
+  return _ring_sigmoid_fwd(q, k, scale, bias, tile, axes, size)[0]
+
+
+def _ring_sigmoid_fwd(q, k, scale, bias, tile, axes, size):
+  b = q.shape[0]
+  me = lax.axis_index(axes)
+  starts = jnp.arange(0, tile_valid(b, tile).size, tile)
+
+  def visit(local, block, col_best, src):
+    def body(rows, xs):
+      loss, row_best = rows
+      k_tile, ok, c_best, start = xs
+      z, positive, _ = _tile_scores(q, k_tile, ok, start, src == me, scale, bias)
+      terms = jnp.where(ok[None, :], jax.nn.log_sigmoid(jnp.where(positive, z, -z)), 0.0)
+      negative = jnp.where(positive | ~ok[None, :], -jnp.inf, z)
+      return ((loss - jnp.sum(terms), jnp.maximum(row_best, jnp.max(negative, axis=1))),
+              jnp.maximum(c_best, jnp.max(negative, axis=0)))
+
+    xs = (tile_rows(block, tile), tile_valid(b, tile), tile_rows(col_best, tile, -jnp.inf), starts)
+    local, col_tiles = lax.scan(body, local, xs)
+    return local, untile_rows(col_tiles, b)
+
+  minus_inf = q[:, 0] * 0 - jnp.inf  # derived from q: varies over the axes like the data
+  (loss, row_best), col_best = ring_visit(visit, (jnp.sum(q * 0), minus_inf), k, minus_inf,
+                                          axes=axes, size=size)
+  return (loss, row_best, col_best), (q, k, scale, bias)
+
+
+def _ring_sigmoid_bwd(tile, axes, size, residuals, cotangents):
+  q, k, scale, bias = residuals
+  g = cotangents[0]  # the best-score outputs are metrics, without gradient
+  b = q.shape[0]
+  me = lax.axis_index(axes)
+  starts = jnp.arange(0, tile_valid(b, tile).size, tile)
+
+  def visit(local, block, dk, src):
+    def body(acc, xs):
+      dq, dscale, dbias = acc
+      k_tile, ok, start = xs
+      z, positive, dots = _tile_scores(q, k_tile, ok, start, src == me, scale, bias)
+      # d/dz of -log sigmoid(y z) is sigmoid(z) - [y = +1].
+      dz = g * jnp.where(ok[None, :], jax.nn.sigmoid(z) - positive, 0.0)
+      return ((dq + scale * dz @ k_tile, dscale + jnp.sum(dz * dots), dbias + jnp.sum(dz)),
+              scale * dz.T @ q)
+
+    local, dk_tiles = lax.scan(body, local, (tile_rows(block, tile), tile_valid(b, tile), starts))
+    return local, dk + untile_rows(dk_tiles, b)
+
+  zero = jnp.sum(q * 0)
+  (dq, dscale, dbias), dk = ring_visit(visit, (q * 0, zero, zero), k, k * 0, axes=axes, size=size)
+  return dq, dk, dscale, dbias
+
+
+ring_sigmoid.defvjp(_ring_sigmoid_fwd, _ring_sigmoid_bwd)
+
+
+def make_sigmoid_ring_loss(mesh: Mesh, batch_axes, tile: int = 1024) -> LossFn:
   """Sharded SigLIP loss: embeddings [B, D] over `batch_axes`; scale and bias replicated."""
   axes = tuple(batch_axes)
-  size = 1
-  for axis in axes:
-    size *= mesh.shape[axis]
-  ring = [(i, (i + 1) % size) for i in range(size)]
-  negatives = jax.checkpoint(_negatives)
+  size = ring_size(mesh, axes)
 
   def per_device(img, txt, scale, bias):
     img, txt = img.astype(jnp.float32), txt.astype(jnp.float32)
-    z = scale * img @ txt.T + bias
     local = img.shape[0]
-    eye = jnp.eye(local, dtype=bool)
-    own = -jnp.sum(jax.nn.log_sigmoid(jnp.where(eye, z, -z)))
-    positive = jnp.diagonal(z)
-    row_best = jnp.max(jnp.where(eye, -jnp.inf, z), axis=1)  # best negative per image so far
-    col_best = jnp.max(jnp.where(eye, -jnp.inf, z), axis=0)  # ... per text, travels with it
-
-    def hop(carry, _):
-      txt_block, txt_positive, txt_best, loss, row_best = carry
-      txt_block, txt_positive, txt_best = (
-          lax.ppermute(x, axes, ring) for x in (txt_block, txt_positive, txt_best))
-      block_loss, block_rows, block_cols = negatives(img, txt_block, scale, bias)
-      return (txt_block, txt_positive, jnp.maximum(txt_best, block_cols), loss + block_loss,
-              jnp.maximum(row_best, block_rows)), None
-
-    carry = (txt, positive, col_best, own, row_best)
-    if size > 1:
-      carry, _ = lax.scan(hop, carry, None, length=size - 1)
-    _, txt_positive, txt_best, loss, row_best = carry
     total = local * size
+    # Per-device uses of the shared scale and bias: the transposes of these pcasts psum gradients.
+    varying = lambda x: lax.pcast(x, axes, to='varying')
+    loss, row_best, col_best = ring_sigmoid(img, txt, varying(scale), varying(bias),
+                                            min(tile, local), axes, size)
+    positive = scale * jnp.sum(img * txt, axis=1) + bias
     metrics = {'acc_i2t': lax.psum(jnp.sum(positive > row_best), axes) / total,
-               'acc_t2i': lax.psum(jnp.sum(txt_positive > txt_best), axes) / total}
+               'acc_t2i': lax.psum(jnp.sum(positive > col_best), axes) / total}
     return lax.psum(loss, axes) / total, metrics
 
   return jax.shard_map(per_device, mesh=mesh, in_specs=(P(axes), P(axes), P(), P()),

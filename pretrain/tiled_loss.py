@@ -1,10 +1,15 @@
-"""Softmax contrastive loss over tiles of the gathered embeddings (the Inf-CL idea).
+"""Softmax contrastive loss over a ring of tiles (the Inf-CL idea), memory independent of B^2.
 
-Each device scores its b local rows against the B gathered columns one tile of T columns at a
-time, keeping a running log-sum-exp. The custom VJP saves only the per-row log-sum-exp and
-recomputes each tile's probabilities in the backward pass, so memory is O(b x T) + O(B x d),
-never b x B. The all-gather stays outside the custom VJP: its transpose (a reduce-scatter) still
-returns exact gradients to every device.
+Each device holds b images and b texts. The text blocks travel round the ring (`ppermute`); at
+each visit the device scores its b images against one tile of T texts at a time, S = s x img @ txt^T,
+and updates a running log-sum-exp for its image rows (image->text) and, for the visiting texts, a
+partial log-sum-exp over its image rows (text->image) that travels on with the block. One score
+matrix serves both directions, so a step costs 4 matmuls of b x B x d (forward, recompute, two
+gradients) against local_rows' 6.
+
+The custom VJP saves only the row and column log-sum-exp vectors; the backward pass runs the ring
+again, recomputes each tile and sends each text block's gradient round with it, so memory is
+O(b x d + b x T) per device, never b x B, and no embedding is all-gathered.
 """
 
 from functools import partial
@@ -16,102 +21,122 @@ from jax.sharding import Mesh
 from jax.sharding import PartitionSpec as P
 
 from pretrain.losses import LossFn
+from pretrain.ring import ring_size, ring_visit, tile_rows, tile_valid, untile_rows
 
 
-def _tiles(keys: jax.Array, tile: int) -> tuple[jax.Array, jax.Array]:
-  """[B, d] -> ([B/T, T, d] zero-padded, [B/T, T] validity)."""
-  total = keys.shape[0]
-  count = -(-total // tile)
-  padded = jnp.pad(keys, ((0, count * tile - total), (0, 0)))
-  valid = jnp.arange(count * tile) < total
-  return padded.reshape(count, tile, -1), valid.reshape(count, tile)
+def _scores(q, k_tile, ok, scale):
+  """(scale * q @ k_tile^T with padded columns at -inf, the raw dot products)."""
+  dots = q @ k_tile.T
+  return jnp.where(ok[None, :], scale * dots, -jnp.inf), dots
 
 
-def _forward_stats(q, k, scale, tile):
-  """Per row: log-sum-exp over all columns, and the argmax column (for accuracy)."""
-  tiles, valid = _tiles(k, tile)
+def _forward_visit(q, scale, tile, local_offset):
+  """Visit of one text block: row stats (local) and the block's column stats (travel)."""
+  b = q.shape[0]
 
-  def body(carry, inputs):
-    lse, best, arg = carry
-    index, k_tile, ok = inputs
-    z = jnp.where(ok[None, :], scale * (q @ k_tile.T), -jnp.inf)
-    lse = jnp.logaddexp(lse, jax.nn.logsumexp(z, axis=1))
-    tile_best = jnp.max(z, axis=1)
-    tile_arg = index * tile + jnp.argmax(z, axis=1)
-    better = tile_best > best
-    return (lse, jnp.where(better, tile_best, best), jnp.where(better, tile_arg, arg)), None
+  def visit(local, k, travel, src):
+    def body(rows, xs):
+      row_lse, row_best, row_arg = rows
+      k_tile, ok, col_lse, col_best, col_arg, start = xs
+      z, _ = _scores(q, k_tile, ok, scale)
+      row_lse = jnp.logaddexp(row_lse, jax.nn.logsumexp(z, axis=1))
+      tile_best, tile_arg = jnp.max(z, axis=1), src * b + start + jnp.argmax(z, axis=1)
+      better = tile_best > row_best
+      rows = (row_lse, jnp.where(better, tile_best, row_best), jnp.where(better, tile_arg, row_arg))
+      col_lse = jnp.logaddexp(col_lse, jax.nn.logsumexp(z, axis=0))
+      block_best, block_arg = jnp.max(z, axis=0), local_offset + jnp.argmax(z, axis=0)
+      better = block_best > col_best
+      cols = (col_lse, jnp.where(better, block_best, col_best), jnp.where(better, block_arg, col_arg))
+      return rows, cols
 
-  # Derived from q so that, inside shard_map, the carries vary over the same axes as the data.
-  minus_inf = q[:, 0] * 0 - jnp.inf
-  init = (minus_inf, minus_inf, (q[:, 0] * 0).astype(jnp.int32))
-  (lse, _, arg), _ = lax.scan(body, init, (jnp.arange(tiles.shape[0]), tiles, valid))
-  return lse, arg
+    starts = jnp.arange(0, tile_valid(b, tile).size, tile)
+    xs = (tile_rows(k, tile), tile_valid(b, tile),
+          *(tile_rows(t, tile, -jnp.inf if t.dtype != jnp.int32 else 0) for t in travel), starts)
+    local, cols = lax.scan(body, local, xs)
+    return local, tuple(untile_rows(c, b) for c in cols)
 
-
-@partial(jax.custom_vjp, nondiff_argnums=(4, 5))
-def tiled_row_ce(q, k, labels, scale, smoothing, tile):
-  """(sum_i CE(row i of scale * q @ k.T, labels[i]) with label smoothing, argmax column per row),
-  computed tile by tile."""
-  return _tiled_row_ce_fwd(q, k, labels, scale, smoothing, tile)[0]
-
-
-def _tiled_row_ce_fwd(q, k, labels, scale, smoothing, tile):
-  lse, arg = _forward_stats(q, k, scale, tile)
-  target = scale * jnp.sum(q * k[labels], axis=1)
-  mean = scale * (q @ jnp.mean(k, axis=0))
-  loss = jnp.sum(lse - (1 - smoothing) * target - smoothing * mean)
-  return (loss, arg), (q, k, labels, scale, lse)
+  return visit
 
 
-def _tiled_row_ce_bwd(smoothing, tile, residuals, cotangents):
-  g, _ = cotangents  # the argmax output has no gradient
-  q, k, labels, scale, lse = residuals
-  tiles, valid = _tiles(k, tile)
-  k_mean = jnp.mean(k, axis=0)
+@partial(jax.custom_vjp, nondiff_argnums=(3, 4, 5))
+def ring_lse(q, k, scale, tile, axes, size):
+  """Row and column log-sum-exp of S = scale * Q @ K^T over the ring, and argmaxes.
 
-  def body(carry, inputs):
-    dq, dscale = carry
-    k_tile, ok = inputs
-    dots = q @ k_tile.T
-    p = jnp.where(ok[None, :], jnp.exp(scale * dots - lse[:, None]), 0.0)  # softmax tile
-    dq = dq + p @ k_tile
-    dscale = dscale + jnp.sum(p * dots)
-    dk_tile = p.T @ q
-    return (dq, dscale), dk_tile
-
-  (pk, p_dots), dk_tiles = lax.scan(body, (q * 0, jnp.sum(q * 0)), (tiles, valid))
-  dk_soft = dk_tiles.reshape(-1, k.shape[1])[:k.shape[0]]
-  k_label = k[labels]
-  dq = g * scale * (pk - (1 - smoothing) * k_label - smoothing * k_mean)
-  dk = g * scale * (dk_soft - (1 - smoothing) * jnp.zeros_like(k).at[labels].add(q)
-                    - smoothing * jnp.sum(q, axis=0)[None, :] / k.shape[0])
-  target_dots = jnp.sum(q * k_label, axis=1)
-  mean_dots = q @ k_mean
-  dscale = g * (p_dots - (1 - smoothing) * jnp.sum(target_dots) - smoothing * jnp.sum(mean_dots))
-  return dq, dk, None, dscale
+  q: this device's rows [b, d]; k: this device's block of columns [b, d]. Returns
+  (row_lse [b], col_lse [b] for this device's columns, row_arg [b], col_arg [b]) with global
+  indices, exactly as if S were the full B x B matrix.
+  """
+  return _ring_lse_fwd(q, k, scale, tile, axes, size)[0]
 
 
-tiled_row_ce.defvjp(_tiled_row_ce_fwd, _tiled_row_ce_bwd)
+def _ring_lse_fwd(q, k, scale, tile, axes, size):
+  b = q.shape[0]
+  me = lax.axis_index(axes)
+  minus_inf = q[:, 0] * 0 - jnp.inf  # derived from q: varies over the axes like the data
+  zero_index = (q[:, 0] * 0).astype(jnp.int32)
+  local = (minus_inf, minus_inf, zero_index)
+  travel = (minus_inf, minus_inf, zero_index)
+  visit = _forward_visit(q, scale, tile, me * b)
+  (row_lse, _, row_arg), (col_lse, _, col_arg) = ring_visit(
+      visit, local, k, travel, axes=axes, size=size)
+  return (row_lse, col_lse, row_arg, col_arg), (q, k, scale, row_lse, col_lse)
+
+
+def _ring_lse_bwd(tile, axes, size, residuals, cotangents):
+  q, k, scale, row_lse, col_lse = residuals
+  g_row, g_col = cotangents[0], cotangents[1]  # the argmax outputs have no gradient
+  b = q.shape[0]
+
+  def visit(local, block, dk, src):
+    del src
+
+    def body(acc, xs):
+      dq, dscale = acc
+      k_tile, ok, c_lse, g_c = xs
+      z, dots = _scores(q, k_tile, ok, scale)
+      p_row = jnp.exp(z - row_lse[:, None])  # softmax over this row's columns
+      p_col = jnp.exp(z - c_lse[None, :])    # softmax over this column's rows
+      dz = jnp.where(ok[None, :], g_row[:, None] * p_row + g_c[None, :] * p_col, 0.0)
+      return (dq + scale * dz @ k_tile, dscale + jnp.sum(dz * dots)), scale * dz.T @ q
+
+    k_blk, lse_blk, g_blk = block
+    xs = (tile_rows(k_blk, tile), tile_valid(b, tile), tile_rows(lse_blk, tile),
+          tile_rows(g_blk, tile))
+    local, dk_tiles = lax.scan(body, local, xs)
+    return local, dk + untile_rows(dk_tiles, b)
+
+  (dq, dscale), dk = ring_visit(visit, (q * 0, jnp.sum(q * 0)), (k, col_lse, g_col), k * 0,
+                                axes=axes, size=size)
+  return dq, dk, dscale
+
+
+ring_lse.defvjp(_ring_lse_fwd, _ring_lse_bwd)
 
 
 def make_tiled_softmax_loss(mesh: Mesh, batch_axes, label_smoothing: float = 0.0,
                             tile: int = 1024) -> LossFn:
-  """Same loss and metrics as `make_softmax_loss`, with O(b x tile) logits memory."""
+  """Same loss and metrics as `make_softmax_loss`, with O(b x tile) score memory and a ring."""
   axes = tuple(batch_axes)
+  size = ring_size(mesh, axes)
+  eps = label_smoothing
 
   def per_device(img, txt, scale):
     img, txt = img.astype(jnp.float32), txt.astype(jnp.float32)
-    all_img = lax.all_gather(img, axes, axis=0, tiled=True)
-    all_txt = lax.all_gather(txt, axes, axis=0, tiled=True)
-    local, total = img.shape[0], all_img.shape[0]
+    local = img.shape[0]
+    total = local * size
     labels = lax.axis_index(axes) * local + jnp.arange(local)
     # Per-device use of the shared scale: the transpose of this pcast is the psum of its gradient.
-    scale = lax.pcast(scale, axes, to='varying')
-    ce_i2t, arg_i2t = tiled_row_ce(img, all_txt, labels, scale, label_smoothing, tile)
-    ce_t2i, arg_t2i = tiled_row_ce(txt, all_img, labels, scale, label_smoothing, tile)
-    loss = lax.psum(ce_i2t + ce_t2i, axes) / (2 * total)
-    metrics = {'acc_i2t': lax.psum(jnp.sum(arg_i2t == labels), axes) / total,
-               'acc_t2i': lax.psum(jnp.sum(arg_t2i == labels), axes) / total}
+    row_lse, col_lse, row_arg, col_arg = ring_lse(
+        img, txt, lax.pcast(scale, axes, to='varying'), min(tile, local), axes, size)
+    # The linear terms need no ring: S_ii, and row/column means through the mean embeddings.
+    target = scale * jnp.sum(img * txt, axis=1)
+    mean_txt = lax.psum(jnp.sum(txt, axis=0), axes) / total
+    mean_img = lax.psum(jnp.sum(img, axis=0), axes) / total
+    ce_i2t = row_lse - (1 - eps) * target - eps * scale * (img @ mean_txt)
+    ce_t2i = col_lse - (1 - eps) * target - eps * scale * (txt @ mean_img)
+    loss = lax.psum(jnp.sum(ce_i2t) + jnp.sum(ce_t2i), axes) / (2 * total)
+    metrics = {'acc_i2t': lax.psum(jnp.sum(row_arg == labels), axes) / total,
+               'acc_t2i': lax.psum(jnp.sum(col_arg == labels), axes) / total}
     return loss, metrics
 
   return jax.shard_map(per_device, mesh=mesh, in_specs=(P(axes), P(axes), P()),
