@@ -12,6 +12,7 @@ def base_config() -> ml_collections.ConfigDict:
   config.seed = 0                  # Parameter init, data order and augmentation.
   config.total_steps = 200
   config.batch_size = 128          # Global batch: all processes and devices together.
+  config.accum_steps = 1           # Gradient caching: towers run on batch_size/accum_steps at a time.
   config.log_every = 20            # Steps between progress lines / metrics.jsonl rows.
   config.checkpoint_every = 100    # Steps between checkpoints (one is always written at the end).
   config.keep_checkpoints = 2      # Keep-N: older complete checkpoints are deleted.

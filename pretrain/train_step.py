@@ -10,6 +10,7 @@ from jax.sharding import Mesh
 
 from data.records import BAD_KINDS
 from pretrain import sharding
+from pretrain.grad_cache import cached_loss_and_grads
 from pretrain.losses import make_loss
 from pretrain.models import build_model
 
@@ -67,15 +68,28 @@ class StepBuilder:
       return self._init_state(init_params(self.config, self.config.seed))
     return jax.jit(create, out_shardings=self.state_shardings)()
 
-  def loss_and_metrics(self, params: Any, batch: dict) -> tuple[jax.Array, dict]:
-    """Forward pass of both towers and the global-batch contrastive loss."""
+  def embed(self, params: Any, images: jax.Array, texts: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """Both towers: unit image and text embeddings [n, D]."""
     model = nnx.merge(self.graphdef, params)
-    img = model.embed_images(batch['image'])
-    txt = model.embed_texts(batch['text'])
+    return model.embed_images(images), model.embed_texts(texts)
+
+  def head_loss(self, params: Any, img: jax.Array, txt: jax.Array) -> tuple[jax.Array, dict]:
+    """The global-batch contrastive loss of given embeddings (uses only the temperature/bias)."""
+    model = nnx.merge(self.graphdef, params)
     scale = model.logit_scale()
     extra = (model.logit_bias[...],) if self.config.loss.name == 'sigmoid' else ()
     loss, metrics = self.loss_fn(img, txt, scale, *extra)
     return loss, {**metrics, 'logit_scale': scale, 'temperature': 1.0 / scale}
+
+  def loss_and_metrics(self, params: Any, batch: dict) -> tuple[jax.Array, dict]:
+    """Forward pass of both towers and the global-batch contrastive loss."""
+    return self.head_loss(params, *self.embed(params, batch['image'], batch['text']))
+
+  def loss_and_grads(self, params: Any, batch: dict) -> tuple[tuple[jax.Array, dict], Any]:
+    """(loss, metrics), parameter gradients: directly, or by gradient caching over micro-batches."""
+    if self.config.accum_steps == 1:
+      return jax.value_and_grad(self.loss_and_metrics, has_aux=True)(params, batch)
+    return cached_loss_and_grads(self, params, batch, self.config.accum_steps)
 
   def _inject_nonfinite(self, loss: jax.Array, state: TrainState) -> jax.Array:
     """Test-only hook (`config.debug.nonfinite_at_attempts`): NaN loss at chosen attempts."""
@@ -86,8 +100,7 @@ class StepBuilder:
     return jnp.where(jnp.isin(attempt, jnp.asarray(attempts)), jnp.nan, loss)
 
   def _step(self, state: TrainState, batch: dict) -> tuple[TrainState, dict]:
-    grad_fn = jax.value_and_grad(self.loss_and_metrics, has_aux=True)
-    (loss, metrics), grads = grad_fn(state['params'], batch)
+    (loss, metrics), grads = self.loss_and_grads(state['params'], batch)
     loss = self._inject_nonfinite(loss, state)
     grad_norm = optax.global_norm(grads)
     updates, opt_state = self.tx.update(grads, state['opt_state'], state['params'])

@@ -58,6 +58,10 @@ def check_training(config, num_devices: int, num_processes: int) -> dict[str, in
   _check(config.batch_size % ways == 0,
          f'batch_size {config.batch_size} is not divisible by the data-parallel size {ways} '
          f'(mesh {shape})')
+  _check(config.accum_steps >= 1, f'accum_steps must be >= 1, got {config.accum_steps}')
+  _check(config.batch_size % (ways * config.accum_steps) == 0,
+         f'batch_size {config.batch_size} is not divisible by the data-parallel size {ways} x '
+         f'accum_steps {config.accum_steps}')
   _check(config.batch_size % num_processes == 0,
          f'batch_size {config.batch_size} is not divisible by the {num_processes} processes')
   return shape

@@ -6,6 +6,7 @@ import subprocess
 import sys
 
 import jax
+import numpy as np
 
 from configs.common import base_config
 
@@ -18,6 +19,15 @@ def tiny_config():
   config.model.update(dict(image_size=16, context_length=8))
   config.batch_size = 16
   return config
+
+
+def random_batch(config, n: int, seed: int = 0) -> dict:
+  """n random uint8 images and captions (end-of-text id 2, then padding 0) for `config`."""
+  rng = np.random.default_rng(seed)
+  size, ctx = config.model.image_size, config.model.context_length
+  text = rng.integers(3, 40, (n, ctx)).astype(np.int32)
+  text[:, -2], text[:, -1] = 2, 0
+  return {'image': rng.integers(0, 256, (n, size, size, 3), np.uint8), 'text': text}
 
 
 def mesh(data: int, fsdp: int, devices=None):
