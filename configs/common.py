@@ -30,6 +30,9 @@ def base_config() -> ml_collections.ConfigDict:
   config.model = ml_collections.ConfigDict(dict(
       variant='demo',              # Tower sizes, see pretrain/models/variants.py.
       dtype='float32',             # Compute dtype ('float32' or 'bfloat16'); parameters stay fp32.
+      image_remat='none',          # Recompute in backward: 'none' | 'dots' (keep matmuls) | 'full'.
+      text_remat='none',           # The same for the text tower.
+      scan_layers=False,           # Stack blocks and lax.scan them (one block compiled per tower).
       image_size=32,
       image_pool='cls',            # 'cls' | 'gap' | 'map' (attention pooling).
       image_mean=(0.5, 0.5, 0.5),  # Per-channel normalisation applied on device to [0, 1] pixels.

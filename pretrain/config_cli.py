@@ -131,4 +131,18 @@ def load_saved_config(path: str) -> ml_collections.ConfigDict:
   if not os.path.isfile(path):
     raise ConfigError(f'{path} does not exist: is its folder the workdir of a training run?')
   with open(path) as f:
-    return ml_collections.ConfigDict(json.load(f))
+    saved = json.load(f)
+  # Fields added since the run was written take their defaults, so older workdirs still load.
+  from configs.common import base_config
+  return ml_collections.ConfigDict(_with_defaults(saved, base_config().to_dict()))
+
+
+def _with_defaults(saved: dict, defaults: dict) -> dict:
+  """`saved`, plus every field of `defaults` it lacks (recursively)."""
+  merged = dict(saved)
+  for key, value in defaults.items():
+    if key not in merged:
+      merged[key] = value
+    elif isinstance(value, dict) and isinstance(merged[key], dict):
+      merged[key] = _with_defaults(merged[key], value)
+  return merged

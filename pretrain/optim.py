@@ -14,11 +14,16 @@ def _path_names(path: tuple) -> list[str]:
   return [str(getattr(key, 'key', getattr(key, 'name', key))) for key in path]
 
 
+# Leaves decayed: weight matrices and convolution kernels ('kernel') and token embeddings
+# ('embedding'). Chosen by name rather than rank so layer-stacked (scanned) biases stay undecayed.
+DECAY_LEAF_NAMES = ('kernel', 'embedding')
+
+
 def decay_mask(params: Any) -> Any:
-  """True for leaves that get weight decay: matrices other than embeddings listed above."""
+  """True for leaves that get weight decay: kernels and token embeddings, not those listed above."""
   def decays(path, leaf):
     names = _path_names(path)
-    return leaf.ndim >= 2 and not any(name in NO_DECAY_NAMES for name in names)
+    return names[-1] in DECAY_LEAF_NAMES and not any(name in NO_DECAY_NAMES for name in names)
   return jax.tree_util.tree_map_with_path(decays, params)
 
 

@@ -7,6 +7,7 @@ from data.records import BAD_POLICIES
 from data.sources import check_spec
 from pretrain.errors import ConfigError
 from pretrain.losses import LOSS_IMPLS
+from pretrain.models.layers import REMAT_POLICIES
 from pretrain.models.towers import IMAGE_POOLS, TEXT_POOLS
 from pretrain.models.variants import get_variant
 from pretrain.sharding import resolve_mesh_shape
@@ -30,6 +31,10 @@ def check_model(model) -> None:
   _check(model.text_pool in TEXT_POOLS,
          f'unknown model.text_pool {model.text_pool!r}; known: {", ".join(TEXT_POOLS)}')
   _check(model.dtype in DTYPES, f'unknown model.dtype {model.dtype!r}; known: {", ".join(DTYPES)}')
+  for tower in ('image', 'text'):
+    policy = model[f'{tower}_remat']
+    _check(policy in REMAT_POLICIES, f'unknown model.{tower}_remat {policy!r}; '
+           f'known: {", ".join(REMAT_POLICIES)}')
   _check(model.image_size % size['patch'] == 0,
          f'model.image_size {model.image_size} is not divisible by the patch size {size["patch"]} '
          f'of variant {model.variant!r}')

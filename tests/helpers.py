@@ -30,6 +30,30 @@ def random_batch(config, n: int, seed: int = 0) -> dict:
   return {'image': rng.integers(0, 256, (n, size, size, 3), np.uint8), 'text': text}
 
 
+def step_builder(config, the_mesh):
+  """The StepBuilder of `config` on `the_mesh` (AdamW and schedule from `config.optim`)."""
+  from pretrain.optim import make_optimizer
+  from pretrain.train_step import StepBuilder
+  tx, schedule = make_optimizer(config.optim, config.total_steps)
+  return StepBuilder(config, the_mesh, tx, schedule)
+
+
+def loss_and_grads(config, the_mesh, batch, params=None):
+  """(loss, metrics, grads) of the train step's loss on `batch`, fetched to the host."""
+  from pretrain.sharding import batch_sharding
+  builder = step_builder(config, the_mesh)
+  params = builder.init_state()['params'] if params is None else params
+  sharded = {k: jax.device_put(v, batch_sharding(the_mesh)) for k, v in batch.items()}
+  (loss, metrics), grads = jax.jit(builder.loss_and_grads)(params, sharded)
+  return float(loss), jax.device_get(metrics), jax.device_get(grads)
+
+
+def max_tree_diff(a, b) -> float:
+  """Largest absolute difference between two pytrees of arrays of the same structure."""
+  return max(float(np.max(np.abs(np.asarray(x, np.float64) - np.asarray(y, np.float64))))
+             for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)))
+
+
 def mesh(data: int, fsdp: int, devices=None):
   """An Auto-axes data x fsdp mesh over the first data*fsdp devices."""
   devices = jax.devices()[:data * fsdp] if devices is None else devices

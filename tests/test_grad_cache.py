@@ -4,23 +4,7 @@ import jax
 import numpy as np
 import pytest
 
-from pretrain.optim import make_optimizer
-from pretrain.sharding import batch_sharding
-from pretrain.train_step import StepBuilder
-from tests.helpers import mesh, random_batch, tiny_config
-
-
-def _builder(config, the_mesh):
-  tx, schedule = make_optimizer(config.optim, config.total_steps)
-  return StepBuilder(config, the_mesh, tx, schedule)
-
-
-def _loss_and_grads(config, the_mesh, batch):
-  builder = _builder(config, the_mesh)
-  params = builder.init_state()['params']
-  sharded = {k: jax.device_put(v, batch_sharding(the_mesh)) for k, v in batch.items()}
-  (loss, metrics), grads = jax.jit(builder.loss_and_grads)(params, sharded)
-  return float(loss), jax.device_get(metrics), jax.device_get(grads)
+from tests.helpers import loss_and_grads, max_tree_diff, mesh, random_batch, step_builder, tiny_config
 
 
 @pytest.mark.parametrize('shape, steps, loss_name', [
@@ -30,14 +14,13 @@ def test_cached_gradients_equal_full_batch(shape, steps, loss_name):
   config.batch_size = 32
   config.loss.name = loss_name
   batch = random_batch(config, 32)
-  full = _loss_and_grads(config, mesh(*shape), batch)
+  full = loss_and_grads(config, mesh(*shape), batch)
   config.accum_steps = steps
-  cached = _loss_and_grads(config, mesh(*shape), batch)
+  cached = loss_and_grads(config, mesh(*shape), batch)
   assert abs(full[0] - cached[0]) <= 1e-6
   for key in ('acc_i2t', 'acc_t2i'):
     assert float(full[1][key]) == float(cached[1][key])
-  diffs = jax.tree.map(lambda a, b: float(np.max(np.abs(a - b))), full[2], cached[2])
-  assert max(jax.tree.leaves(diffs)) <= 1e-5
+  assert max_tree_diff(full[2], cached[2]) <= 1e-5
   assert max(float(np.max(np.abs(g))) for g in jax.tree.leaves(full[2])) > 1e-3  # not all zero
 
 
@@ -47,7 +30,7 @@ def test_cached_step_needs_less_temporary_memory():
   for steps in (1, 8):
     config = tiny_config()
     config.batch_size, config.accum_steps = 256, steps
-    builder = _builder(config, mesh(1, 1))
+    builder = step_builder(config, mesh(1, 1))
     batch = {k: jax.ShapeDtypeStruct(v.shape, v.dtype)
              for k, v in random_batch(config, 256).items()}
     lowered = jax.jit(builder.loss_and_grads).lower(builder.abstract_state['params'], batch)

@@ -50,11 +50,13 @@ def build_model(model_cfg, loss_cfg, rngs: nnx.Rngs) -> DualEncoder:
       image_size=model_cfg.image_size, patch=size['patch'], width=size['image_width'],
       depth=size['image_depth'], heads=size['image_heads'], mlp_dim=size['image_mlp'],
       embed_dim=size['embed_dim'], pool=model_cfg.image_pool, mean=tuple(model_cfg.image_mean),
-      std=tuple(model_cfg.image_std), dtype=dtype, rngs=rngs)
+      std=tuple(model_cfg.image_std), dtype=dtype, rngs=rngs, remat=model_cfg.image_remat,
+      scan=model_cfg.scan_layers)
   text = TextTower(
       vocab_size=model_cfg.vocab_size, context_length=model_cfg.context_length,
       width=size['text_width'], depth=size['text_depth'], heads=size['text_heads'],
       mlp_dim=size['text_mlp'], embed_dim=size['embed_dim'], causal=model_cfg.text_causal,
-      pool=model_cfg.text_pool, dtype=dtype, rngs=rngs)
+      pool=model_cfg.text_pool, dtype=dtype, rngs=rngs, remat=model_cfg.text_remat,
+      scan=model_cfg.scan_layers)
   bias = loss_cfg.init_logit_bias if loss_cfg.name == 'sigmoid' else None
   return DualEncoder(image, text, loss_cfg.init_logit_scale, loss_cfg.max_logit_scale, bias)

@@ -70,18 +70,51 @@ class EncoderBlock(nnx.Module):
     return x + self.mlp(self.ln_mlp(x))
 
 
+# Rematerialisation policies of a Transformer block (per tower, `model.image_remat/text_remat`):
+# 'none' keeps every activation; 'full' keeps only each block's input and recomputes the block in
+# the backward pass; 'dots' also keeps the outputs of matmuls without batch dimensions (big_vision's
+# usual choice: most of the saving, little recompute).
+REMAT_POLICIES = {'none': None, 'full': jax.checkpoint_policies.nothing_saveable,
+                  'dots': jax.checkpoint_policies.dots_with_no_batch_dims_saveable}
+
+
+def stack_modules(modules: list[nnx.Module]) -> nnx.Module:
+  """One module whose parameters are the given identical modules' parameters stacked on axis 0."""
+  graphdef = nnx.graphdef(modules[0])
+  states = [nnx.state(m) for m in modules]
+  return nnx.merge(graphdef, jax.tree.map(lambda *xs: jnp.stack(xs), *states))
+
+
 class Encoder(nnx.Module):
-  """A stack of pre-LN blocks followed by a final LayerNorm."""
+  """A stack of pre-LN blocks followed by a final LayerNorm.
+
+  With `scan`, the blocks' parameters are stacked ([depth, ...]) and applied by `lax.scan`: one
+  block is compiled instead of `depth` (faster compiles, same maths and same initial values).
+  """
 
   def __init__(self, width: int, depth: int, heads: int, mlp_dim: int, *, dtype: Dtype,
-               rngs: nnx.Rngs):
-    self.blocks = nnx.List([EncoderBlock(width, heads, mlp_dim, dtype=dtype, rngs=rngs)
-                            for _ in range(depth)])
+               rngs: nnx.Rngs, remat: str = 'none', scan: bool = False):
+    if remat not in REMAT_POLICIES:
+      raise ValueError(f'unknown remat policy {remat!r}; known: {", ".join(REMAT_POLICIES)}')
+    self.remat, self.scan = remat, scan
+    blocks = [EncoderBlock(width, heads, mlp_dim, dtype=dtype, rngs=rngs) for _ in range(depth)]
+    self.blocks = stack_modules(blocks) if scan else nnx.List(blocks)
     self.ln_final = layer_norm(width, dtype=dtype, rngs=rngs)
 
   def __call__(self, x: Array, key_mask: Array | None = None, causal: bool = False) -> Array:
-    for block in self.blocks:
-      x = block(x, key_mask, causal)
+    graphdef = nnx.graphdef(self.blocks[0] if not self.scan else self.blocks)
+
+    def run_block(x, block_state):
+      return nnx.merge(graphdef, block_state)(x, key_mask, causal)
+
+    if self.remat != 'none':
+      run_block = jax.checkpoint(run_block, policy=REMAT_POLICIES[self.remat],
+                                 prevent_cse=not self.scan)
+    if self.scan:
+      x, _ = jax.lax.scan(lambda h, s: (run_block(h, s), None), x, nnx.state(self.blocks))
+    else:
+      for block in self.blocks:
+        x = run_block(x, nnx.state(block))
     return self.ln_final(x)
 
 

@@ -30,7 +30,7 @@ class ImageTower(nnx.Module):
 
   def __init__(self, *, image_size: int, patch: int, width: int, depth: int, heads: int,
                mlp_dim: int, embed_dim: int, pool: str, mean: tuple, std: tuple, dtype: Dtype,
-               rngs: nnx.Rngs):
+               rngs: nnx.Rngs, remat: str = 'none', scan: bool = False):
     if pool not in IMAGE_POOLS:
       raise ValueError(f'image pool {pool!r} is not one of {IMAGE_POOLS}')
     self.patch, self.pool, self.dtype = patch, pool, dtype
@@ -42,7 +42,8 @@ class ImageTower(nnx.Module):
       self.cls_token = nnx.Param(jnp.zeros((1, 1, width), jnp.float32))
     if pool == 'map':
       self.map_head = AttentionPool(width, heads, mlp_dim, dtype=dtype, rngs=rngs)
-    self.encoder = Encoder(width, depth, heads, mlp_dim, dtype=dtype, rngs=rngs)
+    self.encoder = Encoder(width, depth, heads, mlp_dim, dtype=dtype, rngs=rngs, remat=remat,
+                           scan=scan)
     self.proj = dense(width, embed_dim, use_bias=False, dtype=dtype, rngs=rngs)
 
   def normalize(self, images: Array) -> Array:
@@ -70,7 +71,7 @@ class TextTower(nnx.Module):
 
   def __init__(self, *, vocab_size: int, context_length: int, width: int, depth: int, heads: int,
                mlp_dim: int, embed_dim: int, causal: bool, pool: str, dtype: Dtype,
-               rngs: nnx.Rngs):
+               rngs: nnx.Rngs, remat: str = 'none', scan: bool = False):
     if pool not in TEXT_POOLS:
       raise ValueError(f'text pool {pool!r} is not one of {TEXT_POOLS}')
     self.causal, self.pool, self.dtype = causal, pool, dtype
@@ -80,7 +81,8 @@ class TextTower(nnx.Module):
     self.pos_embed = nnx.Param(EMBED_INIT(rngs.params(), (num_tokens, width), jnp.float32))
     if pool == 'cls':
       self.cls_token = nnx.Param(EMBED_INIT(rngs.params(), (1, 1, width), jnp.float32))
-    self.encoder = Encoder(width, depth, heads, mlp_dim, dtype=dtype, rngs=rngs)
+    self.encoder = Encoder(width, depth, heads, mlp_dim, dtype=dtype, rngs=rngs, remat=remat,
+                           scan=scan)
     self.proj = dense(width, embed_dim, use_bias=False, dtype=dtype, rngs=rngs)
 
   def __call__(self, tokens: Array) -> Array:
