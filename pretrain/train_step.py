@@ -13,6 +13,7 @@ from pretrain import sharding
 from pretrain.grad_cache import cached_loss_and_grads
 from pretrain.losses import make_loss
 from pretrain.models import build_model
+from pretrain.models.layers import activations_split_over
 
 # {'step': int32 [] (applied updates), 'params': pure dict, 'opt_state': optax state,
 #  'rng': uint32 [2], 'bad_records': int32 [len(BAD_KINDS)] (skipped records, all processes),
@@ -69,9 +70,10 @@ class StepBuilder:
     return jax.jit(create, out_shardings=self.state_shardings)()
 
   def embed(self, params: Any, images: jax.Array, texts: jax.Array) -> tuple[jax.Array, jax.Array]:
-    """Both towers: unit image and text embeddings [n, D]."""
+    """Both towers: unit image and text embeddings [n, D], activations split over the batch."""
     model = nnx.merge(self.graphdef, params)
-    return model.embed_images(images), model.embed_texts(texts)
+    with activations_split_over(self.mesh):
+      return model.embed_images(images), model.embed_texts(texts)
 
   def head_loss(self, params: Any, img: jax.Array, txt: jax.Array) -> tuple[jax.Array, dict]:
     """The global-batch contrastive loss of given embeddings (uses only the temperature/bias)."""

@@ -7,7 +7,8 @@ import pytest
 from pretrain.optim import make_optimizer
 from pretrain.sharding import batch_sharding
 from pretrain.train_step import StepBuilder
-from tests.helpers import mesh, tiny_config
+from data.records import BAD_KINDS
+from tests.helpers import mesh, random_batch, step_builder, tiny_config
 
 
 def _batch(config, n):
@@ -54,3 +55,21 @@ def test_fsdp_actually_shards_parameters():
   assert any('fsdp' in tuple(spec) for spec in specs)
   opt_specs = [s.spec for s in jax.tree.leaves(builder.state_shardings['opt_state'])]
   assert any('fsdp' in tuple(spec) for spec in opt_specs)
+
+
+def _step_flops_per_device(shape) -> float:
+  config = tiny_config()
+  config.batch_size = 64
+  builder = step_builder(config, mesh(*shape))
+  rows = batch_sharding(builder.mesh)
+  batch = {k: jax.ShapeDtypeStruct(v.shape, v.dtype, sharding=rows)
+           for k, v in random_batch(config, 64).items()}
+  batch['bad'] = jax.ShapeDtypeStruct((64, len(BAD_KINDS)), np.int32, sharding=rows)
+  compiled = builder.jit_step().lower(builder.abstract_state, batch).compile()
+  return float(compiled.cost_analysis()['flops'])
+
+
+def test_fsdp_does_not_replicate_activations():
+  """Sharding parameters over fsdp must not make a device do more of the model's work:
+  activations stay split over the batch (GSPMD would otherwise replicate them)."""
+  assert _step_flops_per_device((2, 4)) <= 1.02 * _step_flops_per_device((8, 1))

@@ -1,10 +1,15 @@
 """Transformer building blocks shared by the image and text towers."""
 
-from typing import Any
+import contextlib
+import contextvars
+from typing import Any, Iterator
 
 import jax
 import jax.numpy as jnp
 from flax import nnx
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+from pretrain.sharding import BATCH_AXES
 
 Array = jax.Array
 Dtype = Any
@@ -12,6 +17,31 @@ Dtype = Any
 # Xavier-uniform kernels and zero biases: the init of big_vision's ViT and of CLIP-style towers.
 KERNEL_INIT = nnx.initializers.xavier_uniform()
 EMBED_INIT = nnx.initializers.normal(stddev=0.02)
+
+
+_ACTIVATION_MESH: contextvars.ContextVar = contextvars.ContextVar('activation_mesh', default=None)
+
+
+@contextlib.contextmanager
+def activations_split_over(mesh: Mesh) -> Iterator[None]:
+  """While tracing inside this block, `batch_sharded` pins activations to `mesh`'s batch axes."""
+  token = _ACTIVATION_MESH.set(mesh)
+  try:
+    yield
+  finally:
+    _ACTIVATION_MESH.reset(token)
+
+
+def batch_sharded(x: Array) -> Array:
+  """Keeps an activation split over the batch axes inside `activations_split_over(mesh)`.
+
+  With FSDP, GSPMD may otherwise shard activations' feature dimension like the weights and then
+  replicate whole activations to undo it; pinning the batch split makes it gather weights instead.
+  """
+  mesh = _ACTIVATION_MESH.get()
+  if mesh is None:
+    return x
+  return jax.lax.with_sharding_constraint(x, NamedSharding(mesh, PartitionSpec(BATCH_AXES)))
 
 
 def dense(d_in: int, d_out: int, *, dtype: Dtype, rngs: nnx.Rngs, use_bias: bool = True) -> nnx.Linear:
@@ -105,7 +135,7 @@ class Encoder(nnx.Module):
     graphdef = nnx.graphdef(self.blocks[0] if not self.scan else self.blocks)
 
     def run_block(x, block_state):
-      return nnx.merge(graphdef, block_state)(x, key_mask, causal)
+      return batch_sharded(nnx.merge(graphdef, block_state)(batch_sharded(x), key_mask, causal))
 
     if self.remat != 'none':
       run_block = jax.checkpoint(run_block, policy=REMAT_POLICIES[self.remat],
