@@ -20,8 +20,8 @@ from pretrain.config_cli import apply_override, load_config_file
 from pretrain.optim import make_optimizer
 from pretrain.train_step import StepBuilder
 
-CONFIGS = {'tiny': 'configs/demo.py:tiny', 'b32': 'configs/clip_vit_b32.py'}
-BATCH = {'tiny': 256, 'b32': 32}
+CONFIGS = {'tiny': 'configs/demo.py:tiny', 'b32': 'configs/clip_vit_b32.py', 'demo': 'configs/demo.py'}
+BATCH = {'tiny': 256, 'b32': 32, 'demo': 128}
 
 
 def bench_config(name: str, smoke: bool, overrides: list[str]):
@@ -63,6 +63,7 @@ def run(name: str, steps: int, smoke: bool, overrides: list[str]) -> dict:
   step = builder.jit_step()
   compiled = step.lower(state, batch).compile()
   cost = compiled.cost_analysis()
+  temp_bytes = compiled.memory_analysis().temp_size_in_bytes
   flops = float((cost[0] if isinstance(cost, list) else cost)['flops'])
   holder = [state]
 
@@ -74,12 +75,14 @@ def run(name: str, steps: int, smoke: bool, overrides: list[str]) -> dict:
   seconds = median_seconds(one_step, steps)
   peak = matmul_peak_flops(1024 if smoke else 4096)
   return {'config': name + (' (smoke)' if smoke else ''), 'batch': config.batch_size,
+          'accum_steps': config.accum_steps,
           'dtype': config.model.dtype, 'examples_per_s': round(config.batch_size / seconds, 2),
           'step_s': round(seconds, 4), 'gflop_per_step': round(flops / 1e9, 1),
           'achieved_gflop_s': round(flops / seconds / 1e9, 1),
           'matmul_peak_gflop_s': round(peak / 1e9, 1),
           'fraction_of_peak': round(flops / seconds / peak, 3),
-          'peak_rss_gb': round(peak_rss_bytes() / 2**30, 2)}
+          'peak_rss_gb': round(peak_rss_bytes() / 2**30, 2),
+          'xla_temp_gb': round(temp_bytes / 2**30, 3)}
 
 
 def main(argv: list[str]) -> int:

@@ -14,6 +14,8 @@ from tests.helpers import ROOT
     ('benchmarks.train_throughput', ['--config', 'tiny', '--smoke', '--steps', '2']),
     ('benchmarks.retrieval_metrics', ['--smoke']),
     ('benchmarks.input_pipeline', ['--smoke']),
+    ('benchmarks.loss_memory', ['--smoke']),
+    ('benchmarks.grad_cache', ['--smoke']),
 ])
 def test_benchmark_smoke(tmp_path, module, args):
   out = tmp_path / 'result.json'

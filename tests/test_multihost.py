@@ -44,6 +44,8 @@ def test_two_hosts_equal_one_host_and_checkpoint_moves_between_them(tmp_path):
   two_rows, one_rows = read_metrics(tmp_path / 'two'), read_metrics(tmp_path / 'one')
   assert [r['step'] for r in two_rows] == [1, 2, 3, 4]
   for a, b in zip(two_rows, one_rows):
+    print(f"step {a['step']}: 2x4 loss {a['loss']:.7f}  1x8 loss {b['loss']:.7f}  "
+          f"diff {abs(a['loss'] - b['loss']):.1e}")  # shown with pytest -s
     assert abs(a['loss'] - b['loss']) <= 1e-6, (a, b)
     assert a['acc_i2t'] == b['acc_i2t'] and a['acc_t2i'] == b['acc_t2i']
   # The 2-process checkpoint restores in 1 process on another mesh, and training continues.
@@ -52,3 +54,22 @@ def test_two_hosts_equal_one_host_and_checkpoint_moves_between_them(tmp_path):
   assert more.returncode == 0, more.stderr[-2000:]
   assert f'resumed from {tmp_path / "two"}/checkpoints/4' in more.stdout
   assert [r['step'] for r in read_metrics(tmp_path / 'two')][-2:] == [5, 6]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize('loss', [
+    ['--config.loss.impl=tiled', '--config.loss.tile=3', '--config.accum_steps=2'],
+    ['--config.loss.name=sigmoid', '--config.loss.init_logit_scale=10.0']])
+def test_two_hosts_ring_losses_equal_one_host(tmp_path, loss):
+  """The ppermute rings (and gradient caching) cross the process boundary exactly."""
+  codes, outputs = run_two_processes(tmp_path / 'two', '--config.total_steps=3', *loss)
+  assert codes == [0, 0], outputs[0][1][-2000:] + outputs[1][1][-2000:]
+  one = run_train(tmp_path / 'one', *COMMON, '--config.total_steps=3', *loss, devices=8)
+  assert one.returncode == 0, one.stderr[-2000:]
+  two_rows, one_rows = read_metrics(tmp_path / 'two'), read_metrics(tmp_path / 'one')
+  assert [r['step'] for r in two_rows] == [1, 2, 3]
+  for a, b in zip(two_rows, one_rows):
+    print(f"step {a['step']}: 2x4 loss {a['loss']:.7f}  1x8 loss {b['loss']:.7f}  "
+          f"diff {abs(a['loss'] - b['loss']):.1e}")  # shown with pytest -s
+    assert abs(a['loss'] - b['loss']) <= 1e-6, (a, b)
+    assert a['acc_i2t'] == b['acc_i2t'] and a['acc_t2i'] == b['acc_t2i']
