@@ -48,6 +48,7 @@ def check_training(config, num_devices: int, num_processes: int) -> dict[str, in
   impls = LOSS_IMPLS[config.loss.name]
   _check(config.loss.impl in impls, f'unknown loss.impl {config.loss.impl!r} for '
          f'{config.loss.name}; known: {", ".join(impls)}')
+  _check(config.loss.tile > 0, f'loss.tile must be positive, got {config.loss.tile}')
   check_spec(config.data.train)
   _check(config.data.on_bad_record in BAD_POLICIES,
          f'unknown data.on_bad_record {config.data.on_bad_record!r}; known: {", ".join(BAD_POLICIES)}')

@@ -40,3 +40,18 @@ def test_missing_config_file_and_variant():
     parse_args(['--config', 'configs/demo.py:huge', '--workdir', '/tmp/x'])
   with pytest.raises(ConfigError, match='--workdir is required'):
     parse_args(['--config', 'configs/demo.py'])
+
+
+@pytest.mark.parametrize('override, message', [
+    ('--config.accum_steps=3', 'batch_size 128 is not divisible by the data-parallel size 8 x '
+                               'accum_steps 3'),
+    ('--config.accum_steps=0', 'accum_steps must be >= 1, got 0'),
+    ('--config.model.text_remat=some', "unknown model.text_remat 'some'; known: none, full, dots"),
+    ('--config.loss.tile=0', 'loss.tile must be positive, got 0'),
+])
+def test_scale_fields_are_checked_in_one_line(override, message):
+  from pretrain.validate import check_training
+  config, _ = parse_args(['--config', 'configs/demo.py', '--workdir', '/tmp/x', override])
+  with pytest.raises(ConfigError) as error:
+    check_training(config, num_devices=8, num_processes=1)
+  assert str(error.value) == message

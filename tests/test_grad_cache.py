@@ -7,8 +7,7 @@ import pytest
 from tests.helpers import loss_and_grads, max_tree_diff, mesh, random_batch, step_builder, tiny_config
 
 
-@pytest.mark.parametrize('shape, steps, loss_name', [
-    ((1, 1), 4, 'softmax'), ((4, 2), 2, 'softmax'), ((8, 1), 4, 'sigmoid')])
+@pytest.mark.parametrize('shape, steps, loss_name', [((4, 2), 2, 'softmax'), ((8, 1), 4, 'sigmoid')])
 def test_cached_gradients_equal_full_batch(shape, steps, loss_name):
   config = tiny_config()
   config.batch_size = 32
