@@ -69,8 +69,11 @@ def quiet_background_errors() -> None:
     print(f'warning: ignored in background: {unraisable.exc_type.__name__}: '
           f'{unraisable.exc_value}', file=sys.stderr, flush=True)
   sys.unraisablehook = hook
-  # orbax logs a failed background write with its traceback; the message line is enough.
-  logging.getLogger('absl').addFilter(_drop_traceback)
+  # orbax logs a failed background write with its traceback, and asyncio may log the same failure
+  # again as "Task exception was never retrieved" (whichever of its tasks loses the race to the
+  # full disk); the message lines are enough.
+  for name in ('absl', 'asyncio'):
+    logging.getLogger(name).addFilter(_drop_traceback)
 
 
 def _drop_traceback(record: logging.LogRecord) -> bool:

@@ -57,3 +57,23 @@ def test_read_only_checkpoint_directory_is_refused_before_compiling(small_disk):
   errors = _errors(result)
   assert result.returncode == 2 and len(errors) == 1
   assert 'checkpoint directory' in errors[0] and 'is not writable' in errors[0]
+
+
+@pytest.mark.parametrize('logger', ['absl', 'asyncio'])
+def test_background_write_failures_are_logged_without_traceback(caplog, logger):
+  """orbax (absl) and asyncio ("Task exception was never retrieved") report a failed background
+  write with a traceback; the trainer keeps their message line only."""
+  import logging
+  import sys
+  from pretrain.run_control import quiet_background_errors
+  hook = sys.unraisablehook
+  try:
+    quiet_background_errors()
+    try:
+      raise OSError(28, 'No space left on device')
+    except OSError:
+      logging.getLogger(logger).error('Task exception was never retrieved', exc_info=True)
+  finally:
+    sys.unraisablehook = hook
+  record = caplog.records[-1]
+  assert record.getMessage() == 'Task exception was never retrieved' and record.exc_info is None
