@@ -6,8 +6,9 @@ Lowers and compiles the real train step (the config's model, loss, optimizer, re
 accum_steps, dtype and FSDP placement) for N x M simulated CPU devices, on abstract arrays (nothing
 is allocated), and prints per device: parameter and optimizer-state bytes (from their shardings),
 XLA's argument / temporary / output sizes (its memory analysis), model FLOPs per step (its cost
-analysis of the same model unrolled: see `model_flops_config`), and the global and per-device batch. XLA:CPU's fusion and scheduling differ from TPU/GPU, so treat the
-bytes as an estimate to within tens of percent, and compare variants with each other.
+analysis of the same model unrolled: see `model_flops_config`), and the global and per-device
+batch. XLA:CPU's fusion and scheduling differ from TPU/GPU, so treat the bytes as an estimate to
+within tens of percent, and compare variants with each other.
 """
 
 import math
