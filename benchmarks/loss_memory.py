@@ -4,7 +4,7 @@
 
 Each point runs in a fresh process with 8 simulated CPU devices: unit embeddings [B, d] (d = 512)
 sharded over the devices, the loss and its gradients with respect to both embeddings and the
-scale, compiled ahead of time. The process's peak RSS (VmHWM) is read after the timed runs. A point
+scale, compiled ahead of time. The process's peak RSS is read after the timed runs. A point
 whose XLA memory estimate (8 x one device's arguments + outputs + temporaries) exceeds the memory
 limit is not run: the table says how much it would need.
 """
@@ -20,15 +20,6 @@ DEFAULT_LOSSES = ('softmax/local_rows', 'softmax/tiled', 'sigmoid/ring')
 GIB = 2 ** 30
 
 
-def vm_hwm_bytes() -> int:
-  """This process's peak resident set size (VmHWM) from /proc."""
-  with open('/proc/self/status') as f:
-    for line in f:
-      if line.startswith('VmHWM:'):
-        return int(line.split()[1]) * 1024
-  raise RuntimeError('no VmHWM in /proc/self/status')
-
-
 def measure_point(loss: str, batch: int, dim: int, tile: int, limit_bytes: int) -> dict:
   """Runs in the child: compile, estimate, and (if it fits) time one loss at one batch."""
   import jax
@@ -36,6 +27,7 @@ def measure_point(loss: str, batch: int, dim: int, tile: int, limit_bytes: int) 
   import ml_collections
   from jax.sharding import NamedSharding, PartitionSpec as P
 
+  from benchmarks.common import peak_rss_bytes
   from pretrain.losses import make_loss
   from pretrain.sharding import BATCH_AXES, make_mesh
 
@@ -70,7 +62,7 @@ def measure_point(loss: str, batch: int, dim: int, tile: int, limit_bytes: int) 
     jax.block_until_ready(compiled(img, txt, jnp.float32(10.0), *extra))
     times.append(time.perf_counter() - start)
   row.update(status='ok', seconds=round(sorted(times)[len(times) // 2], 3), runs=len(times),
-             peak_rss_gib=round(vm_hwm_bytes() / GIB, 2))
+             peak_rss_gib=round(peak_rss_bytes() / GIB, 2))
   return row
 
 

@@ -18,6 +18,7 @@ from benchmarks.common import matmul_peak_flops, median_seconds, peak_rss_bytes,
 from pretrain import sharding
 from pretrain.config_cli import apply_override, load_config_file
 from pretrain.optim import make_optimizer
+from pretrain.plan import step_flops
 from pretrain.train_step import StepBuilder
 
 CONFIGS = {'tiny': 'configs/demo.py:tiny', 'b32': 'configs/clip_vit_b32.py', 'demo': 'configs/demo.py'}
@@ -62,9 +63,8 @@ def run(name: str, steps: int, smoke: bool, overrides: list[str]) -> dict:
   batch = synthetic_batch(config, mesh)
   step = builder.jit_step()
   compiled = step.lower(state, batch).compile()
-  cost = compiled.cost_analysis()
   temp_bytes = compiled.memory_analysis().temp_size_in_bytes
-  flops = float((cost[0] if isinstance(cost, list) else cost)['flops'])
+  flops = step_flops(compiled)
   holder = [state]
 
   def one_step():

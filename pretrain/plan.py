@@ -82,7 +82,7 @@ def model_flops_config(config):
 def step_flops(compiled) -> float:
   """FLOPs of one device's compiled step (XLA's cost analysis)."""
   cost = compiled.cost_analysis()
-  return float((cost[0] if isinstance(cost, list) else cost).get('flops', 0.0))
+  return float((cost[0] if isinstance(cost, list) else cost)['flops'])
 
 
 def plan(config, sizes: dict[str, int]) -> dict:

@@ -60,6 +60,11 @@ def untile_rows(x: jax.Array, n: int) -> jax.Array:
   return x.reshape(-1, *x.shape[2:])[:n]
 
 
+def tile_starts(n: int, tile: int) -> jax.Array:
+  """[count]: the first row index of each tile of `tile_rows`."""
+  return jnp.arange(0, -(-n // tile) * tile, tile)
+
+
 def tile_valid(n: int, tile: int) -> jax.Array:
   """[count, tile] booleans: which padded positions hold a real row."""
   count = -(-n // tile)

@@ -17,7 +17,7 @@ from jax.sharding import Mesh
 from jax.sharding import PartitionSpec as P
 
 from pretrain.losses import LossFn
-from pretrain.ring import ring_size, ring_visit, tile_rows, tile_valid, untile_rows
+from pretrain.ring import ring_size, ring_visit, tile_rows, tile_starts, tile_valid, untile_rows
 
 
 def sigmoid_reference(img, txt, scale, bias) -> tuple[jax.Array, dict]:
@@ -50,7 +50,7 @@ def ring_sigmoid(q, k, scale, bias, tile, axes, size):
 def _ring_sigmoid_fwd(q, k, scale, bias, tile, axes, size):
   b = q.shape[0]
   me = lax.axis_index(axes)
-  starts = jnp.arange(0, tile_valid(b, tile).size, tile)
+  starts = tile_starts(b, tile)
 
   def visit(local, block, col_best, src):
     def body(rows, xs):
@@ -77,7 +77,7 @@ def _ring_sigmoid_bwd(tile, axes, size, residuals, cotangents):
   g = cotangents[0]  # the best-score outputs are metrics, without gradient
   b = q.shape[0]
   me = lax.axis_index(axes)
-  starts = jnp.arange(0, tile_valid(b, tile).size, tile)
+  starts = tile_starts(b, tile)
 
   def visit(local, block, dk, src):
     def body(acc, xs):

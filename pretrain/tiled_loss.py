@@ -21,7 +21,7 @@ from jax.sharding import Mesh
 from jax.sharding import PartitionSpec as P
 
 from pretrain.losses import LossFn
-from pretrain.ring import ring_size, ring_visit, tile_rows, tile_valid, untile_rows
+from pretrain.ring import ring_size, ring_visit, tile_rows, tile_starts, tile_valid, untile_rows
 
 
 def _scores(q, k_tile, ok, scale):
@@ -49,9 +49,9 @@ def _forward_visit(q, scale, tile, local_offset):
       cols = (col_lse, jnp.where(better, block_best, col_best), jnp.where(better, block_arg, col_arg))
       return rows, cols
 
-    starts = jnp.arange(0, tile_valid(b, tile).size, tile)
     xs = (tile_rows(k, tile), tile_valid(b, tile),
-          *(tile_rows(t, tile, -jnp.inf if t.dtype != jnp.int32 else 0) for t in travel), starts)
+          *(tile_rows(t, tile, -jnp.inf if t.dtype != jnp.int32 else 0) for t in travel),
+          tile_starts(b, tile))
     local, cols = lax.scan(body, local, xs)
     return local, tuple(untile_rows(c, b) for c in cols)
 

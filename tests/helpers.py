@@ -48,6 +48,15 @@ def loss_and_grads(config, the_mesh, batch, params=None):
   return float(loss), jax.device_get(metrics), jax.device_get(grads)
 
 
+def loss_and_grads_temp_bytes(config, the_mesh) -> int:
+  """XLA's temporary bytes for the compiled loss + gradients of `config` (abstract batch)."""
+  builder = step_builder(config, the_mesh)
+  batch = {k: jax.ShapeDtypeStruct(v.shape, v.dtype)
+           for k, v in random_batch(config, config.batch_size).items()}
+  lowered = jax.jit(builder.loss_and_grads).lower(builder.abstract_state['params'], batch)
+  return lowered.compile().memory_analysis().temp_size_in_bytes
+
+
 def max_tree_diff(a, b) -> float:
   """Largest absolute difference between two pytrees of arrays of the same structure."""
   return max(float(np.max(np.abs(np.asarray(x, np.float64) - np.asarray(y, np.float64))))

@@ -4,7 +4,8 @@ import jax
 import numpy as np
 import pytest
 
-from tests.helpers import loss_and_grads, max_tree_diff, mesh, random_batch, step_builder, tiny_config
+from tests.helpers import (loss_and_grads, loss_and_grads_temp_bytes, max_tree_diff, mesh,
+                           random_batch, tiny_config)
 
 
 @pytest.mark.parametrize('shape, steps, loss_name', [((4, 2), 2, 'softmax'), ((8, 1), 4, 'sigmoid')])
@@ -29,9 +30,5 @@ def test_cached_step_needs_less_temporary_memory():
   for steps in (1, 8):
     config = tiny_config()
     config.batch_size, config.accum_steps = 256, steps
-    builder = step_builder(config, mesh(1, 1))
-    batch = {k: jax.ShapeDtypeStruct(v.shape, v.dtype)
-             for k, v in random_batch(config, 256).items()}
-    lowered = jax.jit(builder.loss_and_grads).lower(builder.abstract_state['params'], batch)
-    temp[steps] = lowered.compile().memory_analysis().temp_size_in_bytes
+    temp[steps] = loss_and_grads_temp_bytes(config, mesh(1, 1))
   assert temp[8] < 0.4 * temp[1], temp

@@ -5,7 +5,8 @@ import numpy as np
 import pytest
 
 from pretrain.optim import decay_mask
-from tests.helpers import loss_and_grads, max_tree_diff, mesh, random_batch, step_builder, tiny_config
+from tests.helpers import (loss_and_grads, loss_and_grads_temp_bytes, max_tree_diff, mesh,
+                           random_batch, step_builder, tiny_config)
 
 
 @pytest.fixture(scope='module')
@@ -77,9 +78,5 @@ def test_scanned_remat_needs_less_temporary_memory():
     config = tiny_config()
     config.batch_size = 128
     config.model.update(dict(image_remat=policy, text_remat=policy, scan_layers=True))
-    builder = step_builder(config, mesh(1, 1))
-    batch = {k: jax.ShapeDtypeStruct(v.shape, v.dtype)
-             for k, v in random_batch(config, 128).items()}
-    lowered = jax.jit(builder.loss_and_grads).lower(builder.abstract_state['params'], batch)
-    temp[policy] = lowered.compile().memory_analysis().temp_size_in_bytes
+    temp[policy] = loss_and_grads_temp_bytes(config, mesh(1, 1))
   assert temp['full'] < 0.5 * temp['none'], temp
