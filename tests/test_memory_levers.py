@@ -80,3 +80,16 @@ def test_scanned_remat_needs_less_temporary_memory():
     config.model.update(dict(image_remat=policy, text_remat=policy, scan_layers=True))
     temp[policy] = loss_and_grads_temp_bytes(config, mesh(1, 1))
   assert temp['full'] < 0.5 * temp['none'], temp
+
+
+def test_bf16_matmuls_accumulate_and_output_in_fp32():
+  """Every matmul of the towers takes bf16 inputs and produces fp32 (the fast CPU/TPU path)."""
+  config = tiny_config()
+  config.model.dtype = 'bfloat16'
+  builder = step_builder(config, mesh(1, 1))
+  batch = random_batch(config, 4)
+  text = jax.jit(builder.loss_and_metrics).lower(builder.abstract_state['params'], batch).as_text()
+  dots = [line for line in text.splitlines() if 'stablehlo.dot_general' in line]
+  bf16_dots = [line for line in dots if 'xbf16>' in line.split(':')[-1].split('->')[0]]
+  assert len(bf16_dots) >= 2 * 4 * 4  # qkv, out, fc1, fc2 in each of 4 blocks per tower
+  assert all(line.split('->')[-1].strip().endswith('xf32>') for line in bf16_dots)
