@@ -1,6 +1,7 @@
 """Examples/s and FLOP/s of the train step on synthetic, device-resident batches.
 
-  python -m benchmarks.train_throughput --config tiny|b32 [--steps N] [--out FILE] [--smoke]
+  python -m benchmarks.train_throughput --config tiny|b32|demo|align_tiny|align_b7 [--steps N]
+      [--out FILE] [--smoke] [--set FIELD=VALUE ...]
 
 Prints examples/s (median of timed steps after compile), model FLOPs per step (XLA cost analysis),
 achieved FLOP/s, and that as a fraction of a 4096^2 fp32 matmul measured in the same run.
@@ -21,8 +22,9 @@ from pretrain.optim import make_optimizer
 from pretrain.plan import step_flops
 from pretrain.train_step import StepBuilder
 
-CONFIGS = {'tiny': 'configs/demo.py:tiny', 'b32': 'configs/clip_vit_b32.py', 'demo': 'configs/demo.py'}
-BATCH = {'tiny': 256, 'b32': 32, 'demo': 128}
+CONFIGS = {'tiny': 'configs/demo.py:tiny', 'b32': 'configs/clip_vit_b32.py', 'demo': 'configs/demo.py',
+           'align_tiny': 'configs/align.py:tiny', 'align_b7': 'configs/align.py:b7'}
+BATCH = {'tiny': 256, 'b32': 32, 'demo': 128, 'align_tiny': 64, 'align_b7': 8}
 
 
 def bench_config(name: str, smoke: bool, overrides: list[str]):

@@ -34,7 +34,9 @@ def base_config() -> ml_collections.ConfigDict:
       text_remat='none',           # The same for the text tower.
       scan_layers=False,           # Stack blocks and lax.scan them (one block compiled per tower).
       image_size=32,
-      image_pool='cls',            # 'cls' | 'gap' | 'map' (attention pooling).
+      image_pool='cls',            # ViT: 'cls' | 'gap' | 'map' (attention pooling).
+      image_drop_path=0.2,         # EfficientNet: stochastic depth rate of the last block.
+      image_bn_momentum=0.99,      # EfficientNet: BatchNorm running-average momentum.
       image_mean=(0.5, 0.5, 0.5),  # Per-channel normalisation applied on device to [0, 1] pixels.
       image_std=(0.5, 0.5, 0.5),
       vocab_size=64,               # Rows of the token embedding; must be >= the tokenizer's vocab.
@@ -52,8 +54,10 @@ def base_config() -> ml_collections.ConfigDict:
       label_smoothing=0.0,         # ALIGN: 0.1.
   ))
   config.optim = ml_collections.ConfigDict(dict(
-      lr=1e-3, warmup_steps=20, end_lr_ratio=0.0,  # Linear warmup, cosine decay to lr*end_lr_ratio.
-      weight_decay=0.1, b1=0.9, b2=0.98, eps=1e-6,  # AdamW; decay skips 1-d, embeddings, temperature.
+      name='adamw',                # 'adamw' or 'lamb' (ALIGN).
+      lr=1e-3, warmup_steps=20, end_lr_ratio=0.0,  # Linear warmup, then decay to lr*end_lr_ratio...
+      decay='cosine',              # ...'cosine' or 'linear' (ALIGN).
+      weight_decay=0.1, b1=0.9, b2=0.98, eps=1e-6,  # Decay skips 1-d, pos/cls embeddings, temperature.
       grad_clip_norm=1.0,          # Global-norm clipping; 0 = off.
   ))
   config.data = ml_collections.ConfigDict(dict(

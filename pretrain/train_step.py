@@ -28,6 +28,17 @@ def model_graphdef_and_shapes(config) -> tuple[nnx.GraphDef, Any]:
   return graphdef, nnx.to_pure_dict(state)
 
 
+BATCH_STATS = 'batch_stats'  # Key of the new BatchNorm running averages among the step's metrics.
+
+
+def with_batch_stats(params: Any, stats: dict) -> Any:
+  """`params` (a nested pure dict) with the leaves named in `stats` replaced by its values."""
+  if not stats:
+    return params
+  return {key: (with_batch_stats(value, stats[key]) if isinstance(value, dict) else stats[key])
+          if key in stats else value for key, value in params.items()}
+
+
 def init_params(config, seed: int) -> Any:
   """Fresh model parameters as a pure dict (call under jit to create them sharded)."""
   model = build_model(config.model, config.loss, nnx.Rngs(seed))
@@ -69,11 +80,21 @@ class StepBuilder:
       return self._init_state(init_params(self.config, self.config.seed))
     return jax.jit(create, out_shardings=self.state_shardings)()
 
-  def embed(self, params: Any, images: jax.Array, texts: jax.Array) -> tuple[jax.Array, jax.Array]:
-    """Both towers: unit image and text embeddings [n, D], activations split over the batch."""
+  def embed(self, params: Any, images: jax.Array, texts: jax.Array,
+            key: jax.Array | None = None) -> tuple[jax.Array, jax.Array]:
+    """Both towers in training mode: unit image and text embeddings [n, D]."""
+    return self.embed_and_stats(params, images, texts, key)[:2]
+
+  def embed_and_stats(self, params: Any, images: jax.Array, texts: jax.Array,
+                      key: jax.Array | None = None) -> tuple[jax.Array, jax.Array, dict]:
+    """Embeddings, activations split over the batch, and the updated BatchNorm running averages.
+
+    The batch is the global array, so BatchNorm's statistics are over the global batch.
+    """
     model = nnx.merge(self.graphdef, params)
     with activations_split_over(self.mesh):
-      return model.embed_images(images), model.embed_texts(texts)
+      img, txt = model.embed_images(images, train=True, key=key), model.embed_texts(texts)
+    return img, txt, nnx.to_pure_dict(nnx.state(model, nnx.BatchStat))
 
   def head_loss(self, params: Any, img: jax.Array, txt: jax.Array) -> tuple[jax.Array, dict]:
     """The global-batch contrastive loss of given embeddings (uses only the temperature/bias)."""
@@ -83,14 +104,21 @@ class StepBuilder:
     loss, metrics = self.loss_fn(img, txt, scale, *extra)
     return loss, {**metrics, 'logit_scale': scale, 'temperature': 1.0 / scale}
 
-  def loss_and_metrics(self, params: Any, batch: dict) -> tuple[jax.Array, dict]:
-    """Forward pass of both towers and the global-batch contrastive loss."""
-    return self.head_loss(params, *self.embed(params, batch['image'], batch['text']))
+  def loss_and_metrics(self, params: Any, batch: dict,
+                       key: jax.Array | None = None) -> tuple[jax.Array, dict]:
+    """Forward pass of both towers and the global-batch contrastive loss.
 
-  def loss_and_grads(self, params: Any, batch: dict) -> tuple[tuple[jax.Array, dict], Any]:
+    Models with BatchNorm also return their new running averages as metrics[BATCH_STATS].
+    """
+    img, txt, stats = self.embed_and_stats(params, batch['image'], batch['text'], key)
+    loss, metrics = self.head_loss(params, img, txt)
+    return loss, ({**metrics, BATCH_STATS: stats} if stats else metrics)
+
+  def loss_and_grads(self, params: Any, batch: dict,
+                     key: jax.Array | None = None) -> tuple[tuple[jax.Array, dict], Any]:
     """(loss, metrics), parameter gradients: directly, or by gradient caching over micro-batches."""
     if self.config.accum_steps == 1:
-      return jax.value_and_grad(self.loss_and_metrics, has_aux=True)(params, batch)
+      return jax.value_and_grad(self.loss_and_metrics, has_aux=True)(params, batch, key)
     return cached_loss_and_grads(self, params, batch, self.config.accum_steps)
 
   def _inject_nonfinite(self, loss: jax.Array, state: TrainState) -> jax.Array:
@@ -102,11 +130,16 @@ class StepBuilder:
     return jnp.where(jnp.isin(attempt, jnp.asarray(attempts)), jnp.nan, loss)
 
   def _step(self, state: TrainState, batch: dict) -> tuple[TrainState, dict]:
-    (loss, metrics), grads = self.loss_and_grads(state['params'], batch)
+    # Stochastic depth draws from the run's key and the attempt count: a resumed run redraws the same.
+    key = jax.random.fold_in(jax.random.wrap_key_data(state['rng']),
+                             state['step'] + state['skipped_updates'])
+    (loss, metrics), grads = self.loss_and_grads(state['params'], batch, key)
     loss = self._inject_nonfinite(loss, state)
     grad_norm = optax.global_norm(grads)
     updates, opt_state = self.tx.update(grads, state['opt_state'], state['params'])
-    params = optax.apply_updates(state['params'], updates)
+    # Running averages get no gradient (and no decay, by name); they are replaced, not updated.
+    params = with_batch_stats(optax.apply_updates(state['params'], updates),
+                              metrics.pop(BATCH_STATS, {}))
     # A non-finite loss or gradient leaves parameters, optimizer state and step untouched.
     ok = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
     keep = lambda new, old: jax.tree.map(lambda n, o: jnp.where(ok, n, o), new, old)

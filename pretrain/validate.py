@@ -9,7 +9,8 @@ from pretrain.errors import ConfigError
 from pretrain.losses import LOSS_IMPLS
 from pretrain.models.layers import REMAT_POLICIES
 from pretrain.models.towers import IMAGE_POOLS, TEXT_POOLS
-from pretrain.models.variants import get_variant
+from pretrain.models.variants import get_variant, image_tower_kind
+from pretrain.optim import OPTIMIZERS, SCHEDULES
 from pretrain.sharding import resolve_mesh_shape
 
 DTYPES = ('float32', 'bfloat16')
@@ -35,6 +36,11 @@ def check_model(model) -> None:
     policy = model[f'{tower}_remat']
     _check(policy in REMAT_POLICIES, f'unknown model.{tower}_remat {policy!r}; '
            f'known: {", ".join(REMAT_POLICIES)}')
+  if image_tower_kind(size) != 'vit':
+    _check(model.image_remat == 'none' and not model.scan_layers,
+           f'variant {model.variant!r} has an EfficientNet image tower: image_remat and '
+           'scan_layers apply to Transformer towers only')
+    return
   _check(model.image_size % size['patch'] == 0,
          f'model.image_size {model.image_size} is not divisible by the patch size {size["patch"]} '
          f'of variant {model.variant!r}')
@@ -53,6 +59,13 @@ def check_training(config, num_devices: int, num_processes: int) -> dict[str, in
   _check(config.data.on_bad_record in BAD_POLICIES,
          f'unknown data.on_bad_record {config.data.on_bad_record!r}; known: {", ".join(BAD_POLICIES)}')
   _check(config.total_steps > 0, f'total_steps must be positive, got {config.total_steps}')
+  _check(config.optim.name in OPTIMIZERS,
+         f'unknown optim.name {config.optim.name!r}; known: {", ".join(OPTIMIZERS)}')
+  _check(config.optim.decay in SCHEDULES,
+         f'unknown optim.decay {config.optim.decay!r}; known: {", ".join(SCHEDULES)}')
+  _check(config.accum_steps == 1 or image_tower_kind(get_variant(config.model.variant)) == 'vit',
+         f'accum_steps {config.accum_steps}: gradient caching needs towers without BatchNorm '
+         f'(variant {config.model.variant!r} has one; micro-batch statistics would change it)')
   _check(config.optim.lr > 0, f'optim.lr must be positive, got {config.optim.lr}')
   _check(config.optim.warmup_steps < config.total_steps,
          f'optim.warmup_steps {config.optim.warmup_steps} is not shorter than the run '

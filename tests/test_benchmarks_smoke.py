@@ -16,6 +16,7 @@ from tests.helpers import ROOT
     ('benchmarks.input_pipeline', ['--smoke']),
     ('benchmarks.loss_memory', ['--smoke']),
     ('benchmarks.grad_cache', ['--smoke']),
+    ('benchmarks.vs_openclip', ['--config', 'tiny', '--smoke', '--rounds', '1', '--steps', '2']),
 ])
 def test_benchmark_smoke(tmp_path, module, args):
   out = tmp_path / 'result.json'

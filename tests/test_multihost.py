@@ -20,7 +20,8 @@ def _free_port() -> int:
     return s.getsockname()[1]
 
 
-def run_two_processes(workdir, *overrides):
+def start_two_processes(workdir, *overrides) -> list[subprocess.Popen]:
+  """Starts the 2-process run (4 simulated devices each); `finish` waits for it."""
   port = _free_port()
   procs = []
   for pid in range(2):
@@ -31,16 +32,27 @@ def run_two_processes(workdir, *overrides):
            str(workdir), *COMMON, *overrides]
     procs.append(subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE,
                                   stderr=subprocess.PIPE, text=True))
+  return procs
+
+
+def finish(procs: list[subprocess.Popen]):
+  """(exit codes, (stdout, stderr) of each process)."""
   outputs = [p.communicate(timeout=600) for p in procs]
   return [p.returncode for p in procs], outputs
 
 
+def two_and_one(tmp_path, *overrides):
+  """The 2-process run and the 1-process, 8-device reference, run side by side."""
+  procs = start_two_processes(tmp_path / 'two', *overrides)
+  one = run_train(tmp_path / 'one', *COMMON, *overrides, devices=8)
+  codes, outputs = finish(procs)
+  assert codes == [0, 0], outputs[0][1][-2000:] + outputs[1][1][-2000:]
+  assert one.returncode == 0, one.stderr[-2000:]
+
+
 @pytest.mark.slow
 def test_two_hosts_equal_one_host_and_checkpoint_moves_between_them(tmp_path):
-  codes, outputs = run_two_processes(tmp_path / 'two', '--config.total_steps=4')
-  assert codes == [0, 0], outputs[0][1][-2000:] + outputs[1][1][-2000:]
-  one = run_train(tmp_path / 'one', *COMMON, '--config.total_steps=4', devices=8)
-  assert one.returncode == 0, one.stderr[-2000:]
+  two_and_one(tmp_path, '--config.total_steps=4')
   two_rows, one_rows = read_metrics(tmp_path / 'two'), read_metrics(tmp_path / 'one')
   assert [r['step'] for r in two_rows] == [1, 2, 3, 4]
   for a, b in zip(two_rows, one_rows):
@@ -62,10 +74,7 @@ def test_two_hosts_equal_one_host_and_checkpoint_moves_between_them(tmp_path):
     ['--config.loss.name=sigmoid', '--config.loss.init_logit_scale=10.0']])
 def test_two_hosts_ring_losses_equal_one_host(tmp_path, loss):
   """The ppermute rings (and gradient caching) cross the process boundary exactly."""
-  codes, outputs = run_two_processes(tmp_path / 'two', '--config.total_steps=3', *loss)
-  assert codes == [0, 0], outputs[0][1][-2000:] + outputs[1][1][-2000:]
-  one = run_train(tmp_path / 'one', *COMMON, '--config.total_steps=3', *loss, devices=8)
-  assert one.returncode == 0, one.stderr[-2000:]
+  two_and_one(tmp_path, '--config.total_steps=3', *loss)
   two_rows, one_rows = read_metrics(tmp_path / 'two'), read_metrics(tmp_path / 'one')
   assert [r['step'] for r in two_rows] == [1, 2, 3]
   for a, b in zip(two_rows, one_rows):

@@ -7,7 +7,8 @@ import jax.numpy as jnp
 from flax import nnx
 
 from pretrain.models.towers import ImageTower, TextTower
-from pretrain.models.variants import get_variant
+from pretrain.models.efficientnet import EfficientNetTower
+from pretrain.models.variants import get_variant, image_tower_kind
 
 Array = jax.Array
 DTYPES = {'float32': jnp.float32, 'bfloat16': jnp.bfloat16}
@@ -26,9 +27,13 @@ class DualEncoder(nnx.Module):
     if init_logit_bias is not None:  # SigLIP's learned bias (init -10).
       self.logit_bias = nnx.Param(jnp.asarray(init_logit_bias, jnp.float32))
 
-  def embed_images(self, images: Array) -> Array:
-    """uint8 images [B, H, W, 3] -> unit embeddings [B, D]."""
-    return self.img(images)
+  def embed_images(self, images: Array, train: bool = False, key: Array | None = None) -> Array:
+    """uint8 images [B, H, W, 3] -> unit embeddings [B, D].
+
+    `train` selects batch statistics for BatchNorm towers and `key` their stochastic depth;
+    eval jobs leave both off (running averages, every block).
+    """
+    return self.img(images, train, key)
 
   def embed_texts(self, tokens: Array) -> Array:
     """int32 tokens [B, T] -> unit embeddings [B, D]."""
@@ -46,12 +51,18 @@ def build_model(model_cfg, loss_cfg, rngs: nnx.Rngs) -> DualEncoder:
   """Builds the dual encoder named by `config.model` with the temperature of `config.loss`."""
   size = get_variant(model_cfg.variant)
   dtype = DTYPES[model_cfg.dtype]
-  image = ImageTower(
-      image_size=model_cfg.image_size, patch=size['patch'], width=size['image_width'],
-      depth=size['image_depth'], heads=size['image_heads'], mlp_dim=size['image_mlp'],
-      embed_dim=size['embed_dim'], pool=model_cfg.image_pool, mean=tuple(model_cfg.image_mean),
-      std=tuple(model_cfg.image_std), dtype=dtype, rngs=rngs, remat=model_cfg.image_remat,
-      scan=model_cfg.scan_layers)
+  if image_tower_kind(size) != 'vit':
+    image = EfficientNetTower(
+        scale=image_tower_kind(size), embed_dim=size['embed_dim'],
+        mean=tuple(model_cfg.image_mean), std=tuple(model_cfg.image_std), dtype=dtype, rngs=rngs,
+        drop_path=model_cfg.image_drop_path, bn_momentum=model_cfg.image_bn_momentum)
+  else:
+    image = ImageTower(
+        image_size=model_cfg.image_size, patch=size['patch'], width=size['image_width'],
+        depth=size['image_depth'], heads=size['image_heads'], mlp_dim=size['image_mlp'],
+        embed_dim=size['embed_dim'], pool=model_cfg.image_pool, mean=tuple(model_cfg.image_mean),
+        std=tuple(model_cfg.image_std), dtype=dtype, rngs=rngs, remat=model_cfg.image_remat,
+        scan=model_cfg.scan_layers)
   text = TextTower(
       vocab_size=model_cfg.vocab_size, context_length=model_cfg.context_length,
       width=size['text_width'], depth=size['text_depth'], heads=size['text_heads'],

@@ -51,7 +51,8 @@ class ImageTower(nnx.Module):
     x = images.astype(jnp.float32) / 255.0
     return ((x - jnp.asarray(self.mean)) / jnp.asarray(self.std)).astype(self.dtype)
 
-  def __call__(self, images: Array) -> Array:
+  def __call__(self, images: Array, train: bool = False, key: Array | None = None) -> Array:
+    del train, key  # No BatchNorm or stochastic depth in the ViT.
     x = self.patch_embed(patchify(self.normalize(images), self.patch))
     if self.pool == 'cls':
       cls = jnp.broadcast_to(self.cls_token[...].astype(x.dtype), (x.shape[0], 1, x.shape[-1]))

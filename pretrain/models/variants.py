@@ -16,7 +16,22 @@ VARIANTS = {
                 text_width=512, text_depth=12, text_heads=8, text_mlp=2048, embed_dim=512),
     'l14': dict(patch=14, image_width=1024, image_depth=24, image_heads=16, image_mlp=4096,
                 text_width=768, text_depth=12, text_heads=12, text_mlp=3072, embed_dim=768),
+    # ALIGN (Jia et al. 2021): EfficientNet image tower ('image_tower'), BERT-sized text tower
+    # (bidirectional, [CLS] pooling: set by configs/align.py), embedding 640 (B7) / 1376 (L2).
+    'align_b7': dict(image_tower='efficientnet-b7', text_width=768, text_depth=12, text_heads=12,
+                     text_mlp=3072, embed_dim=640),
+    'align_l2': dict(image_tower='efficientnet-l2', text_width=1024, text_depth=24,
+                     text_heads=16, text_mlp=4096, embed_dim=1376),
+    # The same family at CPU size: EfficientNet-B0 and a 4-layer, 128-wide text encoder.
+    'align_tiny': dict(image_tower='efficientnet-b0', text_width=128, text_depth=4, text_heads=4,
+                       text_mlp=512, embed_dim=128),
 }
+
+
+def image_tower_kind(size: dict) -> str:
+  """'vit', or the EfficientNet scale ('b0'..'b7', 'l2') of an EfficientNet variant."""
+  kind = size.get('image_tower', 'vit')
+  return kind.split('-', 1)[1] if kind.startswith('efficientnet-') else kind
 
 
 def get_variant(name: str) -> dict:

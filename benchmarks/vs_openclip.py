@@ -1,0 +1,123 @@
+"""Our train step against OpenCLIP's on the same machine, alternating A B A B in fresh processes.
+
+  python -m benchmarks.vs_openclip --config tiny|b32 [--dtype float32|bfloat16] [--rounds 2]
+      [--steps 5] [--peer_python PATH] [--smoke] [--out FILE]
+
+Each round runs OpenCLIP's training loop (`benchmarks.openclip_step`, in the peers environment
+given by --peer_python: `benchmarks/requirements-peers.txt`), then ours
+(`benchmarks.train_throughput`), each in its own process with the same thread count (2 here), the
+same model and batch, a warm-up step excluded and the median of the timed steps. Model FLOPs per
+step are the analytic count of both (3 x the forward matmuls; 0.733 T `tiny`, 1.419 T `b32`), so the
+FLOP/s columns compare like with like; the peak is the jitted 4096^2 fp32 matmul of our process in
+the same round. bf16 means bf16 matmul inputs with fp32 master weights on both sides (OpenCLIP:
+`amp_bf16` autocast). Without --peer_python (CI) only our side runs.
+"""
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+
+from benchmarks.common import print_table, write_json
+from benchmarks.train_throughput import BATCH
+from pretrain.models.variants import get_variant
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+# Input sizes of the benchmark configs (configs/demo.py:tiny and configs/clip_vit_b32.py).
+INPUTS = {'tiny': dict(image_size=64, context_length=32, batch=BATCH['tiny']),
+          'b32': dict(image_size=224, context_length=77, batch=BATCH['b32'])}
+SMOKE = dict(variant='demo', image_size=32, context_length=8, batch=16)  # train_throughput --smoke
+
+
+def model_flops_per_step(variant: str, image_size: int, context_length: int, batch: int) -> float:
+  """3 x the forward pass's matmul FLOPs (CLS-pooled ViT, causal text tower, B x B logits)."""
+  size = get_variant(variant)
+
+  def tower(tokens: int, width: int, depth: int, mlp: int) -> int:
+    return depth * tokens * (8 * width * width + 4 * width * mlp + 4 * tokens * width)
+
+  patches = (image_size // size['patch']) ** 2
+  image = (tower(patches + 1, size['image_width'], size['image_depth'], size['image_mlp'])
+           + patches * 2 * size['patch'] ** 2 * 3 * size['image_width']
+           + 2 * size['image_width'] * size['embed_dim'])
+  text = (tower(context_length, size['text_width'], size['text_depth'], size['text_mlp'])
+          + 2 * size['text_width'] * size['embed_dim'])
+  return 3.0 * (batch * (image + text) + 2 * batch * batch * size['embed_dim'])
+
+
+def _run_json(command: list[str], out: str) -> dict:
+  env = dict(os.environ, PYTHONPATH=ROOT)
+  env.pop('XLA_FLAGS', None)  # one device, the default thread pool: what a user gets
+  result = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True)
+  if result.returncode:
+    raise RuntimeError(f'{" ".join(command[:3])} failed:\n{result.stderr[-3000:]}')
+  with open(out) as f:
+    return json.load(f)
+
+
+def run_openclip(peer_python: str, config: str, dtype: str, steps: int, smoke: bool,
+                 folder: str) -> dict:
+  """One OpenCLIP process: its row (examples/s, peak RSS)."""
+  out = os.path.join(folder, 'openclip.json')
+  precision = 'fp32' if dtype == 'float32' else 'amp_bf16'
+  batch = SMOKE['batch'] if smoke else INPUTS[config]['batch']
+  return _run_json([peer_python, '-m', 'benchmarks.openclip_step', '--config',
+                    'smoke' if smoke else config, '--batch', str(batch), '--steps', str(steps),
+                    '--precision', precision, '--out', out], out)
+
+
+def run_ours(config: str, dtype: str, steps: int, smoke: bool, folder: str) -> dict:
+  """One process of our train step: its row (examples/s, matmul peak, peak RSS)."""
+  out = os.path.join(folder, 'ours.json')
+  command = [sys.executable, '-m', 'benchmarks.train_throughput', '--config', config, '--steps',
+             str(steps), '--set', f'model.dtype={dtype}', '--out', out]
+  return _run_json(command + (['--smoke'] if smoke else []), out)['results'][0]
+
+
+def compare(config: str, dtype: str, rounds: int, steps: int, peer_python: str | None,
+            smoke: bool) -> list[dict]:
+  """A B A B ...: one row per process, with FLOP/s as a fraction of that round's matmul peak."""
+  flops = model_flops_per_step(**SMOKE) if smoke else model_flops_per_step(config, **INPUTS[config])
+  rows = []
+  for round_index in range(rounds):
+    with tempfile.TemporaryDirectory() as folder:
+      peer = (run_openclip(peer_python, config, dtype, steps, smoke, folder)
+              if peer_python else None)
+      ours = run_ours(config, dtype, steps, smoke, folder)
+    peak = ours['matmul_peak_gflop_s'] * 1e9
+    sides = [('OpenCLIP', peer)] if peer else []
+    for name, row in sides + [('ours', ours)]:
+      per_s = row['examples_per_s']
+      rows.append({'round': round_index + 1, 'impl': name, 'config': config, 'dtype': dtype,
+                   'batch': row['batch'], 'examples_per_s': per_s,
+                   'ratio_vs_openclip': round(per_s / peer['examples_per_s'], 3) if peer else '-',
+                   'model_gflop_s': round(flops * per_s / row['batch'] / 1e9, 1),
+                   'fraction_of_peak': round(flops * per_s / row['batch'] / peak, 3),
+                   'peak_rss_gb': row['peak_rss_gb']})
+  return rows
+
+
+def main(argv: list[str]) -> int:
+  """Command-line entry point."""
+  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  parser.add_argument('--config', choices=sorted(INPUTS), required=True)
+  parser.add_argument('--dtype', choices=('float32', 'bfloat16'), default='float32')
+  parser.add_argument('--rounds', type=int, default=2, help='A B rounds (fresh processes)')
+  parser.add_argument('--steps', type=int, default=5, help='timed steps per process')
+  parser.add_argument('--peer_python', default=None,
+                      help='python of the peers environment (benchmarks/requirements-peers.txt)')
+  parser.add_argument('--smoke', action='store_true', help='tiny sizes, for CI')
+  parser.add_argument('--out', default=None)
+  args = parser.parse_args(argv)
+  rows = compare(args.config, args.dtype, args.rounds, args.steps, args.peer_python, args.smoke)
+  print_table(rows, list(rows[0]))
+  out = args.out or f'benchmarks/results/vs_openclip_{args.config}_{args.dtype}.json'
+  write_json(out, {'results': rows,
+                   'model_flops_per_step': model_flops_per_step(args.config, **INPUTS[args.config])})
+  return 0
+
+
+if __name__ == '__main__':
+  sys.exit(main(sys.argv[1:]))
