@@ -22,7 +22,8 @@ from pretrain.models.towers import l2_normalize
 Array = jax.Array
 
 # Compound coefficients: (width, depth, resolution, dropout), from the EfficientNet and Noisy
-# Student papers.
+# Student papers. Only width and depth shape the tower; the input size is `model.image_size`
+# (ALIGN trains every scale at 289 px) and there is no classifier dropout in a dual encoder.
 SCALING = {
     'b0': (1.0, 1.0, 224, 0.2), 'b1': (1.0, 1.1, 240, 0.2), 'b2': (1.1, 1.2, 260, 0.3),
     'b3': (1.2, 1.4, 300, 0.3), 'b4': (1.4, 1.8, 380, 0.4), 'b5': (1.6, 2.2, 456, 0.4),
