@@ -1,14 +1,15 @@
 """OpenCLIP's own train step on synthetic batches: the peer side of `benchmarks.vs_openclip`.
 
-  PEER_PYTHON -m benchmarks.openclip_step --config tiny|b32 --batch N --steps N --precision P --out F
+  PEER_PYTHON -m benchmarks.openclip_step --model_json JSON --batch N --steps N --precision P --out F
 
 Runs in the optional peers environment (`benchmarks/requirements-peers.txt`: torch, open_clip_torch),
-never in the project's. It builds the same architecture as our config (`open_clip.CLIP` from a model
-config dict), OpenCLIP's `ClipLoss`, AdamW with OpenCLIP's parameter groups and cosine schedule, and
+never in the project's. It builds the architecture `benchmarks.vs_openclip` derives from our config
+(`open_clip.CLIP(**model_json)`: CLS pooling, exact GELU, causal text with end-of-text pooling;
+OpenCLIP adds ln_pre/ln_post on the image side), OpenCLIP's `ClipLoss`, AdamW with OpenCLIP's parameter groups and cosine schedule, and
 drives `open_clip_train.train.train_one_epoch` — OpenCLIP's real training loop — over an in-memory
 loader of random batches. A step's time is the gap between two consecutive batch requests of that
 loop, so it covers forward, loss, backward, optimizer step and the logit-scale clamp.
-Imports no jax and nothing of this project except the shape table below.
+Imports no jax and nothing of this project.
 """
 
 import argparse
@@ -18,25 +19,6 @@ import statistics
 import sys
 import time
 from types import SimpleNamespace
-
-# OpenCLIP model configs equal to our `tiny` and `b32` (pretrain/models/variants.py; CLS pooling,
-# exact GELU, causal text with end-of-text pooling). OpenCLIP adds ln_pre/ln_post on the image side.
-MODEL_CONFIGS = {
-    'tiny': dict(embed_dim=256,
-                 vision_cfg=dict(image_size=64, layers=6, width=256, head_width=64, mlp_ratio=4.0,
-                                 patch_size=8),
-                 text_cfg=dict(context_length=32, vocab_size=8192, width=256, heads=4, layers=6)),
-    'b32': dict(embed_dim=512,
-                vision_cfg=dict(image_size=224, layers=12, width=768, head_width=64,
-                                mlp_ratio=4.0, patch_size=32),
-                text_cfg=dict(context_length=77, vocab_size=49408, width=512, heads=8, layers=12)),
-    # train_throughput --smoke's model: the `demo` variant at 32 px, context 8, vocabulary 64.
-    'smoke': dict(embed_dim=128,
-                  vision_cfg=dict(image_size=32, layers=4, width=128, head_width=32,
-                                  mlp_ratio=4.0, patch_size=4),
-                  text_cfg=dict(context_length=8, vocab_size=64, width=128, heads=4, layers=4)),
-}
-
 
 class TimedLoader:
   """An in-memory loader of random batches that records when OpenCLIP's loop asks for each one."""
@@ -61,7 +43,7 @@ class TimedLoader:
     self.times.append(time.perf_counter())
 
 
-def run(config: str, batch: int, steps: int, precision: str, threads: int) -> dict:
+def run(cfg: dict, batch: int, steps: int, precision: str, threads: int) -> dict:
   """Times OpenCLIP's training loop for `steps` steps; the first (warm-up) step is excluded."""
   import torch
   import open_clip
@@ -70,7 +52,6 @@ def run(config: str, batch: int, steps: int, precision: str, threads: int) -> di
 
   torch.set_num_threads(threads)
   torch.manual_seed(0)
-  cfg = MODEL_CONFIGS[config]
   model = open_clip.CLIP(**cfg, output_dict=True)
   # OpenCLIP's main.py: no weight decay on gains, biases, embeddings and the logit scale.
   exclude = lambda n, p: p.ndim < 2 or 'bn' in n or 'ln' in n or 'bias' in n or 'logit_scale' in n
@@ -97,14 +78,14 @@ def run(config: str, batch: int, steps: int, precision: str, threads: int) -> di
 def main(argv: list[str]) -> int:
   """Command-line entry point."""
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-  parser.add_argument('--config', choices=sorted(MODEL_CONFIGS), required=True)
+  parser.add_argument('--model_json', required=True, help="OpenCLIP model config (a JSON dict)")
   parser.add_argument('--batch', type=int, required=True)
   parser.add_argument('--steps', type=int, default=5, help='timed steps after one warm-up step')
   parser.add_argument('--precision', choices=('fp32', 'amp_bf16'), default='fp32')
   parser.add_argument('--threads', type=int, default=2)
   parser.add_argument('--out', required=True)
   args = parser.parse_args(argv)
-  row = run(args.config, args.batch, args.steps, args.precision, args.threads)
+  row = run(json.loads(args.model_json), args.batch, args.steps, args.precision, args.threads)
   with open(args.out, 'w') as f:
     json.dump(row, f)
   print(json.dumps(row))

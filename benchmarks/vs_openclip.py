@@ -21,30 +21,41 @@ import sys
 import tempfile
 
 from benchmarks.common import print_table, write_json
-from benchmarks.train_throughput import BATCH
+from benchmarks.train_throughput import bench_config
 from pretrain.models.variants import get_variant
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-# Input sizes of the benchmark configs (configs/demo.py:tiny and configs/clip_vit_b32.py).
-INPUTS = {'tiny': dict(image_size=64, context_length=32, batch=BATCH['tiny']),
-          'b32': dict(image_size=224, context_length=77, batch=BATCH['b32'])}
-SMOKE = dict(variant='demo', image_size=32, context_length=8, batch=16)  # train_throughput --smoke
+CONFIGS = ('tiny', 'b32')
 
 
-def model_flops_per_step(variant: str, image_size: int, context_length: int, batch: int) -> float:
+def model_flops_per_step(config) -> float:
   """3 x the forward pass's matmul FLOPs (CLS-pooled ViT, causal text tower, B x B logits)."""
-  size = get_variant(variant)
+  size, model, batch = get_variant(config.model.variant), config.model, config.batch_size
 
   def tower(tokens: int, width: int, depth: int, mlp: int) -> int:
     return depth * tokens * (8 * width * width + 4 * width * mlp + 4 * tokens * width)
 
-  patches = (image_size // size['patch']) ** 2
+  patches = (model.image_size // size['patch']) ** 2
   image = (tower(patches + 1, size['image_width'], size['image_depth'], size['image_mlp'])
            + patches * 2 * size['patch'] ** 2 * 3 * size['image_width']
            + 2 * size['image_width'] * size['embed_dim'])
-  text = (tower(context_length, size['text_width'], size['text_depth'], size['text_mlp'])
+  text = (tower(model.context_length, size['text_width'], size['text_depth'], size['text_mlp'])
           + 2 * size['text_width'] * size['embed_dim'])
   return 3.0 * (batch * (image + text) + 2 * batch * batch * size['embed_dim'])
+
+
+def openclip_model_config(config) -> dict:
+  """OpenCLIP's model config (`open_clip.CLIP(**it)`) for the same towers as our `config`."""
+  size, model = get_variant(config.model.variant), config.model
+  return dict(
+      embed_dim=size['embed_dim'],
+      vision_cfg=dict(image_size=model.image_size, layers=size['image_depth'],
+                      width=size['image_width'],
+                      head_width=size['image_width'] // size['image_heads'],
+                      mlp_ratio=size['image_mlp'] / size['image_width'], patch_size=size['patch']),
+      text_cfg=dict(context_length=model.context_length, vocab_size=model.vocab_size,
+                    width=size['text_width'], heads=size['text_heads'], layers=size['text_depth'],
+                    mlp_ratio=size['text_mlp'] / size['text_width']))
 
 
 def _run_json(command: list[str], out: str) -> dict:
@@ -57,14 +68,13 @@ def _run_json(command: list[str], out: str) -> dict:
     return json.load(f)
 
 
-def run_openclip(peer_python: str, config: str, dtype: str, steps: int, smoke: bool,
-                 folder: str) -> dict:
-  """One OpenCLIP process: its row (examples/s, peak RSS)."""
+def run_openclip(peer_python: str, config, dtype: str, steps: int, folder: str) -> dict:
+  """One OpenCLIP process on the towers and batch of our `config`: its row (examples/s, peak RSS)."""
   out = os.path.join(folder, 'openclip.json')
   precision = 'fp32' if dtype == 'float32' else 'amp_bf16'
-  batch = SMOKE['batch'] if smoke else INPUTS[config]['batch']
-  return _run_json([peer_python, '-m', 'benchmarks.openclip_step', '--config',
-                    'smoke' if smoke else config, '--batch', str(batch), '--steps', str(steps),
+  return _run_json([peer_python, '-m', 'benchmarks.openclip_step',
+                    '--model_json', json.dumps(openclip_model_config(config)),
+                    '--batch', str(config.batch_size), '--steps', str(steps),
                     '--precision', precision, '--out', out], out)
 
 
@@ -79,11 +89,12 @@ def run_ours(config: str, dtype: str, steps: int, smoke: bool, folder: str) -> d
 def compare(config: str, dtype: str, rounds: int, steps: int, peer_python: str | None,
             smoke: bool) -> list[dict]:
   """A B A B ...: one row per process, with FLOP/s as a fraction of that round's matmul peak."""
-  flops = model_flops_per_step(**SMOKE) if smoke else model_flops_per_step(config, **INPUTS[config])
+  ours_config = bench_config(config, smoke, [])  # what train_throughput runs, smoke sizes included
+  flops = model_flops_per_step(ours_config)
   rows = []
   for round_index in range(rounds):
     with tempfile.TemporaryDirectory() as folder:
-      peer = (run_openclip(peer_python, config, dtype, steps, smoke, folder)
+      peer = (run_openclip(peer_python, ours_config, dtype, steps, folder)
               if peer_python else None)
       ours = run_ours(config, dtype, steps, smoke, folder)
     peak = ours['matmul_peak_gflop_s'] * 1e9
@@ -102,7 +113,7 @@ def compare(config: str, dtype: str, rounds: int, steps: int, peer_python: str |
 def main(argv: list[str]) -> int:
   """Command-line entry point."""
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-  parser.add_argument('--config', choices=sorted(INPUTS), required=True)
+  parser.add_argument('--config', choices=CONFIGS, required=True)
   parser.add_argument('--dtype', choices=('float32', 'bfloat16'), default='float32')
   parser.add_argument('--rounds', type=int, default=2, help='A B rounds (fresh processes)')
   parser.add_argument('--steps', type=int, default=5, help='timed steps per process')
@@ -115,7 +126,7 @@ def main(argv: list[str]) -> int:
   print_table(rows, list(rows[0]))
   out = args.out or f'benchmarks/results/vs_openclip_{args.config}_{args.dtype}.json'
   write_json(out, {'results': rows,
-                   'model_flops_per_step': model_flops_per_step(args.config, **INPUTS[args.config])})
+                   'model_flops_per_step': model_flops_per_step(bench_config(args.config, False, []))})
   return 0
 
 

@@ -81,12 +81,15 @@ def test_eval_uses_the_running_averages():
 
 def test_bert_style_text_tower_ignores_padding():
   """Bidirectional [CLS] encoder: whatever sits at padded positions, the [CLS] output is the same."""
-  config = small_config()
-  size = get_variant(config.model.variant)
-  tower = TextTower(vocab_size=64, context_length=8, width=size['text_width'],
-                    depth=size['text_depth'], heads=size['text_heads'], mlp_dim=size['text_mlp'],
-                    embed_dim=size['embed_dim'], causal=False, pool='cls', dtype=jnp.float32,
-                    rngs=nnx.Rngs(0))
+  size = get_variant(small_config().model.variant)
+
+  def text_tower(context_length):
+    return TextTower(vocab_size=64, context_length=context_length, width=size['text_width'],
+                     depth=size['text_depth'], heads=size['text_heads'], mlp_dim=size['text_mlp'],
+                     embed_dim=size['embed_dim'], causal=False, pool='cls', dtype=jnp.float32,
+                     rngs=nnx.Rngs(0))
+
+  tower = text_tower(8)
   tokens = jnp.asarray([[5, 6, 7, 2, 0, 0, 0, 0], [9, 2, 0, 0, 0, 0, 0, 0]])
   valid = jnp.concatenate([jnp.ones((2, 1), bool), tokens != 0], axis=1)
   x = jax.random.normal(jax.random.key(0), (2, 9, size['text_width']))
@@ -96,10 +99,7 @@ def test_bert_style_text_tower_ignores_padding():
   # ...and the mask is what does it: without it the padding leaks in.
   assert float(jnp.max(jnp.abs(out - tower.encoder(noisy, key_mask=None)[:, 0]))) > 1e-2
   # The whole tower: the same caption embeds identically whatever the context length.
-  longer = TextTower(vocab_size=64, context_length=12, width=size['text_width'],
-                     depth=size['text_depth'], heads=size['text_heads'], mlp_dim=size['text_mlp'],
-                     embed_dim=size['embed_dim'], causal=False, pool='cls', dtype=jnp.float32,
-                     rngs=nnx.Rngs(0))
+  longer = text_tower(12)
   longer.pos_embed[...] = longer.pos_embed[...].at[:9].set(tower.pos_embed[...])
   padded = jnp.pad(tokens, ((0, 0), (0, 4)))
   assert float(jnp.max(jnp.abs(tower(tokens) - longer(padded)))) <= 1e-5

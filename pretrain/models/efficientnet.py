@@ -17,7 +17,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from pretrain.models.layers import Dtype, dense
-from pretrain.models.towers import l2_normalize
+from pretrain.models.towers import l2_normalize, normalize_pixels
 
 Array = jax.Array
 
@@ -144,8 +144,8 @@ class EfficientNetTower(nnx.Module):
 
   def features(self, images: Array, train: bool = False, key: Array | None = None) -> Array:
     """uint8 images [B, H, W, 3] -> globally pooled features [B, head_width]."""
-    x = (images.astype(jnp.float32) / 255.0 - jnp.asarray(self.mean)) / jnp.asarray(self.std)
-    x = jax.nn.silu(self.stem_bn(self.stem(x.astype(self.dtype)), use_running_average=not train))
+    x = normalize_pixels(images, self.mean, self.std, self.dtype)
+    x = jax.nn.silu(self.stem_bn(self.stem(x), use_running_average=not train))
     for i, block in enumerate(self.blocks):
       x = block(x, train, None if key is None else jax.random.fold_in(key, i))
     x = jax.nn.silu(self.head_bn(self.head(x), use_running_average=not train))

@@ -17,6 +17,12 @@ def l2_normalize(x: Array, eps: float = 1e-6) -> Array:
   return x * jax.lax.rsqrt(jnp.sum(x * x, axis=-1, keepdims=True) + eps)
 
 
+def normalize_pixels(images: Array, mean: tuple, std: tuple, dtype) -> Array:
+  """uint8 [0, 255] pixels -> mean/std-normalised floats in `dtype`, on the device."""
+  x = images.astype(jnp.float32) / 255.0
+  return ((x - jnp.asarray(mean)) / jnp.asarray(std)).astype(dtype)
+
+
 def patchify(images: Array, patch: int) -> Array:
   """[B, H, W, C] -> [B, (H/p)*(W/p), p*p*C], patches in raster order, pixels (row, col, channel)."""
   b, h, w, c = images.shape
@@ -46,14 +52,10 @@ class ImageTower(nnx.Module):
                            scan=scan)
     self.proj = dense(width, embed_dim, use_bias=False, dtype=dtype, rngs=rngs)
 
-  def normalize(self, images: Array) -> Array:
-    """uint8 [0, 255] pixels -> mean/std-normalised floats, on the device."""
-    x = images.astype(jnp.float32) / 255.0
-    return ((x - jnp.asarray(self.mean)) / jnp.asarray(self.std)).astype(self.dtype)
-
   def __call__(self, images: Array, train: bool = False, key: Array | None = None) -> Array:
     del train, key  # No BatchNorm or stochastic depth in the ViT.
-    x = self.patch_embed(patchify(self.normalize(images), self.patch))
+    x = self.patch_embed(patchify(normalize_pixels(images, self.mean, self.std, self.dtype),
+                                  self.patch))
     if self.pool == 'cls':
       cls = jnp.broadcast_to(self.cls_token[...].astype(x.dtype), (x.shape[0], 1, x.shape[-1]))
       x = jnp.concatenate([cls, x], axis=1)
