@@ -1,5 +1,9 @@
 """The ALIGN recipe: EfficientNet sizes, global-batch BatchNorm, BERT-style masks, LAMB, the config."""
 
+import os
+import subprocess
+import sys
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -10,12 +14,12 @@ from flax import nnx
 from configs.align import get_config
 from pretrain.errors import ConfigError
 from pretrain.models import build_model, get_variant
-from pretrain.models.efficientnet import EfficientNetTower
+from pretrain.models.efficientnet import EfficientNetTower, MBConv
 from pretrain.models.towers import TextTower
 from pretrain.optim import make_optimizer
 from pretrain.sharding import batch_sharding
 from pretrain.validate import check_training
-from tests.helpers import (max_tree_diff, mesh, random_batch, read_metrics, run_train,
+from tests.helpers import (ROOT, max_tree_diff, mesh, random_batch, read_metrics, run_train,
                            step_builder)
 
 # Published sizes with the 1000-class ImageNet head: Keras' EfficientNetB0-B7 (BatchNorm running
@@ -63,6 +67,21 @@ def test_batchnorm_statistics_are_over_the_global_batch():
   assert max_tree_diff(stats1, stats8) <= 1e-5
   # The averages moved (by 1 - momentum of the batch mean) from their initial zeros.
   assert float(np.max(np.abs(stats1['img']['stem_bn']['mean']))) > 1e-4
+
+
+def test_stochastic_depth_drops_whole_examples_and_rescales_the_rest():
+  """Training with a key: each example keeps its residual branch (scaled by 1/keep) or loses it."""
+  norm = lambda c: nnx.BatchNorm(c, use_running_average=True, rngs=nnx.Rngs(0))
+  block = MBConv(16, 16, 6, 3, 1, 0.5, norm=norm, rngs=nnx.Rngs(0), dtype=jnp.float32)
+  x = jax.random.normal(jax.random.key(1), (64, 4, 4, 16))
+  branch = block(x, train=True, key=None) - x  # no key: every branch, unscaled
+  out = block(x, train=True, key=jax.random.key(2))
+  dropped = np.all(np.asarray(out) == np.asarray(x), axis=(1, 2, 3))
+  kept = np.all(np.abs(np.asarray(out - x - 2.0 * branch)) <= 1e-5, axis=(1, 2, 3))
+  assert np.all(dropped ^ kept) and 16 <= dropped.sum() <= 48, dropped.sum()
+  # Eval mode (no training) never drops.
+  np.testing.assert_allclose(block(x, train=False, key=jax.random.key(2)) - x,
+                             block(x, train=False, key=None) - x)
 
 
 def test_eval_uses_the_running_averages():
@@ -156,3 +175,10 @@ def test_tiny_align_trains_and_beats_chance(tmp_path):
   line = [l for l in result.stdout.splitlines() if l.startswith('zero-shot')][0]
   acc1 = float(line.split('acc1 ')[1].split()[0])
   assert acc1 > 2 / 48, line  # 48 classes: chance 0.021 +- 0.005 (binomial std over 960 images)
+  # The offline job, from the checkpoint alone (running averages included), gets the same result.
+  job = subprocess.run([sys.executable, '-m', 'eval.zeroshot', '--workdir', str(tmp_path),
+                        '--dataset', 'shapes:zeroshot', '--templates', 'shapes', '--once'],
+                       cwd=ROOT, env=dict(os.environ, PYTHONPATH=ROOT), capture_output=True,
+                       text=True, timeout=300)
+  assert job.returncode == 0, job.stderr[-2000:]
+  assert f'acc1 {acc1:.4f}' in job.stdout, (line, job.stdout)
