@@ -22,7 +22,7 @@ import tempfile
 
 from benchmarks.common import print_table, write_json
 from benchmarks.train_throughput import bench_config
-from pretrain.models.variants import get_variant
+from pretrain.models.variants import model_size
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIGS = ('tiny', 'b32')
@@ -30,7 +30,7 @@ CONFIGS = ('tiny', 'b32')
 
 def model_flops_per_step(config) -> float:
   """3 x the forward pass's matmul FLOPs (CLS-pooled ViT, causal text tower, B x B logits)."""
-  size, model, batch = get_variant(config.model.variant), config.model, config.batch_size
+  size, model, batch = model_size(config.model), config.model, config.batch_size
 
   def tower(tokens: int, width: int, depth: int, mlp: int) -> int:
     return depth * tokens * (8 * width * width + 4 * width * mlp + 4 * tokens * width)
@@ -46,7 +46,7 @@ def model_flops_per_step(config) -> float:
 
 def openclip_model_config(config) -> dict:
   """OpenCLIP's model config (`open_clip.CLIP(**it)`) for the same towers as our `config`."""
-  size, model = get_variant(config.model.variant), config.model
+  size, model = model_size(config.model), config.model
   return dict(
       embed_dim=size['embed_dim'],
       vision_cfg=dict(image_size=model.image_size, layers=size['image_depth'],

@@ -18,6 +18,12 @@ def base_config() -> ml_collections.ConfigDict:
   config.keep_checkpoints = 2      # Keep-N: older complete checkpoints are deleted.
   config.exit_after_step = 0       # Checkpoint and exit at this step, as if preempted (drills); 0 = off.
   config.max_consecutive_skips = 10  # Non-finite updates in a row before the run stops.
+  # Start from another run's (or an imported model's) parameters instead of random ones: its
+  # workdir, and regexes of the parameter paths to take from it (e.g. 'img/.*' for one tower).
+  config.init_from = ''
+  config.init_from_include = ('.*',)
+  # Regexes of parameter paths (e.g. 'img/.*') kept frozen: no gradient, optimizer state or decay.
+  config.freeze = ()
   # Test-only hooks; leave empty in real runs.
   config.debug = ml_collections.ConfigDict(dict(
       nonfinite_at_attempts=(),    # 1-based step calls whose loss is replaced by NaN.
@@ -28,13 +34,16 @@ def base_config() -> ml_collections.ConfigDict:
   config.param_sharding = 'fsdp'   # 'fsdp' (largest divisible dim over the fsdp axis) or 'replicate'.
 
   config.model = ml_collections.ConfigDict(dict(
-      variant='demo',              # Tower sizes, see pretrain/models/variants.py.
+      variant='demo',              # Tower sizes, see pretrain/models/variants.py; 'custom': below.
+      custom=ml_collections.ConfigDict(),  # Sizes of variant 'custom' (keys: variants.SIZE_KEYS).
+      activation='gelu',           # MLP activation: 'gelu' (exact) or 'quick_gelu' (OpenAI CLIP).
       dtype='float32',             # Compute dtype ('float32' or 'bfloat16'); parameters stay fp32.
       image_remat='none',          # Recompute in backward: 'none' | 'dots' (keep matmuls) | 'full'.
       text_remat='none',           # The same for the text tower.
       scan_layers=False,           # Stack blocks and lax.scan them (one block compiled per tower).
       image_size=32,
       image_pool='cls',            # ViT: 'cls' | 'gap' | 'map' (attention pooling).
+      image_ln_pre=False,          # ViT: LayerNorm before the first block (CLIP's ln_pre).
       image_drop_path=0.2,         # EfficientNet: stochastic depth rate of the last block.
       image_bn_momentum=0.99,      # EfficientNet: BatchNorm running-average momentum.
       image_mean=(0.5, 0.5, 0.5),  # Per-channel normalisation applied on device to [0, 1] pixels.
@@ -42,7 +51,9 @@ def base_config() -> ml_collections.ConfigDict:
       vocab_size=64,               # Rows of the token embedding; must be >= the tokenizer's vocab.
       context_length=16,           # Tokens per caption, end-of-text included.
       text_causal=True,            # Causal mask (CLIP) or bidirectional (BERT/ALIGN).
-      text_pool='eot',             # 'eot' (end-of-text token, CLIP) or 'cls' ([CLS] token, BERT).
+      text_pool='eot',             # 'eot' (last non-padding token) | 'cls' ([CLS], BERT) |
+                                   # 'argmax' (highest id, OpenCLIP) | 'eos_id' (first text_eos_id, HF).
+      text_eos_id=-1,              # The id 'eos_id' pooling looks for.
   ))
   config.loss = ml_collections.ConfigDict(dict(
       name='softmax',              # 'softmax' (CLIP/ALIGN, symmetric) or 'sigmoid' (SigLIP).

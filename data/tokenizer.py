@@ -1,8 +1,10 @@
 """Tokenizers named by a spec string, all producing int32 [N, context] with 0 as padding.
 
 Specs: `bytes` (UTF-8 bytes, no vocabulary file), `hf:PATH` (a `tokenizer.json` of the `tokenizers`
-library), `sentencepiece:PATH` (a `.model` file), `shapes` (word-level vocabulary of the embedded
-corpus, built in code). Every encoding ends with the end-of-text id; truncation keeps it.
+library), `sentencepiece:PATH` (a `.model` file), `clip_bpe:PATH` (CLIP's BPE merges file,
+`bpe_simple_vocab_16e6.txt.gz`, as OpenCLIP tokenizes), `shapes` (word-level vocabulary of the embedded
+corpus, built in code). Every encoding ends with the end-of-text id; truncation keeps it. Vocabularies
+with a start-of-text token (CLIP's) also begin with it.
 A run copies its tokenizer into its workdir so eval jobs rebuild exactly the same one.
 """
 
@@ -12,10 +14,11 @@ import shutil
 
 import numpy as np
 
+from data import clip_bpe
 from pretrain.errors import ConfigError
 
 PAD_ID = 0
-TOKENIZER_KINDS = ('bytes', 'hf', 'sentencepiece', 'shapes')
+TOKENIZER_KINDS = ('bytes', 'hf', 'sentencepiece', 'clip_bpe', 'shapes')
 _SPACES = re.compile(r'\s+')
 
 
@@ -30,6 +33,7 @@ class Tokenizer:
 
   vocab_size: int
   eos_id: int
+  bos_id: int | None = None  # Prepended when set (CLIP's start-of-text).
 
   def __init__(self, lowercase: bool = False):
     self.lowercase = lowercase
@@ -38,10 +42,12 @@ class Tokenizer:
     raise NotImplementedError
 
   def encode(self, texts: list[str], length: int) -> np.ndarray:
-    """int32 [len(texts), length]: ids, then end-of-text, then zero padding."""
+    """int32 [len(texts), length]: [start-of-text,] ids, end-of-text, then zero padding."""
     out = np.full((len(texts), length), PAD_ID, np.int32)
+    start = [] if self.bos_id is None else [self.bos_id]
     for row, text in enumerate(texts):
-      ids = self._ids(clean_text(text, self.lowercase))[:length - 1] + [self.eos_id]
+      ids = self._ids(clean_text(text, self.lowercase))[:length - 1 - len(start)]
+      ids = start + ids + [self.eos_id]
       out[row, :len(ids)] = ids
     return out
 
@@ -60,6 +66,7 @@ class HFTokenizer(Tokenizer):
   """A `tokenizer.json` read by the `tokenizers` library (special tokens added by us, not it)."""
 
   EOS_NAMES = ('[EOS]', '<|endoftext|>', '[SEP]', '</s>')
+  BOS_NAMES = ('<|startoftext|>',)  # Only CLIP's: BERT's [CLS] is the model's own cls token.
 
   def __init__(self, path: str | None, lowercase: bool = False, json_text: str | None = None):
     super().__init__(lowercase)
@@ -75,9 +82,18 @@ class HFTokenizer(Tokenizer):
     if not eos:
       raise ConfigError(f'tokenizer {path} has no end-of-text token (one of {self.EOS_NAMES})')
     self.eos_id = eos[0]
+    bos = [i for i in (self._tok.token_to_id(name) for name in self.BOS_NAMES) if i is not None]
+    self.bos_id = bos[0] if bos else None
 
   def _ids(self, text: str) -> list[int]:
     return self._tok.encode(text, add_special_tokens=False).ids
+
+
+class ClipBpeTokenizer(HFTokenizer):
+  """CLIP's BPE (`clip_bpe.clip_bpe_json`), with CLIP's HTML unescaping before it."""
+
+  def _ids(self, text: str) -> list[int]:
+    return super()._ids(clip_bpe.unescape_html(text))
 
 
 class SentencePieceTokenizer(Tokenizer):
@@ -117,8 +133,8 @@ def _split_spec(spec: str) -> tuple[str, str]:
   kind, _, path = spec.partition(':')
   if kind not in TOKENIZER_KINDS:
     raise ConfigError(f'unknown tokenizer {spec!r}; expected one of '
-                      'bytes, shapes, hf:PATH, sentencepiece:PATH')
-  if kind in ('hf', 'sentencepiece'):
+                      'bytes, shapes, hf:PATH, sentencepiece:PATH, clip_bpe:PATH')
+  if kind in ('hf', 'sentencepiece', 'clip_bpe'):
     if not path:
       raise ConfigError(f'tokenizer {spec!r} needs a path: {kind}:PATH')
     if not os.path.isfile(path):
@@ -135,6 +151,8 @@ def get_tokenizer(spec: str, lowercase: bool = False) -> Tokenizer:
     return SentencePieceTokenizer(path, lowercase)
   if kind == 'shapes':
     return HFTokenizer(None, lowercase, json_text=shapes_tokenizer_json())
+  if kind == 'clip_bpe':
+    return ClipBpeTokenizer(path, lowercase, json_text=clip_bpe.clip_bpe_json(path))
   return HFTokenizer(path, lowercase)
 
 
@@ -150,9 +168,9 @@ def save_to_workdir(spec: str, workdir: str) -> str:
     return ''
   name = _workdir_file(kind)
   target = os.path.join(workdir, name)
-  if kind == 'shapes':
+  if kind in ('shapes', 'clip_bpe'):  # Built in code: the workdir keeps the built tokenizer.json.
     with open(target + '.tmp', 'w') as f:
-      f.write(shapes_tokenizer_json())
+      f.write(shapes_tokenizer_json() if kind == 'shapes' else clip_bpe.clip_bpe_json(path))
     os.replace(target + '.tmp', target)
   elif os.path.abspath(path) != os.path.abspath(target):
     shutil.copyfile(path, target + '.tmp')
@@ -171,7 +189,7 @@ def load_from_workdir(spec: str, workdir: str, lowercase: bool = False) -> Token
     raise ConfigError(f'{workdir} has no {name}: is it the workdir of a training run?')
   if kind == 'sentencepiece':
     return SentencePieceTokenizer(path, lowercase)
-  return HFTokenizer(path, lowercase)
+  return (ClipBpeTokenizer if kind == 'clip_bpe' else HFTokenizer)(path, lowercase)
 
 
 def train_sentencepiece(captions, vocab_size: int, out: str, lowercase: bool = True) -> None:

@@ -2,14 +2,15 @@
 
 import math
 import os
+import re
 
 from data.records import BAD_POLICIES
 from data.sources import check_spec
 from pretrain.errors import ConfigError
 from pretrain.losses import LOSS_IMPLS
-from pretrain.models.layers import REMAT_POLICIES
+from pretrain.models.layers import ACTIVATIONS, REMAT_POLICIES
 from pretrain.models.towers import IMAGE_POOLS, TEXT_POOLS
-from pretrain.models.variants import get_variant, image_tower_kind
+from pretrain.models.variants import image_tower_kind, model_size
 from pretrain.optim import OPTIMIZERS, SCHEDULES
 from pretrain.sharding import resolve_mesh_shape
 
@@ -24,9 +25,13 @@ def _check(condition: bool, message: str) -> None:
 def check_model(model) -> None:
   """Variant, pooling, dtype and image/patch sizes."""
   try:
-    size = get_variant(model.variant)
+    size = model_size(model)
   except KeyError as e:
     raise ConfigError(e.args[0]) from None
+  _check(model.activation in ACTIVATIONS,
+         f'unknown model.activation {model.activation!r}; known: {", ".join(ACTIVATIONS)}')
+  _check(model.text_pool != 'eos_id' or model.text_eos_id >= 0,
+         "model.text_pool 'eos_id' needs model.text_eos_id (the end-of-text id to pool at)")
   _check(model.image_pool in IMAGE_POOLS,
          f'unknown model.image_pool {model.image_pool!r}; known: {", ".join(IMAGE_POOLS)}')
   _check(model.text_pool in TEXT_POOLS,
@@ -63,7 +68,7 @@ def check_training(config, num_devices: int, num_processes: int) -> dict[str, in
          f'unknown optim.name {config.optim.name!r}; known: {", ".join(OPTIMIZERS)}')
   _check(config.optim.decay in SCHEDULES,
          f'unknown optim.decay {config.optim.decay!r}; known: {", ".join(SCHEDULES)}')
-  _check(config.accum_steps == 1 or image_tower_kind(get_variant(config.model.variant)) == 'vit',
+  _check(config.accum_steps == 1 or image_tower_kind(model_size(config.model)) == 'vit',
          f'accum_steps {config.accum_steps}: gradient caching needs towers without BatchNorm '
          f'(variant {config.model.variant!r} has one; micro-batch statistics would change it)')
   _check(config.optim.lr > 0, f'optim.lr must be positive, got {config.optim.lr}')
@@ -72,6 +77,7 @@ def check_training(config, num_devices: int, num_processes: int) -> dict[str, in
          f'(total_steps {config.total_steps})')
   _check(config.log_every > 0 and config.checkpoint_every > 0,
          'log_every and checkpoint_every must be positive')
+  check_patterns(config)
   shape = resolve_mesh_shape(dict(config.mesh), num_devices)
   ways = math.prod(shape[axis] for axis in ('data', 'fsdp'))
   _check(config.batch_size % ways == 0,
@@ -84,6 +90,22 @@ def check_training(config, num_devices: int, num_processes: int) -> dict[str, in
   _check(config.batch_size % num_processes == 0,
          f'batch_size {config.batch_size} is not divisible by the {num_processes} processes')
   return shape
+
+
+def check_patterns(config) -> None:
+  """`freeze` and `init_from_include` are lists of valid regexes; `init_from` is a run's workdir."""
+  for field in ('freeze', 'init_from_include'):
+    _check(isinstance(config[field], (tuple, list)),
+           f'{field} must be a list of regexes, got {config[field]!r}')
+    for pattern in config[field]:
+      try:
+        re.compile(pattern)
+      except re.error as e:
+        raise ConfigError(f'{field}: {pattern!r} is not a valid regex ({e})') from None
+  if config.init_from:
+    _check(os.path.isfile(os.path.join(config.init_from, 'config.json')),
+           f'init_from {config.init_from} has no config.json: give the workdir of a training run '
+           'or of pretrain.import_weights')
 
 
 def check_vocab(tokenizer_vocab: int, model_vocab: int, spec: str) -> None:

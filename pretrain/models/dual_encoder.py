@@ -8,7 +8,7 @@ from flax import nnx
 
 from pretrain.models.towers import ImageTower, TextTower
 from pretrain.models.efficientnet import EfficientNetTower
-from pretrain.models.variants import get_variant, image_tower_kind
+from pretrain.models.variants import image_tower_kind, model_size
 
 Array = jax.Array
 DTYPES = {'float32': jnp.float32, 'bfloat16': jnp.bfloat16}
@@ -49,7 +49,7 @@ class DualEncoder(nnx.Module):
 
 def build_model(model_cfg, loss_cfg, rngs: nnx.Rngs) -> DualEncoder:
   """Builds the dual encoder named by `config.model` with the temperature of `config.loss`."""
-  size = get_variant(model_cfg.variant)
+  size = model_size(model_cfg)
   dtype = DTYPES[model_cfg.dtype]
   if image_tower_kind(size) != 'vit':
     image = EfficientNetTower(
@@ -62,12 +62,12 @@ def build_model(model_cfg, loss_cfg, rngs: nnx.Rngs) -> DualEncoder:
         depth=size['image_depth'], heads=size['image_heads'], mlp_dim=size['image_mlp'],
         embed_dim=size['embed_dim'], pool=model_cfg.image_pool, mean=tuple(model_cfg.image_mean),
         std=tuple(model_cfg.image_std), dtype=dtype, rngs=rngs, remat=model_cfg.image_remat,
-        scan=model_cfg.scan_layers)
+        scan=model_cfg.scan_layers, activation=model_cfg.activation, ln_pre=model_cfg.image_ln_pre)
   text = TextTower(
       vocab_size=model_cfg.vocab_size, context_length=model_cfg.context_length,
       width=size['text_width'], depth=size['text_depth'], heads=size['text_heads'],
       mlp_dim=size['text_mlp'], embed_dim=size['embed_dim'], causal=model_cfg.text_causal,
       pool=model_cfg.text_pool, dtype=dtype, rngs=rngs, remat=model_cfg.text_remat,
-      scan=model_cfg.scan_layers)
+      scan=model_cfg.scan_layers, activation=model_cfg.activation, eos_id=model_cfg.text_eos_id)
   bias = loss_cfg.init_logit_bias if loss_cfg.name == 'sigmoid' else None
   return DualEncoder(image, text, loss_cfg.init_logit_scale, loss_cfg.max_logit_scale, bias)

@@ -61,15 +61,27 @@ def layer_norm(width: int, *, dtype: Dtype, rngs: nnx.Rngs) -> nnx.LayerNorm:
   return nnx.LayerNorm(width, epsilon=1e-5, dtype=dtype, param_dtype=jnp.float32, rngs=rngs)
 
 
-class Mlp(nnx.Module):
-  """Two-layer GELU MLP of a Transformer block."""
+def quick_gelu(x: Array) -> Array:
+  """x * sigmoid(1.702 x): the GELU approximation OpenAI's CLIP weights were trained with."""
+  return x * jax.nn.sigmoid(1.702 * x)
 
-  def __init__(self, width: int, hidden: int, *, dtype: Dtype, rngs: nnx.Rngs):
+
+# `model.activation`: exact GELU (our default, OpenCLIP's and HF's 'gelu') or QuickGELU (weights of
+# the OpenAI lineage; importers read it from the source config).
+ACTIVATIONS = {'gelu': lambda x: jax.nn.gelu(x, approximate=False), 'quick_gelu': quick_gelu}
+
+
+class Mlp(nnx.Module):
+  """Two-layer MLP of a Transformer block."""
+
+  def __init__(self, width: int, hidden: int, *, dtype: Dtype, rngs: nnx.Rngs,
+               activation: str = 'gelu'):
     self.fc1 = dense(width, hidden, dtype=dtype, rngs=rngs)
     self.fc2 = dense(hidden, width, dtype=dtype, rngs=rngs)
+    self.activation = activation
 
   def __call__(self, x: Array) -> Array:
-    return self.fc2(jax.nn.gelu(self.fc1(x), approximate=False))
+    return self.fc2(ACTIVATIONS[self.activation](self.fc1(x)))
 
 
 class SelfAttention(nnx.Module):
@@ -95,11 +107,12 @@ class SelfAttention(nnx.Module):
 class EncoderBlock(nnx.Module):
   """Pre-LayerNorm Transformer block: x + attn(ln(x)), then x + mlp(ln(x))."""
 
-  def __init__(self, width: int, heads: int, mlp_dim: int, *, dtype: Dtype, rngs: nnx.Rngs):
+  def __init__(self, width: int, heads: int, mlp_dim: int, *, dtype: Dtype, rngs: nnx.Rngs,
+               activation: str = 'gelu'):
     self.ln_attn = layer_norm(width, dtype=dtype, rngs=rngs)
     self.attn = SelfAttention(width, heads, dtype=dtype, rngs=rngs)
     self.ln_mlp = layer_norm(width, dtype=dtype, rngs=rngs)
-    self.mlp = Mlp(width, mlp_dim, dtype=dtype, rngs=rngs)
+    self.mlp = Mlp(width, mlp_dim, dtype=dtype, rngs=rngs, activation=activation)
 
   def __call__(self, x: Array, key_mask: Array | None = None, causal: bool = False) -> Array:
     x = x + self.attn(self.ln_attn(x), key_mask, causal)
@@ -129,11 +142,12 @@ class Encoder(nnx.Module):
   """
 
   def __init__(self, width: int, depth: int, heads: int, mlp_dim: int, *, dtype: Dtype,
-               rngs: nnx.Rngs, remat: str = 'none', scan: bool = False):
+               rngs: nnx.Rngs, remat: str = 'none', scan: bool = False, activation: str = 'gelu'):
     if remat not in REMAT_POLICIES:
       raise ValueError(f'unknown remat policy {remat!r}; known: {", ".join(REMAT_POLICIES)}')
     self.remat, self.scan = remat, scan
-    blocks = [EncoderBlock(width, heads, mlp_dim, dtype=dtype, rngs=rngs) for _ in range(depth)]
+    blocks = [EncoderBlock(width, heads, mlp_dim, dtype=dtype, rngs=rngs, activation=activation)
+              for _ in range(depth)]
     self.blocks = stack_modules(blocks) if scan else nnx.List(blocks)
     self.ln_final = layer_norm(width, dtype=dtype, rngs=rngs)
 
@@ -157,14 +171,15 @@ class Encoder(nnx.Module):
 class AttentionPool(nnx.Module):
   """Multi-head attention pooling with a learned probe (big_vision's MAP head)."""
 
-  def __init__(self, width: int, heads: int, mlp_dim: int, *, dtype: Dtype, rngs: nnx.Rngs):
+  def __init__(self, width: int, heads: int, mlp_dim: int, *, dtype: Dtype, rngs: nnx.Rngs,
+               activation: str = 'gelu'):
     self.heads = heads
     self.probe = nnx.Param(EMBED_INIT(rngs.params(), (1, 1, width), jnp.float32))
     self.q = dense(width, width, dtype=dtype, rngs=rngs)
     self.kv = dense(width, 2 * width, dtype=dtype, rngs=rngs)
     self.out = dense(width, width, dtype=dtype, rngs=rngs)
     self.ln = layer_norm(width, dtype=dtype, rngs=rngs)
-    self.mlp = Mlp(width, mlp_dim, dtype=dtype, rngs=rngs)
+    self.mlp = Mlp(width, mlp_dim, dtype=dtype, rngs=rngs, activation=activation)
 
   def __call__(self, x: Array) -> Array:
     batch, length, width = x.shape

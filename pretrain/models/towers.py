@@ -4,11 +4,14 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from pretrain.models.layers import EMBED_INIT, AttentionPool, Dtype, Encoder, dense
+from pretrain.models.layers import EMBED_INIT, AttentionPool, Dtype, Encoder, dense, layer_norm
 
 Array = jax.Array
 IMAGE_POOLS = ('cls', 'gap', 'map')
-TEXT_POOLS = ('eot', 'cls')
+# 'eot': the last non-padding token (our tokenizers end every text with end-of-text); 'cls': a
+# learned [CLS] prepended (BERT); 'argmax': the highest token id (OpenCLIP; HF CLIP with eos id 2);
+# 'eos_id': the first `eos_id` (HF CLIP, OpenCLIP's 'eos').
+TEXT_POOLS = ('eot', 'cls', 'argmax', 'eos_id')
 
 
 def l2_normalize(x: Array, eps: float = 1e-6) -> Array:
@@ -36,7 +39,8 @@ class ImageTower(nnx.Module):
 
   def __init__(self, *, image_size: int, patch: int, width: int, depth: int, heads: int,
                mlp_dim: int, embed_dim: int, pool: str, mean: tuple, std: tuple, dtype: Dtype,
-               rngs: nnx.Rngs, remat: str = 'none', scan: bool = False):
+               rngs: nnx.Rngs, remat: str = 'none', scan: bool = False, activation: str = 'gelu',
+               ln_pre: bool = False):
     if pool not in IMAGE_POOLS:
       raise ValueError(f'image pool {pool!r} is not one of {IMAGE_POOLS}')
     self.patch, self.pool, self.dtype = patch, pool, dtype
@@ -47,9 +51,12 @@ class ImageTower(nnx.Module):
     if pool == 'cls':
       self.cls_token = nnx.Param(jnp.zeros((1, 1, width), jnp.float32))
     if pool == 'map':
-      self.map_head = AttentionPool(width, heads, mlp_dim, dtype=dtype, rngs=rngs)
+      self.map_head = AttentionPool(width, heads, mlp_dim, dtype=dtype, rngs=rngs,
+                                    activation=activation)
+    if ln_pre:  # CLIP's LayerNorm on the embedded patches, before the first block.
+      self.ln_pre = layer_norm(width, dtype=dtype, rngs=rngs)
     self.encoder = Encoder(width, depth, heads, mlp_dim, dtype=dtype, rngs=rngs, remat=remat,
-                           scan=scan)
+                           scan=scan, activation=activation)
     self.proj = dense(width, embed_dim, use_bias=False, dtype=dtype, rngs=rngs)
 
   def __call__(self, images: Array, train: bool = False, key: Array | None = None) -> Array:
@@ -59,7 +66,10 @@ class ImageTower(nnx.Module):
     if self.pool == 'cls':
       cls = jnp.broadcast_to(self.cls_token[...].astype(x.dtype), (x.shape[0], 1, x.shape[-1]))
       x = jnp.concatenate([cls, x], axis=1)
-    x = self.encoder(x + self.pos_embed[...].astype(x.dtype))
+    x = x + self.pos_embed[...].astype(x.dtype)
+    if hasattr(self, 'ln_pre'):
+      x = self.ln_pre(x)
+    x = self.encoder(x)
     if self.pool == 'cls':
       pooled = x[:, 0]
     elif self.pool == 'gap':
@@ -74,10 +84,11 @@ class TextTower(nnx.Module):
 
   def __init__(self, *, vocab_size: int, context_length: int, width: int, depth: int, heads: int,
                mlp_dim: int, embed_dim: int, causal: bool, pool: str, dtype: Dtype,
-               rngs: nnx.Rngs, remat: str = 'none', scan: bool = False):
+               rngs: nnx.Rngs, remat: str = 'none', scan: bool = False, activation: str = 'gelu',
+               eos_id: int = -1):
     if pool not in TEXT_POOLS:
       raise ValueError(f'text pool {pool!r} is not one of {TEXT_POOLS}')
-    self.causal, self.pool, self.dtype = causal, pool, dtype
+    self.causal, self.pool, self.dtype, self.eos_id = causal, pool, dtype, eos_id
     num_tokens = context_length + (1 if pool == 'cls' else 0)
     self.token_embed = nnx.Embed(vocab_size, width, embedding_init=EMBED_INIT, dtype=dtype,
                                  param_dtype=jnp.float32, rngs=rngs)
@@ -85,7 +96,7 @@ class TextTower(nnx.Module):
     if pool == 'cls':
       self.cls_token = nnx.Param(EMBED_INIT(rngs.params(), (1, 1, width), jnp.float32))
     self.encoder = Encoder(width, depth, heads, mlp_dim, dtype=dtype, rngs=rngs, remat=remat,
-                           scan=scan)
+                           scan=scan, activation=activation)
     self.proj = dense(width, embed_dim, use_bias=False, dtype=dtype, rngs=rngs)
 
   def __call__(self, tokens: Array) -> Array:
@@ -96,10 +107,22 @@ class TextTower(nnx.Module):
       cls = jnp.broadcast_to(self.cls_token[...].astype(x.dtype), (x.shape[0], 1, x.shape[-1]))
       x = jnp.concatenate([cls, x], axis=1)
       valid = jnp.concatenate([jnp.ones_like(valid[:, :1]), valid], axis=1)
-    x = self.encoder(x + self.pos_embed[...].astype(x.dtype), key_mask=valid, causal=self.causal)
-    if self.pool == 'cls':
-      pooled = x[:, 0]
-    else:  # The end-of-text token is the last non-padding token.
-      last = jnp.maximum(jnp.sum(valid, axis=1) - 1, 0)
-      pooled = jnp.take_along_axis(x, last[:, None, None], axis=1)[:, 0]
+    # A causal tower needs no padding mask: padding follows the pooled token, so no position up to
+    # it can see padding. Leaving it out also keeps a vocabulary whose id 0 is a real token (CLIP's
+    # BPE: '!') exact.
+    key_mask = None if self.causal else valid
+    x = self.encoder(x + self.pos_embed[...].astype(x.dtype), key_mask=key_mask,
+                     causal=self.causal)
+    pooled = jnp.take_along_axis(x, self.pool_index(tokens)[:, None, None], axis=1)[:, 0]
     return l2_normalize(self.proj(pooled))
+
+  def pool_index(self, tokens: Array) -> Array:
+    """int32 [B]: the position whose output is the text's embedding."""
+    positions = jnp.arange(tokens.shape[1], dtype=jnp.int32)
+    if self.pool == 'cls':
+      return jnp.zeros(tokens.shape[0], jnp.int32)
+    if self.pool == 'argmax':
+      return jnp.argmax(tokens, axis=1).astype(jnp.int32)
+    if self.pool == 'eos_id':  # The first end-of-text; none at all pools at position 0, as HF does.
+      return jnp.argmax(tokens == self.eos_id, axis=1).astype(jnp.int32)
+    return jnp.max(jnp.where(tokens != 0, positions, 0), axis=1)  # 'eot': last non-padding token

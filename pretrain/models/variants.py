@@ -39,3 +39,20 @@ def get_variant(name: str) -> dict:
   if name not in VARIANTS:
     raise KeyError(f'unknown model variant {name!r}; known: {", ".join(sorted(VARIANTS))}')
   return dict(VARIANTS[name])
+
+
+CUSTOM = 'custom'  # `model.variant='custom'`: sizes in `model.custom` (imported weights use it).
+SIZE_KEYS = ('patch', 'image_width', 'image_depth', 'image_heads', 'image_mlp', 'text_width',
+             'text_depth', 'text_heads', 'text_mlp', 'embed_dim')
+
+
+def model_size(model_cfg) -> dict:
+  """The tower sizes of `config.model`: a named variant, or `model.custom` for 'custom'."""
+  if model_cfg.variant != CUSTOM:
+    return get_variant(model_cfg.variant)
+  size = dict(model_cfg.custom)
+  missing = [key for key in SIZE_KEYS if key not in size]
+  if missing:
+    raise KeyError(f"model.variant 'custom' needs model.custom.{missing[0]} "
+                   f'(sizes: {", ".join(SIZE_KEYS)})')
+  return size
