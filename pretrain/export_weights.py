@@ -1,0 +1,132 @@
+"""Exports a run's checkpoint as OpenCLIP or Hugging Face CLIP weights.
+
+  python -m pretrain.export_weights --workdir DIR [--step N] --to openclip|hf --out FOLDER
+
+openclip: FOLDER/open_clip_model.safetensors, FOLDER/open_clip_config.json (load with
+  `open_clip.create_model('local-dir:FOLDER')`) and FOLDER/exported.json (its model config:
+  `open_clip.add_model_config('FOLDER/exported.json'); open_clip.create_model('exported',
+  pretrained='FOLDER/open_clip_model.safetensors')`).
+hf: FOLDER/model.safetensors, config.json, preprocessor_config.json
+  (`transformers.CLIPModel.from_pretrained(FOLDER)`).
+Both get the run's tokenizer.json. Models those libraries cannot express get a one-line reason.
+"""
+
+import argparse
+import json
+import os
+import shutil
+import sys
+
+import numpy as np
+
+from data.tokenizer import Tokenizer
+from eval.run_model import RunModel
+from pretrain.checkpoint import restore_params
+from pretrain.errors import ConfigError
+from pretrain.interop import hf, openclip
+from pretrain.interop.common import apply_export, flatten, require, write_safetensors
+from pretrain.models.variants import image_tower_kind, model_size
+
+
+def check_expressible(config, target: str) -> None:
+  """One-line ConfigError naming the part of our model `target` cannot express."""
+  model, size = config.model, model_size(config.model)
+  require(image_tower_kind(size) == 'vit', f'{target} CLIP cannot express an EfficientNet image '
+          f'tower (variant {model.variant!r}); only ViT towers export')
+  require(model.image_pool == 'cls', f'{target} CLIP pools images at a class token; this model '
+          f'uses model.image_pool={model.image_pool!r}')
+  require(model.text_causal and model.text_pool != 'cls',
+          f'{target} CLIP has a causal text tower pooled at end-of-text; this model has '
+          f'text_causal={model.text_causal}, text_pool={model.text_pool!r}')
+  if target == 'hf':
+    require(model.image_ln_pre, 'HF CLIP always applies a LayerNorm before the vision encoder '
+            '(pre_layrnorm); this model has none (model.image_ln_pre=False): export --to openclip')
+    require(config.loss.name != 'sigmoid', 'HF CLIPModel has no logit bias; this model was '
+            'trained with the sigmoid loss: export --to openclip')
+
+
+def end_of_text_id(config, tokenizer: Tokenizer) -> int:
+  """The id whose first occurrence marks where the text is pooled ('eot': the tokenizer's)."""
+  return config.model.text_eos_id if config.model.text_pool == 'eos_id' else tokenizer.eos_id
+
+
+def openclip_files(config, flat: dict, tokenizer: Tokenizer) -> tuple[dict, dict]:
+  """(state dict, open_clip_config.json contents)."""
+  if config.model.text_pool == 'argmax':
+    arch = openclip.arch_from_config(config, 'argmax', -1)
+  else:
+    arch = openclip.arch_from_config(config, 'eos', end_of_text_id(config, tokenizer))
+  return apply_export(openclip.rules(config), flat, model_size(config.model)['patch']), arch
+
+
+def hf_files(config, flat: dict, tokenizer: Tokenizer) -> tuple[dict, dict, dict]:
+  """(state dict, config.json, preprocessor_config.json contents)."""
+  if config.model.text_pool == 'argmax':
+    eos = hf.LEGACY_EOS  # HF pools at the highest id exactly when eos_token_id is 2.
+  else:
+    eos = end_of_text_id(config, tokenizer)
+    require(eos != hf.LEGACY_EOS, 'HF CLIP pools at the highest token id when eos_token_id is 2, '
+            'and this model pools at end-of-text id 2: HF cannot express it; export --to openclip')
+  arch, preprocessor = hf.arch_from_config(config, eos, tokenizer.bos_id,
+                                           float(flat['log_logit_scale']))
+  return (apply_export(hf.rules(config), flat, model_size(config.model)['patch']), arch,
+          preprocessor)
+
+
+def fold_patch_bias(flat: dict) -> dict:
+  """Both libraries' patch embeddings are bias-free: the bias moves into the patch positions."""
+  flat = dict(flat)
+  pos = flat['img/pos_embed'].copy()
+  pos[1:] += flat['img/patch_embed/bias']  # Row 0 is the class token's, which has no bias.
+  flat['img/pos_embed'] = pos
+  return flat
+
+
+def _write_json(obj: dict, path: str) -> None:
+  with open(path, 'w') as f:
+    json.dump(obj, f, indent=2)
+
+
+def export_weights(workdir: str, step: int | None, target: str, out: str) -> int:
+  """Writes the export; returns the checkpoint step exported."""
+  require(target in ('openclip', 'hf'), f'--to {target!r}: expected openclip or hf')
+  run = RunModel(workdir)
+  check_expressible(run.config, target)
+  step, params = restore_params(workdir, step, run.abstract_params)
+  flat = fold_patch_bias({k: np.asarray(v, np.float32) for k, v in flatten(params).items()})
+  os.makedirs(out, exist_ok=True)
+  if target == 'openclip':
+    tensors, arch = openclip_files(run.config, flat, run.tokenizer)
+    write_safetensors(tensors, os.path.join(out, 'open_clip_model.safetensors'))
+    _write_json(arch, os.path.join(out, 'open_clip_config.json'))
+    _write_json(arch['model_cfg'], os.path.join(out, 'exported.json'))
+  else:
+    tensors, arch, preprocessor = hf_files(run.config, flat, run.tokenizer)
+    write_safetensors(tensors, os.path.join(out, 'model.safetensors'))
+    _write_json(arch, os.path.join(out, 'config.json'))
+    _write_json(preprocessor, os.path.join(out, 'preprocessor_config.json'))
+  tokenizer_file = os.path.join(workdir, 'tokenizer.json')
+  if os.path.isfile(tokenizer_file):
+    shutil.copyfile(tokenizer_file, os.path.join(out, 'tokenizer.json'))
+  return step
+
+
+def main(argv: list[str]) -> int:
+  """Command-line entry point; bad input prints one line and exits 2."""
+  parser = argparse.ArgumentParser(prog='python -m pretrain.export_weights')
+  parser.add_argument('--workdir', required=True)
+  parser.add_argument('--step', type=int, default=None, help='checkpoint step (default: newest)')
+  parser.add_argument('--to', required=True, choices=('openclip', 'hf'))
+  parser.add_argument('--out', required=True, help='output folder')
+  args = parser.parse_args(argv)
+  try:
+    step = export_weights(args.workdir, args.step, args.to, args.out)
+  except (ConfigError, FileNotFoundError) as e:
+    print(f'error: {e}', file=sys.stderr)
+    return 2
+  print(f'exported {args.workdir} step {step} for {args.to} into {args.out}', flush=True)
+  return 0
+
+
+if __name__ == '__main__':
+  sys.exit(main(sys.argv[1:]))

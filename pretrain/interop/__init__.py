@@ -1,0 +1,1 @@
+"""Weight conversion between this project and OpenCLIP / Hugging Face CLIP."""

@@ -1,0 +1,152 @@
+"""What both converters share: safetensors I/O, the tensor layout rules, and the block mapping.
+
+A mapping is a list of `Rule(ours, theirs, kind)`: `ours` a '/'-joined path in our parameter tree,
+`theirs` one or more keys of the other library's state dict, `kind` how the layouts differ. Import
+applies `to_ours`, export `to_theirs`, so each convention is written once.
+"""
+
+import dataclasses
+import os
+
+import numpy as np
+
+from pretrain.errors import ConfigError
+
+PICKLE_SUFFIXES = ('.bin', '.pt', '.pth', '.ckpt', '.pkl', '.pickle')
+# Buffers some versions save that carry no weights.
+IGNORED_KEYS = ('attn_mask', 'text_model.embeddings.position_ids',
+                'vision_model.embeddings.position_ids')
+
+
+def read_safetensors(path: str) -> dict[str, np.ndarray]:
+  """Every tensor of a .safetensors file as fp32 numpy; refuses torch pickles in one line."""
+  if path.endswith(PICKLE_SUFFIXES):
+    raise ConfigError(
+        f'{path} is a torch pickle, and loading a pickle runs arbitrary code: convert it once '
+        "where you trust it: python -c \"import torch, safetensors.torch as st; "
+        f"st.save_file(torch.load('{path}', weights_only=True), '{os.path.splitext(path)[0]}"
+        ".safetensors')\" (for a full OpenCLIP checkpoint take its 'state_dict')")
+  if not os.path.isfile(path):
+    raise ConfigError(f'weights file {path} does not exist')
+  from safetensors.numpy import load_file
+  try:
+    tensors = load_file(path)
+  except Exception as e:  # safetensors raises its own error types for a malformed header.
+    raise ConfigError(f'{path} is not a readable safetensors file ({e})') from None
+  return {name: np.asarray(t, np.float32) for name, t in tensors.items()}
+
+
+def write_safetensors(tensors: dict[str, np.ndarray], path: str) -> None:
+  """Writes fp32 contiguous tensors with the metadata torch-side loaders expect."""
+  from safetensors.numpy import save_file
+  save_file({k: np.ascontiguousarray(v, np.float32) for k, v in tensors.items()}, path,
+            metadata={'format': 'pt'})
+
+
+@dataclasses.dataclass(frozen=True)
+class Rule:
+  ours: str
+  theirs: tuple[str, ...]
+  kind: str  # copy | linear | patch | cls | qkv | qkv_bias
+
+
+def to_ours(kind: str, arrays: list[np.ndarray]) -> np.ndarray:
+  """Their tensor(s) -> our leaf."""
+  if kind == 'copy':
+    return arrays[0]
+  if kind == 'linear':  # torch Linear weights are (out, in); our kernels (in, out).
+    return arrays[0].T
+  if kind == 'patch':  # conv (out, in, kh, kw) -> our (kh*kw*in, out), patches flattened (r, c, ch).
+    w = arrays[0]
+    return w.transpose(2, 3, 1, 0).reshape(-1, w.shape[0])
+  if kind == 'cls':
+    return arrays[0].reshape(1, 1, -1)
+  if kind == 'qkv':  # HF's separate q, k, v Linears -> our fused (in, 3 * out), q first.
+    return np.concatenate(arrays, axis=0).T
+  if kind == 'qkv_bias':
+    return np.concatenate(arrays, axis=0)
+  raise ValueError(kind)
+
+
+def to_theirs(kind: str, leaf: np.ndarray, patch: int = 0) -> list[np.ndarray]:
+  """Our leaf -> their tensor(s); the inverse of `to_ours`."""
+  if kind == 'copy':
+    return [leaf]
+  if kind == 'linear':
+    return [leaf.T]
+  if kind == 'patch':
+    return [leaf.reshape(patch, patch, 3, -1).transpose(3, 2, 0, 1)]
+  if kind == 'cls':
+    return [leaf.reshape(-1)]
+  if kind == 'qkv':
+    return list(np.split(leaf.T, 3, axis=0))
+  if kind == 'qkv_bias':
+    return list(np.split(leaf, 3, axis=0))
+  raise ValueError(kind)
+
+
+def layer_norm_rules(ours: str, theirs: str) -> list[Rule]:
+  """LayerNorm: torch 'weight' is our 'scale'."""
+  return [Rule(f'{ours}/scale', (f'{theirs}.weight',), 'copy'),
+          Rule(f'{ours}/bias', (f'{theirs}.bias',), 'copy')]
+
+
+def linear_rules(ours: str, theirs: str) -> list[Rule]:
+  """A torch Linear with bias."""
+  return [Rule(f'{ours}/kernel', (f'{theirs}.weight',), 'linear'),
+          Rule(f'{ours}/bias', (f'{theirs}.bias',), 'copy')]
+
+
+def flatten(tree: dict, prefix: str = '') -> dict[str, np.ndarray]:
+  """Nested pure dict -> {'a/b/c': leaf}."""
+  flat = {}
+  for key, value in tree.items():
+    path = f'{prefix}{key}'
+    if isinstance(value, dict):
+      flat.update(flatten(value, path + '/'))
+    else:
+      flat[path] = value
+  return flat
+
+
+def unflatten(flat: dict[str, np.ndarray], like: dict, prefix: str = '') -> dict:
+  """{'a/b/c': leaf} -> a nested dict with `like`'s structure (keys typed as in `like`)."""
+  return {key: unflatten(flat, value, f'{prefix}{key}/') if isinstance(value, dict)
+          else flat[f'{prefix}{key}'] for key, value in like.items()}
+
+
+def apply_import(rules: list[Rule], tensors: dict[str, np.ndarray], shapes: dict[str, tuple],
+                 source: str) -> dict[str, np.ndarray]:
+  """Our flat parameters from their tensors; every shape checked, no tensor left unused."""
+  flat, used = {}, set()
+  for rule in rules:
+    missing = [key for key in rule.theirs if key not in tensors]
+    if missing:
+      raise ConfigError(f'{source} has no tensor {missing[0]} (needed for {rule.ours}): '
+                        'does --arch describe these weights?')
+    value = to_ours(rule.kind, [tensors[key] for key in rule.theirs])
+    if value.shape != shapes[rule.ours]:
+      raise ConfigError(f'{source}: {", ".join(rule.theirs)} makes {rule.ours} of shape '
+                        f'{value.shape}, but --arch gives {shapes[rule.ours]}')
+    flat[rule.ours] = value
+    used.update(rule.theirs)
+  unused = sorted(set(tensors) - used - set(IGNORED_KEYS))
+  if unused:
+    raise ConfigError(f'{source} has {len(unused)} tensors this architecture does not use '
+                      f'(first: {unused[0]}): is --arch the config these weights were saved with?')
+  return flat
+
+
+def apply_export(rules: list[Rule], flat: dict[str, np.ndarray], patch: int) -> dict[str, np.ndarray]:
+  """Their state dict from our flat parameters."""
+  tensors = {}
+  for rule in rules:
+    for key, value in zip(rule.theirs, to_theirs(rule.kind, flat[rule.ours], patch)):
+      tensors[key] = value
+  return tensors
+
+
+def require(condition: bool, message: str) -> None:
+  """One-line ConfigError unless `condition`."""
+  if not condition:
+    raise ConfigError(message)
