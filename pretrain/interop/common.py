@@ -39,7 +39,8 @@ def read_safetensors(path: str) -> dict[str, np.ndarray]:
 def write_safetensors(tensors: dict[str, np.ndarray], path: str) -> None:
   """Writes fp32 contiguous tensors with the metadata torch-side loaders expect."""
   from safetensors.numpy import save_file
-  save_file({k: np.ascontiguousarray(v, np.float32) for k, v in tensors.items()}, path,
+  # .copy(order='C'), not ascontiguousarray: that turns 0-d tensors (logit_scale) into shape (1,).
+  save_file({k: np.asarray(v, np.float32).copy(order='C') for k, v in tensors.items()}, path,
             metadata={'format': 'pt'})
 
 

@@ -1,0 +1,81 @@
+"""A tiny CLIP-shaped run of ours, exported for both libraries: the probe of the export direction.
+
+  python -m tests.interop_probe OUT   # OUT/workdir, OUT/openclip, OUT/hf, OUT/ours.npz
+then, in the peers environment: python tests/data/make_interop_refs.py check-export OUT
+The tests use the same workdir to check export -> import round trips without torch.
+"""
+
+import os
+import sys
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from configs.common import CLIP_MEAN, CLIP_STD, base_config
+from data.tokenizer import get_tokenizer
+from pretrain.export_weights import export_weights
+from pretrain.import_weights import write_workdir
+from pretrain.train_step import init_params, model_graphdef_and_shapes
+
+BPE = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'data', 'interop',
+                   'bpe_simple_vocab_16e6.txt.gz')
+CAPTIONS = ['a photo of a cat', 'hello! two dogs!', 'a red square on a blue circle', '']
+
+
+def probe_config():
+  """ViT 48x2 (patch 8, 32 px, ln_pre), text 32x2 over CLIP's BPE, embedding 24."""
+  config = base_config()
+  model = config.model
+  model.variant = 'custom'
+  model.custom = dict(patch=8, image_width=48, image_depth=2, image_heads=2, image_mlp=96,
+                      text_width=32, text_depth=2, text_heads=2, text_mlp=64, embed_dim=24)
+  model.image_size, model.image_ln_pre = 32, True
+  model.image_mean, model.image_std = CLIP_MEAN, CLIP_STD
+  model.vocab_size, model.context_length = 49408, 12
+  config.data.tokenizer = f'clip_bpe:{BPE}'
+  return config
+
+
+def make_probe_workdir(workdir: str, seed: int = 0):
+  """Random parameters, every leaf perturbed (biases and the patch bias non-zero), written as a run."""
+  config = probe_config()
+  params = init_params(config, seed)
+  leaves, treedef = jax.tree.flatten(params)
+  rng = np.random.default_rng(seed)
+  leaves = [np.asarray(x) + 0.05 * rng.standard_normal(np.shape(x)).astype(np.float32)
+            for x in leaves]
+  params = jax.tree.unflatten(treedef, leaves)
+  write_workdir(workdir, config, params, {'source': 'tests.interop_probe'})
+  return config, params
+
+
+def probe_inputs(config, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+  """uint8 images and our tokenizer's ids for CAPTIONS."""
+  images = np.random.default_rng(seed).integers(0, 256, (len(CAPTIONS), 32, 32, 3), np.uint8)
+  tokens = get_tokenizer(config.data.tokenizer).encode(CAPTIONS, config.model.context_length)
+  return images, tokens
+
+
+def embeddings(config, params, images, tokens):
+  """Our (image, text) embeddings and logits for the inputs."""
+  graphdef, _ = model_graphdef_and_shapes(config)
+  model = nnx.merge(graphdef, jax.tree.map(jnp.asarray, params))
+  img, txt = model.embed_images(images), model.embed_texts(tokens)
+  return np.asarray(img), np.asarray(txt), np.asarray(model.logit_scale() * img @ txt.T)
+
+
+def main(out: str) -> None:
+  config, params = make_probe_workdir(os.path.join(out, 'workdir'))
+  images, tokens = probe_inputs(config)
+  img, txt, logits = embeddings(config, params, images, tokens)
+  for target in ('openclip', 'hf'):
+    export_weights(os.path.join(out, 'workdir'), None, target, os.path.join(out, target))
+  np.savez(os.path.join(out, 'ours.npz'), images=images, tokens=tokens, image_emb=img,
+           text_emb=txt, logits=logits, mean=np.float32(CLIP_MEAN), std=np.float32(CLIP_STD))
+  print(f'wrote {out}')
+
+
+if __name__ == '__main__':
+  main(sys.argv[1])
