@@ -151,7 +151,9 @@ def get_tokenizer(spec: str, lowercase: bool = False) -> Tokenizer:
     return SentencePieceTokenizer(path, lowercase)
   if kind == 'shapes':
     return HFTokenizer(None, lowercase, json_text=shapes_tokenizer_json())
-  if kind == 'clip_bpe':
+  if kind == 'clip_bpe':  # The merges file, or the tokenizer.json a run built from it.
+    if path.endswith('.json'):
+      return ClipBpeTokenizer(path, lowercase)
     return ClipBpeTokenizer(path, lowercase, json_text=clip_bpe.clip_bpe_json(path))
   return HFTokenizer(path, lowercase)
 
@@ -168,7 +170,8 @@ def save_to_workdir(spec: str, workdir: str) -> str:
     return ''
   name = _workdir_file(kind)
   target = os.path.join(workdir, name)
-  if kind in ('shapes', 'clip_bpe'):  # Built in code: the workdir keeps the built tokenizer.json.
+  if kind == 'shapes' or (kind == 'clip_bpe' and not path.endswith('.json')):
+    # Built in code: the workdir keeps the built tokenizer.json.
     with open(target + '.tmp', 'w') as f:
       f.write(shapes_tokenizer_json() if kind == 'shapes' else clip_bpe.clip_bpe_json(path))
     os.replace(target + '.tmp', target)

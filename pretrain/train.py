@@ -14,7 +14,7 @@ import numpy as np
 from data.records import BAD_KINDS, BadRecord
 from data.sources import index_cache_dir, open_source
 from data.tokenizer import get_tokenizer, save_to_workdir
-from pretrain import distributed, sharding, validate
+from pretrain import distributed, partial, sharding, validate
 from pretrain.checkpoint import Checkpointer, CheckpointWriteError
 from pretrain.config_cli import parse_args, save_config
 from pretrain.errors import ConfigError
@@ -75,9 +75,17 @@ class NonFiniteError(RuntimeError):
 
 def restore_or_init(ckpt: Checkpointer, latest: int | None, builder: StepBuilder, data_iter,
                     workdir: str):
-  """Checkpoint `latest`'s state (moving the data iterator), or a fresh one when None."""
+  """Checkpoint `latest`'s state (moving the data iterator), or a fresh one when None.
+
+  A fresh state takes `config.init_from`'s parameters where `init_from_include` says; a resumed
+  run's own checkpoint always wins over init_from.
+  """
   if latest is None:
-    return builder.init_state()
+    state = builder.init_state()
+    if builder.config.init_from:
+      state['params'] = partial.init_from(builder.config, state['params'],
+                                          builder.state_shardings['params'], builder.mesh)
+    return state
   state = ckpt.restore(latest, builder.abstract_state, data_iter)
   if jax.process_index() == 0:
     print(f'resumed from {workdir}/checkpoints/{latest}', flush=True)

@@ -9,7 +9,7 @@ from flax import nnx
 from jax.sharding import Mesh
 
 from data.records import BAD_KINDS
-from pretrain import sharding
+from pretrain import partial, sharding
 from pretrain.grad_cache import cached_loss_and_grads
 from pretrain.losses import make_loss
 from pretrain.models import build_model
@@ -52,6 +52,9 @@ class StepBuilder:
                schedule: optax.Schedule):
     self.config, self.mesh, self.tx, self.schedule = config, mesh, tx, schedule
     self.graphdef, param_shapes = model_graphdef_and_shapes(config)
+    # Bool per parameter (config.freeze), or None when everything trains.
+    self.frozen = (partial.matching_mask(param_shapes, config.freeze, 'freeze')
+                   if config.freeze else None)
     abstract = jax.eval_shape(self._init_state, param_shapes)
     rule = config.param_sharding
     self.state_shardings = {
@@ -67,8 +70,13 @@ class StepBuilder:
         abstract, self.state_shardings)
     self.loss_fn = make_loss(mesh, sharding.BATCH_AXES, config.loss)
 
+  def trainable(self, params: Any) -> Any:
+    """The parameters the gradient and optimizer see: frozen ones are None."""
+    return params if self.frozen is None else partial.split(params, self.frozen)[0]
+
   def _init_state(self, params: Any) -> TrainState:
-    return {'step': jnp.zeros((), jnp.int32), 'params': params, 'opt_state': self.tx.init(params),
+    return {'step': jnp.zeros((), jnp.int32), 'params': params,
+            'opt_state': self.tx.init(self.trainable(params)),
             'rng': jax.random.key_data(jax.random.key(self.config.seed)),
             'bad_records': jnp.zeros(len(BAD_KINDS), jnp.int32),
             'skipped_updates': jnp.zeros((), jnp.int32),
@@ -92,8 +100,11 @@ class StepBuilder:
     The batch is the global array, so BatchNorm's statistics are over the global batch.
     """
     model = nnx.merge(self.graphdef, params)
+    # A locked image tower (LiT) runs as at inference: BatchNorm running averages, every block.
+    train_images = not partial.tower_frozen(self.frozen, 'img')
     with activations_split_over(self.mesh):
-      img, txt = model.embed_images(images, train=True, key=key), model.embed_texts(texts)
+      img = model.embed_images(images, train=train_images, key=key)
+      txt = model.embed_texts(texts)
     return img, txt, nnx.to_pure_dict(nnx.state(model, nnx.BatchStat))
 
   def head_loss(self, params: Any, img: jax.Array, txt: jax.Array) -> tuple[jax.Array, dict]:
@@ -116,10 +127,15 @@ class StepBuilder:
 
   def loss_and_grads(self, params: Any, batch: dict,
                      key: jax.Array | None = None) -> tuple[tuple[jax.Array, dict], Any]:
-    """(loss, metrics), parameter gradients: directly, or by gradient caching over micro-batches."""
-    if self.config.accum_steps == 1:
+    """(loss, metrics), gradients of the trainable parameters (frozen ones None): directly, or by
+    gradient caching over micro-batches."""
+    if self.config.accum_steps > 1:
+      return cached_loss_and_grads(self, params, batch, self.config.accum_steps)
+    if self.frozen is None:
       return jax.value_and_grad(self.loss_and_metrics, has_aux=True)(params, batch, key)
-    return cached_loss_and_grads(self, params, batch, self.config.accum_steps)
+    trainable, frozen = partial.split(params, self.frozen)
+    loss_of_trainable = lambda t: self.loss_and_metrics(partial.combine(t, frozen), batch, key)
+    return jax.value_and_grad(loss_of_trainable, has_aux=True)(trainable)
 
   def _inject_nonfinite(self, loss: jax.Array, state: TrainState) -> jax.Array:
     """Test-only hook (`config.debug.nonfinite_at_attempts`): NaN loss at chosen attempts."""
@@ -136,10 +152,13 @@ class StepBuilder:
     (loss, metrics), grads = self.loss_and_grads(state['params'], batch, key)
     loss = self._inject_nonfinite(loss, state)
     grad_norm = optax.global_norm(grads)
-    updates, opt_state = self.tx.update(grads, state['opt_state'], state['params'])
+    trainable = self.trainable(state['params'])
+    updates, opt_state = self.tx.update(grads, state['opt_state'], trainable)
+    params = optax.apply_updates(trainable, updates)
+    if self.frozen is not None:  # Frozen leaves pass through untouched.
+      params = partial.combine(params, partial.split(state['params'], self.frozen)[1])
     # Running averages get no gradient (and no decay, by name); they are replaced, not updated.
-    params = with_batch_stats(optax.apply_updates(state['params'], updates),
-                              metrics.pop(BATCH_STATS, {}))
+    params = with_batch_stats(params, metrics.pop(BATCH_STATS, {}))
     # A non-finite loss or gradient leaves parameters, optimizer state and step untouched.
     ok = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
     keep = lambda new, old: jax.tree.map(lambda n, o: jnp.where(ok, n, o), new, old)

@@ -102,6 +102,9 @@ def check_patterns(config) -> None:
         re.compile(pattern)
       except re.error as e:
         raise ConfigError(f'{field}: {pattern!r} is not a valid regex ({e})') from None
+  _check(not (config.freeze and config.accum_steps > 1),
+         'freeze with accum_steps > 1 is not supported: gradient caching differentiates every '
+         'parameter; use accum_steps=1')
   if config.init_from:
     _check(os.path.isfile(os.path.join(config.init_from, 'config.json')),
            f'init_from {config.init_from} has no config.json: give the workdir of a training run '

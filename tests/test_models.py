@@ -73,3 +73,29 @@ def test_logit_scale_init_and_clamp():
   config.loss.init_logit_scale = 500.0
   model = build_model(config.model, config.loss, nnx.Rngs(0))
   assert float(model.logit_scale()) == pytest.approx(100.0)
+
+
+def test_text_pool_positions():
+  """'eot' finds the last non-padding token even with id 0 inside a text (CLIP's '!');
+  'argmax' the first highest id; 'eos_id' the first end-of-text id."""
+  tokens = jnp.array([[5, 0, 7, 2, 0, 0, 0, 0], [9, 31, 31, 4, 2, 2, 2, 2]], jnp.int32)
+  assert _text_tower(True, 'eot').pool_index(tokens).tolist() == [3, 7]
+  assert _text_tower(True, 'argmax').pool_index(tokens).tolist() == [2, 1]
+  tower = TextTower(vocab_size=32, context_length=8, width=32, depth=2, heads=4, mlp_dim=64,
+                    embed_dim=16, causal=True, pool='eos_id', eos_id=2, dtype=jnp.float32,
+                    rngs=nnx.Rngs(0))
+  assert tower.pool_index(tokens).tolist() == [3, 4]
+
+
+def test_quick_gelu_and_ln_pre_options():
+  from pretrain.models.layers import ACTIVATIONS
+  x = jnp.linspace(-4, 4, 9)
+  np.testing.assert_allclose(ACTIVATIONS['quick_gelu'](x), x / (1 + np.exp(-1.702 * x)), rtol=1e-6)
+  config = tiny_config()
+  config.model.update(dict(activation='quick_gelu', image_ln_pre=True))
+  model = build_model(config.model, config.loss, nnx.Rngs(0))
+  images = jax.random.randint(jax.random.key(0), (2, 16, 16, 3), 0, 256).astype(jnp.uint8)
+  before = model.embed_images(images)
+  # ln_pre is on the path (a per-channel change: a uniform shift would cancel in later norms).
+  model.img.ln_pre.scale[...] = jnp.linspace(0.5, 1.5, model.img.ln_pre.scale.shape[0])
+  assert float(jnp.max(jnp.abs(model.embed_images(images) - before))) > 1e-3

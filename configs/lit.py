@@ -1,0 +1,45 @@
+"""LiT (locked-image tuning, Zhai et al. 2022): a pretrained image tower, locked; a text tower trained
+from scratch to match it.
+
+  python -m pretrain.train --config configs/lit.py:PRETRAINED_WORKDIR --workdir DIR
+PRETRAINED_WORKDIR is a training run's workdir or one written by `pretrain.import_weights` (e.g. an
+OpenCLIP or HF CLIP). Its model config is reused (image tower as is; text tower of the same sizes,
+fresh), its tokenizer too; only the image tower's parameters are taken (`init_from_include`) and
+frozen (`freeze`): no gradient, optimizer state or weight decay. The defaults train on the embedded
+shapes corpus; point `data.train` at your pairs for a real run.
+"""
+
+import json
+import os
+
+import ml_collections
+
+from configs.common import base_config
+
+# The workdir file a run keeps its tokenizer in, by tokenizer kind; its spec for this run.
+TOKENIZER_SPECS = {'shapes': 'hf:{}/tokenizer.json', 'hf': 'hf:{}/tokenizer.json',
+                   'clip_bpe': 'clip_bpe:{}/tokenizer.json',
+                   'sentencepiece': 'sentencepiece:{}/tokenizer.model', 'bytes': 'bytes'}
+
+
+def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
+  """LiT from the pretrained workdir `arg`."""
+  if not arg:
+    raise ValueError('configs/lit.py needs the pretrained workdir: --config configs/lit.py:DIR')
+  path = os.path.join(arg, 'config.json')
+  if not os.path.isfile(path):
+    raise ValueError(f'{arg} has no config.json: give a training or import_weights workdir')
+  with open(path) as f:
+    pretrained = json.load(f)
+  config = base_config()
+  config.model.update(pretrained['model'])
+  kind = pretrained['data']['tokenizer'].partition(':')[0]
+  config.data.tokenizer = TOKENIZER_SPECS[kind].format(os.path.abspath(arg))
+  config.data.lowercase = pretrained['data'].get('lowercase', True)
+  config.init_from = os.path.abspath(arg)
+  config.init_from_include = ('img/.*',)   # The image tower; the text tower and temperature start fresh.
+  config.freeze = ('img/.*',)              # Locked: LiT's best setting ("Lu").
+  config.loss.max_logit_scale = 100.0
+  config.optim.weight_decay = 1e-4         # LiT trains with little decay on the text tower.
+  config.eval.zeroshot = 'shapes:zeroshot'
+  return config

@@ -1,0 +1,201 @@
+"""Weights in and out: parity with the real OpenCLIP and transformers through committed references
+(tests/data/make_interop_refs.py), export round trips, LiT from an imported tower."""
+
+import json
+import os
+
+import jax
+import numpy as np
+import pytest
+from flax import nnx
+
+from data.tokenizer import get_tokenizer
+from eval.run_model import RunModel
+from pretrain import import_weights
+from pretrain.checkpoint import restore_params
+from pretrain.errors import ConfigError
+from pretrain.export_weights import export_weights
+from pretrain.interop.common import read_safetensors
+from tests import interop_probe
+
+REFS = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'data', 'interop')
+CASES = {'openclip_quickgelu': 'openclip', 'openclip_gelu_eos': 'openclip', 'hf_eos2': 'hf',
+         'hf_eos7': 'hf'}
+TOLERANCE = 1e-5
+
+
+def _run_outputs(workdir: str, images, tokens) -> dict:
+  """Embeddings and logits of the workdir's newest checkpoint, as the eval jobs restore it."""
+  run = RunModel(workdir)
+  _, embedder = run.embedder(None)
+  model = nnx.merge(run.graphdef, embedder.params)
+  img, txt = model.embed_images(images), model.embed_texts(tokens)
+  return {'image_emb': np.asarray(img), 'text_emb': np.asarray(txt),
+          'logits': np.asarray(model.logit_scale() * img @ txt.T)}
+
+
+@pytest.mark.parametrize('case', sorted(CASES))
+def test_import_matches_the_library(case, tmp_path, capsys):
+  folder = os.path.join(REFS, case)
+  code = import_weights.main([
+      '--from', CASES[case], '--weights', os.path.join(folder, 'model.safetensors'),
+      '--arch', os.path.join(folder, 'arch.json'), '--workdir', str(tmp_path / 'w'),
+      '--tokenizer', 'bytes'])  # 259 ids fit these tiny models' 400-row tables.
+  assert code == 0, capsys.readouterr().err
+  ref = np.load(os.path.join(folder, 'io.npz'))
+  ours = _run_outputs(str(tmp_path / 'w'), ref['images'], ref['tokens'])
+  for key in ('image_emb', 'text_emb', 'logits'):
+    assert np.max(np.abs(ours[key] - ref[key])) <= TOLERANCE, key
+  # The tokens hold ids above the end-of-text one (eos cases) or 0 inside a text (OpenCLIP):
+  # getting the pooled position wrong would move the text embeddings far more than the tolerance.
+
+
+def test_clip_bpe_matches_openclip_ids():
+  refs = json.load(open(os.path.join(REFS, 'tokens.json')))
+  tokenizer = get_tokenizer(f'clip_bpe:{REFS}/bpe_simple_vocab_16e6.txt.gz', lowercase=True)
+  ids = tokenizer.encode(refs['captions'], refs['context_length'])
+  for caption, row, ref in zip(refs['captions'], ids, refs['ids']):
+    assert row[:len(ref)].tolist() == ref and not row[len(ref):].any(), caption
+  assert (tokenizer.bos_id, tokenizer.eos_id, tokenizer.vocab_size) == (49406, 49407, 49408)
+
+
+@pytest.mark.parametrize('name', ['model.bin', 'model.pt'])
+def test_torch_pickles_are_refused_in_one_line(name, tmp_path, capsys):
+  (tmp_path / name).write_bytes(b'\x80\x02not really a pickle')
+  code = import_weights.main(['--from', 'hf', '--weights', str(tmp_path / name), '--arch',
+                              os.path.join(REFS, 'hf_eos7', 'arch.json'), '--workdir',
+                              str(tmp_path / 'w'), '--tokenizer', 'bytes'])
+  err = capsys.readouterr().err.strip()
+  assert code == 2 and len(err.splitlines()) == 1
+  assert 'pickle' in err and 'safetensors' in err
+  assert not (tmp_path / 'w').exists()
+
+
+def test_wrong_arch_and_unsupported_options_are_one_line_errors(tmp_path):
+  weights = os.path.join(REFS, 'openclip_quickgelu', 'model.safetensors')
+  with pytest.raises(ConfigError, match='has no tensor'):  # HF arch for OpenCLIP weights
+    import_weights.import_weights('hf', weights, os.path.join(REFS, 'hf_eos7', 'arch.json'),
+                                  str(tmp_path / 'a'), 'bytes')
+  arch = json.load(open(os.path.join(REFS, 'openclip_quickgelu', 'arch.json')))
+  arch['vision_cfg']['ls_init_value'] = 1e-5
+  (tmp_path / 'ls.json').write_text(json.dumps(arch))
+  with pytest.raises(ConfigError, match='ls_init_value'):
+    import_weights.import_weights('openclip', weights, str(tmp_path / 'ls.json'),
+                                  str(tmp_path / 'b'), 'bytes')
+  arch = json.load(open(os.path.join(REFS, 'openclip_quickgelu', 'arch.json')))
+  arch['vision_cfg']['width'] = 64  # Shapes no longer match the weights.
+  (tmp_path / 'w64.json').write_text(json.dumps(arch))
+  with pytest.raises(ConfigError, match='visual.conv1.weight makes img/patch_embed/kernel'):
+    import_weights.import_weights('openclip', weights, str(tmp_path / 'w64.json'),
+                                  str(tmp_path / 'c'), 'bytes')
+
+
+@pytest.fixture(scope='module')
+def probe(tmp_path_factory):
+  """A tiny CLIP-shaped run (every parameter perturbed) and its exports for both libraries."""
+  out = tmp_path_factory.mktemp('probe')
+  config, params = interop_probe.make_probe_workdir(str(out / 'workdir'))
+  images, tokens = interop_probe.probe_inputs(config)
+  img, txt, logits = interop_probe.embeddings(config, params, images, tokens)
+  for target in ('openclip', 'hf'):
+    export_weights(str(out / 'workdir'), None, target, str(out / target))
+  return dict(out=out, params=params, images=images, tokens=tokens,
+              ours={'image_emb': img, 'text_emb': txt, 'logits': logits})
+
+
+@pytest.mark.parametrize('target, ref_case, weights', [
+    ('openclip', 'openclip_quickgelu', 'open_clip_model.safetensors'),
+    ('hf', 'hf_eos7', 'model.safetensors')])
+def test_export_has_the_library_layout_and_round_trips(probe, target, ref_case, weights, tmp_path):
+  exported = read_safetensors(str(probe['out'] / target / weights))
+  # Same depths as the reference models: the exported names must be exactly the ones the
+  # library itself saves (checked loading in the library: tests/data/interop/export_check.json).
+  library = read_safetensors(os.path.join(REFS, ref_case, 'model.safetensors'))
+  assert sorted(exported) == sorted(library)
+  assert all(exported[k].ndim == library[k].ndim for k in library)
+  arch = 'open_clip_config.json' if target == 'openclip' else 'config.json'
+  import_weights.import_weights(target, str(probe['out'] / target / weights),
+                                str(probe['out'] / target / arch), str(tmp_path / 'back'),
+                                f'clip_bpe:{interop_probe.BPE}')
+  back = _run_outputs(str(tmp_path / 'back'), probe['images'], probe['tokens'])
+  for key, value in probe['ours'].items():
+    assert np.max(np.abs(back[key] - value)) <= TOLERANCE, key
+
+
+def test_export_folds_the_patch_bias_into_positions(probe):
+  exported = read_safetensors(str(probe['out'] / 'openclip' / 'open_clip_model.safetensors'))
+  params = probe['params']
+  pos, bias = np.asarray(params['img']['pos_embed']), np.asarray(params['img']['patch_embed']['bias'])
+  np.testing.assert_array_equal(exported['visual.positional_embedding'][0], pos[0])
+  np.testing.assert_allclose(exported['visual.positional_embedding'][1:], pos[1:] + bias, atol=0)
+  assert np.abs(bias).max() > 0.01
+
+
+def test_export_names_what_a_library_cannot_express(tmp_path):
+  config = interop_probe.probe_config()
+  config.model.image_ln_pre = False
+  from pretrain.train_step import init_params
+  import_weights.write_workdir(str(tmp_path / 'w'), config, init_params(config, 0), {})
+  with pytest.raises(ConfigError, match='pre_layrnorm'):
+    export_weights(str(tmp_path / 'w'), None, 'hf', str(tmp_path / 'hf'))
+  export_weights(str(tmp_path / 'w'), None, 'openclip', str(tmp_path / 'oc'))  # OpenCLIP can
+  assert json.load(open(tmp_path / 'oc' / 'exported.json'))['vision_cfg']['no_ln_pre'] is True
+  for field, value, message in (('image_pool', 'gap', 'class token'),
+                                ('text_causal', False, 'causal text tower')):
+    config = interop_probe.probe_config()
+    config.model[field] = value
+    folder = tmp_path / field
+    import_weights.write_workdir(str(folder), config, init_params(config, 0), {})
+    with pytest.raises(ConfigError, match=message):
+      export_weights(str(folder), None, 'openclip', str(tmp_path / f'{field}_out'))
+
+
+def test_zeroshot_job_runs_on_an_imported_workdir(probe, tmp_path, capsys):
+  # The HF export has its tokenizer.json beside config.json: no --tokenizer needed.
+  assert import_weights.main(['--from', 'hf', '--weights', str(probe['out'] / 'hf' / 'model.safetensors'),
+                              '--arch', str(probe['out'] / 'hf' / 'config.json'),
+                              '--workdir', str(tmp_path / 'imported')]) == 0
+  from eval import zeroshot
+  from eval.job import cli
+  code = cli(zeroshot.parse, zeroshot.make_job, [
+      '--workdir', str(tmp_path / 'imported'), '--dataset', 'shapes:zeroshot',
+      '--templates', 'shapes', '--once'])
+  assert code == 0
+  metrics = json.load(open(tmp_path / 'imported' / 'eval' / 'zeroshot' / 'shapes_zeroshot' /
+                           'step_0.json'))
+  assert metrics['num_examples'] > 0 and 0.0 <= metrics['acc1'] <= 1.0
+
+
+def test_lit_locks_the_imported_tower_and_trains_the_text_tower(probe, tmp_path):
+  from pretrain.config_cli import parse_args
+  from pretrain.train import train
+  workdir = str(tmp_path / 'lit')
+  config, _ = parse_args([
+      '--config', f'configs/lit.py:{probe["out"] / "workdir"}', '--workdir', workdir,
+      '--config.total_steps=4', '--config.batch_size=16', '--config.checkpoint_every=2',
+      '--config.optim.warmup_steps=1', '--config.eval.zeroshot='])
+  train(config, workdir)
+  run = RunModel(workdir)
+  _, step2 = restore_params(workdir, 2, run.abstract_params)
+  _, step4 = restore_params(workdir, 4, run.abstract_params)
+  imported = probe['params']
+  for new, old in zip(jax.tree.leaves(step4['img']), jax.tree.leaves(imported['img'])):
+    np.testing.assert_array_equal(np.asarray(new), np.asarray(old))  # bit-identical
+  moved = [float(np.max(np.abs(np.asarray(a) - np.asarray(b))))
+           for a, b in zip(jax.tree.leaves(step4['txt']), jax.tree.leaves(step2['txt']))]
+  assert min(moved) > 0  # every text parameter trains
+  assert float(step4['log_logit_scale']) != float(step2['log_logit_scale'])
+
+
+def test_frozen_parameters_hold_no_optimizer_state_and_patterns_are_checked():
+  from tests.helpers import mesh, step_builder, tiny_config
+  config = tiny_config()
+  full = step_builder(config, mesh(1, 1, jax.devices()[:1]))
+  config.freeze = ('img/.*',)
+  lit = step_builder(config, mesh(1, 1, jax.devices()[:1]))
+  frozen = len(jax.tree.leaves(full.abstract_state['params']['img']))
+  state_leaves = lambda b: len(jax.tree.leaves(b.abstract_state['opt_state']))
+  assert state_leaves(full) - state_leaves(lit) == 2 * frozen  # AdamW's mu and nu
+  config.freeze = ('image/.*',)
+  with pytest.raises(ConfigError, match="freeze: 'image/.\\*' matches no parameter"):
+    step_builder(config, mesh(1, 1, jax.devices()[:1]))
