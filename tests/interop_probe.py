@@ -1,7 +1,8 @@
 """A tiny CLIP-shaped run of ours, exported for both libraries: the probe of the export direction.
 
   python -m tests.interop_probe OUT   # OUT/workdir, OUT/openclip, OUT/hf, OUT/ours.npz
-then, in the peers environment: python tests/data/make_interop_refs.py check-export OUT
+then, in the peers environment: python tests/data/make_interop_refs.py check-export OUT.
+  python -m tests.interop_probe check-refs DIR   # published-size cases of `make-full DIR`
 The tests use the same workdir to check export -> import round trips without torch.
 """
 
@@ -66,6 +67,38 @@ def embeddings(config, params, images, tokens):
   return np.asarray(img), np.asarray(txt), np.asarray(model.logit_scale() * img @ txt.T)
 
 
+def workdir_outputs(workdir: str, images, tokens) -> dict:
+  """Embeddings and logits of a workdir's newest checkpoint, restored as the eval jobs do."""
+  from eval.run_model import RunModel
+  run = RunModel(workdir)
+  _, embedder = run.embedder(None)
+  model = nnx.merge(run.graphdef, embedder.params)
+  img, txt = model.embed_images(images), model.embed_texts(tokens)
+  return {'image_emb': np.asarray(img), 'text_emb': np.asarray(txt),
+          'logits': np.asarray(model.logit_scale() * img @ txt.T)}
+
+
+def import_and_compare(folder: str, workdir: str, tokenizer: str) -> dict[str, float]:
+  """Imports a reference case folder (arch.json, model.safetensors, io.npz) into `workdir`; the
+  max |ours - library| of image/text embeddings and logits."""
+  from pretrain.import_weights import import_weights
+  source = 'openclip' if os.path.basename(folder).startswith('openclip') else 'hf'
+  import_weights(source, os.path.join(folder, 'model.safetensors'),
+                 os.path.join(folder, 'arch.json'), workdir, tokenizer)
+  ref = np.load(os.path.join(folder, 'io.npz'))
+  ours = workdir_outputs(workdir, ref['images'], ref['tokens'])
+  return {key: float(np.max(np.abs(ours[key] - ref[key]))) for key in ours}
+
+
+def check_refs(folder: str) -> None:
+  """`check-refs DIR`: every case of `make_interop_refs.py make-full DIR`, imported and compared."""
+  import tempfile
+  for case in sorted(os.listdir(folder)):
+    with tempfile.TemporaryDirectory() as tmp:
+      diffs = import_and_compare(os.path.join(folder, case), tmp, f'clip_bpe:{BPE}')
+    print(f'{case:24s} ' + '  '.join(f'{k} {v:.2e}' for k, v in diffs.items()), flush=True)
+
+
 def main(out: str) -> None:
   config, params = make_probe_workdir(os.path.join(out, 'workdir'))
   images, tokens = probe_inputs(config)
@@ -78,4 +111,7 @@ def main(out: str) -> None:
 
 
 if __name__ == '__main__':
-  main(sys.argv[1])
+  if sys.argv[1:2] == ['check-refs']:
+    check_refs(sys.argv[2])
+  else:
+    main(sys.argv[1])

@@ -7,7 +7,6 @@ import os
 import jax
 import numpy as np
 import pytest
-from flax import nnx
 
 from data.tokenizer import get_tokenizer
 from eval.run_model import RunModel
@@ -24,28 +23,11 @@ CASES = {'openclip_quickgelu': 'openclip', 'openclip_gelu_eos': 'openclip', 'hf_
 TOLERANCE = 1e-5
 
 
-def _run_outputs(workdir: str, images, tokens) -> dict:
-  """Embeddings and logits of the workdir's newest checkpoint, as the eval jobs restore it."""
-  run = RunModel(workdir)
-  _, embedder = run.embedder(None)
-  model = nnx.merge(run.graphdef, embedder.params)
-  img, txt = model.embed_images(images), model.embed_texts(tokens)
-  return {'image_emb': np.asarray(img), 'text_emb': np.asarray(txt),
-          'logits': np.asarray(model.logit_scale() * img @ txt.T)}
-
-
 @pytest.mark.parametrize('case', sorted(CASES))
-def test_import_matches_the_library(case, tmp_path, capsys):
-  folder = os.path.join(REFS, case)
-  code = import_weights.main([
-      '--from', CASES[case], '--weights', os.path.join(folder, 'model.safetensors'),
-      '--arch', os.path.join(folder, 'arch.json'), '--workdir', str(tmp_path / 'w'),
-      '--tokenizer', 'bytes'])  # 259 ids fit these tiny models' 400-row tables.
-  assert code == 0, capsys.readouterr().err
-  ref = np.load(os.path.join(folder, 'io.npz'))
-  ours = _run_outputs(str(tmp_path / 'w'), ref['images'], ref['tokens'])
-  for key in ('image_emb', 'text_emb', 'logits'):
-    assert np.max(np.abs(ours[key] - ref[key])) <= TOLERANCE, key
+def test_import_matches_the_library(case, tmp_path):
+  # 'bytes': its 259 ids fit these tiny models' 400-row tables.
+  diffs = interop_probe.import_and_compare(os.path.join(REFS, case), str(tmp_path / 'w'), 'bytes')
+  assert max(diffs.values()) <= TOLERANCE, diffs
   # The tokens hold ids above the end-of-text one (eos cases) or 0 inside a text (OpenCLIP):
   # getting the pooled position wrong would move the text embeddings far more than the tolerance.
 
@@ -59,7 +41,32 @@ def test_clip_bpe_matches_openclip_ids():
   assert (tokenizer.bos_id, tokenizer.eos_id, tokenizer.vocab_size) == (49406, 49407, 49408)
 
 
+def test_hf_tokenizer_reads_a_clip_tokenizer_json_like_transformers(tmp_path):
+  import gzip
+  refs = json.load(open(os.path.join(REFS, 'tokens.json')))
+  path = tmp_path / 'tokenizer.json'
+  path.write_bytes(gzip.open(os.path.join(REFS, 'hf_clip_tokenizer.json.gz')).read())
+  tokenizer = get_tokenizer(f'hf:{path}', lowercase=True)
+  assert (tokenizer.bos_id, tokenizer.eos_id) == (49406, 49407)
+  ids = tokenizer.encode(refs['captions'], refs['context_length'])
+  for caption, row, ref in zip(refs['captions'], ids, refs['hf_ids']):
+    assert row[:len(ref)].tolist() == ref and not row[len(ref):].any(), caption
+  # transformers keeps HTML entities that OpenCLIP unescapes; each tokenizer matches its own.
+  assert refs['hf_ids'] != refs['ids']
+
+
 @pytest.mark.parametrize('name', ['model.bin', 'model.pt'])
+def test_import_cli_writes_a_run_like_workdir(tmp_path, capsys):
+  folder = os.path.join(REFS, 'hf_eos7')
+  assert import_weights.main([
+      '--from', 'hf', '--weights', os.path.join(folder, 'model.safetensors'), '--arch',
+      os.path.join(folder, 'arch.json'), '--workdir', str(tmp_path / 'w'), '--tokenizer',
+      'bytes']) == 0
+  assert 'text pooling eos_id' in capsys.readouterr().out
+  assert {'config.json', 'checkpoints', 'imported.json'} <= set(os.listdir(tmp_path / 'w'))
+  assert json.load(open(tmp_path / 'w' / 'config.json'))['model']['text_eos_id'] == 7
+
+
 def test_torch_pickles_are_refused_in_one_line(name, tmp_path, capsys):
   (tmp_path / name).write_bytes(b'\x80\x02not really a pickle')
   code = import_weights.main(['--from', 'hf', '--weights', str(tmp_path / name), '--arch',
@@ -117,7 +124,7 @@ def test_export_has_the_library_layout_and_round_trips(probe, target, ref_case, 
   import_weights.import_weights(target, str(probe['out'] / target / weights),
                                 str(probe['out'] / target / arch), str(tmp_path / 'back'),
                                 f'clip_bpe:{interop_probe.BPE}')
-  back = _run_outputs(str(tmp_path / 'back'), probe['images'], probe['tokens'])
+  back = interop_probe.workdir_outputs(str(tmp_path / 'back'), probe['images'], probe['tokens'])
   for key, value in probe['ours'].items():
     assert np.max(np.abs(back[key] - value)) <= TOLERANCE, key
 

@@ -24,6 +24,10 @@ HERE = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'interop')
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 VOCAB, CONTEXT, IMAGE = 400, 12, 32
+# `make-full DIR`: the same cases at the published sizes (OpenCLIP ViT-B-32-quickgelu, HF's default
+# CLIPConfig = ViT-B/32), ~600 MB each, not committed; check with `python -m tests.interop_probe
+# check-refs DIR`.
+FULL = dict(vocab=49408, context=77, image=224)
 
 CAPTIONS = [
     'a photo of a cat.', 'A Photo Of A DOG!', 'hello!!! world?!', "it's what we've done, isn't it",
@@ -74,14 +78,15 @@ def save_case(name: str, arch: dict, state: dict, images, tokens, img, txt, logi
 
 
 def openclip_case(name: str, seed: int, quick_gelu: bool, text_extra: dict, vision_extra: dict,
-                  eot: int, low: int, high: int) -> None:
+                  eot: int, low: int, high: int, arch: dict | None = None) -> None:
   import open_clip
   torch.manual_seed(seed)
-  arch = dict(embed_dim=24, quick_gelu=quick_gelu,
-              vision_cfg=dict(image_size=IMAGE, layers=2, width=48, patch_size=8, head_width=24,
-                              **vision_extra),
-              text_cfg=dict(context_length=CONTEXT, vocab_size=VOCAB, width=32, heads=2, layers=2,
-                            **text_extra))
+  arch = arch or dict(
+      embed_dim=24, quick_gelu=quick_gelu,
+      vision_cfg=dict(image_size=IMAGE, layers=2, width=48, patch_size=8, head_width=24,
+                      **vision_extra),
+      text_cfg=dict(context_length=CONTEXT, vocab_size=VOCAB, width=32, heads=2, layers=2,
+                    **text_extra))
   model = open_clip.CLIP(**arch).eval()
   perturb_(model, seed)
   images, pixels = images_and_pixels(seed)
@@ -93,15 +98,19 @@ def openclip_case(name: str, seed: int, quick_gelu: bool, text_extra: dict, visi
   save_case(name, arch, model.state_dict(), images, tokens, img, txt, logits)
 
 
-def hf_case(name: str, seed: int, act: str, eos: int, low: int, high: int, eot: int) -> None:
+def hf_case(name: str, seed: int, act: str, eos: int, low: int, high: int, eot: int,
+            full: bool = False) -> None:
   import transformers
   torch.manual_seed(seed)
-  text = dict(vocab_size=VOCAB, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-              num_attention_heads=2, max_position_embeddings=CONTEXT, hidden_act=act,
-              eos_token_id=eos, bos_token_id=eos, pad_token_id=eos)
-  vision = dict(hidden_size=48, intermediate_size=96, num_hidden_layers=2, num_attention_heads=2,
-                image_size=IMAGE, patch_size=8, hidden_act=act)
-  config = transformers.CLIPConfig(text_config=text, vision_config=vision, projection_dim=24)
+  if full:  # transformers' defaults: ViT-B/32, QuickGELU, eos 49407.
+    config = transformers.CLIPConfig()
+  else:
+    text = dict(vocab_size=VOCAB, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                num_attention_heads=2, max_position_embeddings=CONTEXT, hidden_act=act,
+                eos_token_id=eos, bos_token_id=eos, pad_token_id=eos)
+    vision = dict(hidden_size=48, intermediate_size=96, num_hidden_layers=2,
+                  num_attention_heads=2, image_size=IMAGE, patch_size=8, hidden_act=act)
+    config = transformers.CLIPConfig(text_config=text, vision_config=vision, projection_dim=24)
   model = transformers.CLIPModel(config).eval()
   perturb_(model, seed)
   images, pixels = images_and_pixels(seed)
@@ -120,17 +129,51 @@ def hf_case(name: str, seed: int, act: str, eos: int, low: int, high: int, eot: 
             out.logits_per_image)
 
 
+def hf_clip_tokenizer(simple):
+  """transformers' CLIPTokenizer over the same vocabulary and merges (what HF CLIP repos ship)."""
+  import transformers
+  rename = {'<start_of_text>': '<|startoftext|>', '<end_of_text>': '<|endoftext|>'}
+  vocab = {rename.get(token, token): i for token, i in simple.encoder.items()}
+  merges = sorted(simple.bpe_ranks, key=simple.bpe_ranks.get)
+  return transformers.CLIPTokenizer(vocab=vocab, merges=[tuple(m) for m in merges])
+
+
 def tokenizer_refs() -> None:
+  """OpenCLIP's ids (for clip_bpe:) and HF's ids plus its tokenizer.json, gzipped (for hf:)."""
+  import gzip
+  import tempfile
   import open_clip
   from open_clip.tokenizer import SimpleTokenizer, default_bpe
   shutil.copyfile(default_bpe(), os.path.join(HERE, 'bpe_simple_vocab_16e6.txt.gz'))
   tokenizer = SimpleTokenizer()
   ids = tokenizer(CAPTIONS, context_length=77).numpy()
   eot = tokenizer.eot_token_id
+  hf = hf_clip_tokenizer(tokenizer)
+  hf_ids = hf(CAPTIONS, padding='max_length', max_length=77, truncation=True)['input_ids']
+  with tempfile.TemporaryDirectory() as tmp:
+    hf.save_pretrained(tmp)
+    with open(os.path.join(tmp, 'tokenizer.json'), 'rb') as src, \
+        gzip.GzipFile(os.path.join(HERE, 'hf_clip_tokenizer.json.gz'), 'wb', mtime=0) as dst:
+      dst.write(src.read())
+  upto_eot = lambda row: row[:list(row).index(eot) + 1]
   with open(os.path.join(HERE, 'tokens.json'), 'w') as f:
     json.dump({'captions': CAPTIONS, 'context_length': 77,
-               'ids': [row[:row.tolist().index(eot) + 1].tolist() for row in ids],
+               'ids': [upto_eot(row.tolist()) for row in ids],
+               'hf_ids': [upto_eot(list(row)) for row in hf_ids],
                'open_clip': open_clip.__version__}, f, ensure_ascii=False, indent=0)
+
+
+def make_full(folder: str) -> None:
+  """Published-size cases (random, perturbed) into `folder`."""
+  global HERE, VOCAB, CONTEXT, IMAGE
+  import open_clip
+  HERE, VOCAB, CONTEXT, IMAGE = folder, FULL['vocab'], FULL['context'], FULL['image']
+  arch = json.load(open(os.path.join(os.path.dirname(open_clip.__file__), 'model_configs',
+                                     'ViT-B-32-quickgelu.json')))
+  openclip_case('openclip_b32_quickgelu', 5, True, {}, {}, eot=VOCAB - 1, low=1, high=VOCAB - 2,
+                arch=arch)
+  hf_case('hf_b32', 6, 'quick_gelu', eos=VOCAB - 1, low=1, high=VOCAB - 2, eot=VOCAB - 1, full=True)
+  print(f'wrote {folder}')
 
 
 def make() -> None:
@@ -194,5 +237,7 @@ if __name__ == '__main__':
     make()
   elif sys.argv[1:2] == ['check-export'] and len(sys.argv) == 3:
     check_export(sys.argv[2])
+  elif sys.argv[1:2] == ['make-full'] and len(sys.argv) == 3:
+    make_full(sys.argv[2])
   else:
-    sys.exit('usage: make_interop_refs.py make | check-export DIR')
+    sys.exit('usage: make_interop_refs.py make | make-full DIR | check-export DIR')
