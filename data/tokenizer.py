@@ -76,6 +76,9 @@ class HFTokenizer(Tokenizer):
       self._tok = tokenizers.Tokenizer.from_str(json_text)
     else:
       self._tok = tokenizers.Tokenizer.from_file(path)
+    # Files saved by transformers may carry padding/truncation settings; encode() does both itself.
+    self._tok.no_padding()
+    self._tok.no_truncation()
     self.vocab_size = self._tok.get_vocab_size(with_added_tokens=True)
     eos = [self._tok.token_to_id(name) for name in self.EOS_NAMES]
     eos = [i for i in eos if i is not None]

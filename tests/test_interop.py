@@ -55,7 +55,6 @@ def test_hf_tokenizer_reads_a_clip_tokenizer_json_like_transformers(tmp_path):
   assert refs['hf_ids'] != refs['ids']
 
 
-@pytest.mark.parametrize('name', ['model.bin', 'model.pt'])
 def test_import_cli_writes_a_run_like_workdir(tmp_path, capsys):
   folder = os.path.join(REFS, 'hf_eos7')
   assert import_weights.main([
@@ -67,6 +66,7 @@ def test_import_cli_writes_a_run_like_workdir(tmp_path, capsys):
   assert json.load(open(tmp_path / 'w' / 'config.json'))['model']['text_eos_id'] == 7
 
 
+@pytest.mark.parametrize('name', ['model.bin', 'model.pt'])
 def test_torch_pickles_are_refused_in_one_line(name, tmp_path, capsys):
   (tmp_path / name).write_bytes(b'\x80\x02not really a pickle')
   code = import_weights.main(['--from', 'hf', '--weights', str(tmp_path / name), '--arch',
