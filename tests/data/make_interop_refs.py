@@ -199,7 +199,7 @@ def make() -> None:
 
 
 def check_export(folder: str) -> None:
-  """Loads FOLDER/openclip and FOLDER/hf with the libraries; compares with FOLDER/ours.npz."""
+  """Loads FOLDER/openclip and/or FOLDER/hf with the libraries; compares with FOLDER/ours.npz."""
   import open_clip
   import transformers
   ours = np.load(os.path.join(folder, 'ours.npz'))
@@ -209,17 +209,18 @@ def check_export(folder: str) -> None:
   tokens = torch.from_numpy(ours['tokens'].astype(np.int64))
   results = {}
   with torch.no_grad():
-    model = open_clip.create_model(f'local-dir:{folder}/openclip').eval()
-    open_clip.add_model_config(os.path.join(folder, 'openclip', 'exported.json'))
-    by_file = open_clip.create_model(
-        'exported', pretrained=os.path.join(folder, 'openclip', 'open_clip_model.safetensors'))
-    for name, m in (('openclip (local-dir)', model), ('openclip (pretrained=FILE)', by_file)):
-      img, txt = m.encode_image(pixels, normalize=True), m.encode_text(tokens, normalize=True)
-      logits = m.logit_scale.exp() * img @ txt.T
-      results[name] = (img, txt, logits)
-    hf_model = transformers.CLIPModel.from_pretrained(os.path.join(folder, 'hf')).eval()
-    out = hf_model(input_ids=tokens, pixel_values=pixels)
-    results['hf'] = (out.image_embeds, out.text_embeds, out.logits_per_image)
+    if os.path.isdir(os.path.join(folder, 'openclip')):
+      model = open_clip.create_model(f'local-dir:{folder}/openclip').eval()
+      open_clip.add_model_config(os.path.join(folder, 'openclip', 'exported.json'))
+      by_file = open_clip.create_model(
+          'exported', pretrained=os.path.join(folder, 'openclip', 'open_clip_model.safetensors'))
+      for name, m in (('openclip (local-dir)', model), ('openclip (pretrained=FILE)', by_file)):
+        img, txt = m.encode_image(pixels, normalize=True), m.encode_text(tokens, normalize=True)
+        results[name] = (img, txt, m.logit_scale.exp() * img @ txt.T)
+    if os.path.isdir(os.path.join(folder, 'hf')):
+      hf_model = transformers.CLIPModel.from_pretrained(os.path.join(folder, 'hf')).eval()
+      out = hf_model(input_ids=tokens, pixel_values=pixels)
+      results['hf'] = (out.image_embeds, out.text_embeds, out.logits_per_image)
   report = {}
   for name, (img, txt, logits) in results.items():
     report[name] = {key: float(np.max(np.abs(value.numpy() - ours[key])))
