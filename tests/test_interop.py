@@ -203,6 +203,37 @@ def test_frozen_parameters_hold_no_optimizer_state_and_patterns_are_checked():
   frozen = len(jax.tree.leaves(full.abstract_state['params']['img']))
   state_leaves = lambda b: len(jax.tree.leaves(b.abstract_state['opt_state']))
   assert state_leaves(full) - state_leaves(lit) == 2 * frozen  # AdamW's mu and nu
+  # No gradient computation either: the traced step has no weight-gradient matmul for any image
+  # kernel (nor the input-gradient ones); counted in the lowered program, before XLA's DCE.
+  from data.records import BAD_KINDS
+  batch = {'image': jax.ShapeDtypeStruct((16, 16, 16, 3), np.uint8),
+           'text': jax.ShapeDtypeStruct((16, 8), np.int32),
+           'bad': jax.ShapeDtypeStruct((16, len(BAD_KINDS)), bool)}
+  dots = lambda b: b.jit_step().lower(b.abstract_state, batch).as_text().count('dot_general')
+  kernels = sum(1 for path in jax.tree_util.tree_leaves_with_path(
+      full.abstract_state['params']['img']) if 'kernel' in str(path[-1]))
+  assert dots(full) - dots(lit) >= 2 * kernels
   config.freeze = ('image/.*',)
   with pytest.raises(ConfigError, match="freeze: 'image/.\\*' matches no parameter"):
     step_builder(config, mesh(1, 1, jax.devices()[:1]))
+
+
+def test_init_from_checks_names_and_shapes_and_freeze_refuses_grad_cache(probe):
+  from pretrain import partial, validate
+  from pretrain.train_step import init_params
+  from tests.helpers import mesh
+  the_mesh = mesh(1, 1, jax.devices()[:1])
+  config = interop_probe.probe_config()
+  config.init_from = str(probe['out'] / 'workdir')
+  config.model.custom.image_width = 64
+  params = init_params(config, 0)
+  shardings = jax.tree.map(lambda _: jax.sharding.NamedSharding(the_mesh, jax.sharding.PartitionSpec()), params)
+  with pytest.raises(ConfigError, match=r'img/cls_token has shape \(1, 1, 48\), this config makes \(1, 1, 64\)'):
+    partial.init_from(config, params, shardings, the_mesh)
+  config.init_from_include = ('txt/.*',)  # The text tower alone fits: taken, image left alone.
+  taken = partial.init_from(config, params, shardings, the_mesh)
+  np.testing.assert_array_equal(taken['txt']['pos_embed'], probe['params']['txt']['pos_embed'])
+  np.testing.assert_array_equal(taken['img']['pos_embed'], params['img']['pos_embed'])
+  config.freeze, config.accum_steps = ('img/.*',), 2
+  with pytest.raises(ConfigError, match='freeze with accum_steps > 1'):
+    validate.check_training(config, 1, 1)
