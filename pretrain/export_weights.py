@@ -82,6 +82,22 @@ def fold_patch_bias(flat: dict) -> dict:
   return flat
 
 
+def unstack_scanned(flat: dict, config) -> dict:
+  """`scan_layers` runs keep each tower's blocks stacked ([depth, ...] under 'encoder/blocks/');
+  the libraries want one entry per block ('encoder/blocks/<i>/')."""
+  if not config.model.scan_layers:
+    return flat
+  out = {}
+  for name, value in flat.items():
+    tower, _, rest = name.partition('/encoder/blocks/')
+    if not rest:
+      out[name] = value
+      continue
+    for i, block in enumerate(value):
+      out[f'{tower}/encoder/blocks/{i}/{rest}'] = block
+  return out
+
+
 def _write_json(obj: dict, path: str) -> None:
   with open(path, 'w') as f:
     json.dump(obj, f, indent=2)
@@ -93,7 +109,8 @@ def export_weights(workdir: str, step: int | None, target: str, out: str) -> int
   run = RunModel(workdir)
   check_expressible(run.config, target)
   step, params = restore_params(workdir, step, run.abstract_params)
-  flat = fold_patch_bias({k: np.asarray(v, np.float32) for k, v in flatten(params).items()})
+  flat = {k: np.asarray(v, np.float32) for k, v in flatten(params).items()}
+  flat = fold_patch_bias(unstack_scanned(flat, run.config))
   os.makedirs(out, exist_ok=True)
   if target == 'openclip':
     tensors, arch = openclip_files(run.config, flat, run.tokenizer)

@@ -129,6 +129,26 @@ def test_export_has_the_library_layout_and_round_trips(probe, target, ref_case, 
     assert np.max(np.abs(back[key] - value)) <= TOLERANCE, key
 
 
+def test_export_of_a_scan_layers_run_unstacks_its_blocks(probe, tmp_path):
+  config = interop_probe.probe_config()
+  config.model.scan_layers = True
+  params = probe['params']
+  stacked = {'img': dict(params['img']), 'txt': dict(params['txt']),
+             'log_logit_scale': params['log_logit_scale']}
+  for tower in ('img', 'txt'):
+    blocks = params[tower]['encoder']['blocks']
+    encoder = dict(params[tower]['encoder'])
+    encoder['blocks'] = jax.tree.map(lambda *xs: np.stack(xs), *[blocks[i] for i in sorted(blocks)])
+    stacked[tower]['encoder'] = encoder
+  import_weights.write_workdir(str(tmp_path / 'scanned'), config, stacked, {})
+  export_weights(str(tmp_path / 'scanned'), None, 'hf', str(tmp_path / 'hf'))
+  unscanned = read_safetensors(str(probe['out'] / 'hf' / 'model.safetensors'))
+  exported = read_safetensors(str(tmp_path / 'hf' / 'model.safetensors'))
+  assert sorted(exported) == sorted(unscanned)
+  for key, value in unscanned.items():
+    np.testing.assert_array_equal(exported[key], value)
+
+
 def test_export_folds_the_patch_bias_into_positions(probe):
   exported = read_safetensors(str(probe['out'] / 'openclip' / 'open_clip_model.safetensors'))
   params = probe['params']
