@@ -9,6 +9,7 @@ import jax.numpy as jnp
 from flax import nnx
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
+from pretrain.models import lean_ops
 from pretrain.sharding import BATCH_AXES
 
 Array = jax.Array
@@ -56,19 +57,15 @@ def dense(d_in: int, d_out: int, *, dtype: Dtype, rngs: nnx.Rngs, use_bias: bool
                     rngs=rngs)
 
 
-def layer_norm(width: int, *, dtype: Dtype, rngs: nnx.Rngs) -> nnx.LayerNorm:
-  """LayerNorm with fp32 parameters; epsilon 1e-5 as in CLIP."""
-  return nnx.LayerNorm(width, epsilon=1e-5, dtype=dtype, param_dtype=jnp.float32, rngs=rngs)
-
-
-def quick_gelu(x: Array) -> Array:
-  """x * sigmoid(1.702 x): the GELU approximation OpenAI's CLIP weights were trained with."""
-  return x * jax.nn.sigmoid(1.702 * x)
+def layer_norm(width: int, *, dtype: Dtype, rngs: nnx.Rngs) -> lean_ops.LayerNorm:
+  """LayerNorm with fp32 parameters and statistics; epsilon 1e-5 as in CLIP."""
+  return lean_ops.LayerNorm(width, epsilon=1e-5, dtype=dtype, rngs=rngs)
 
 
 # `model.activation`: exact GELU (our default, OpenCLIP's and HF's 'gelu') or QuickGELU (weights of
-# the OpenAI lineage; importers read it from the source config).
-ACTIVATIONS = {'gelu': lambda x: jax.nn.gelu(x, approximate=False), 'quick_gelu': quick_gelu}
+# the OpenAI lineage; importers read it from the source config). Both from lean_ops: the same
+# functions as jax.nn's, with derivatives that keep one tensor instead of several.
+ACTIVATIONS = {'gelu': lean_ops.gelu, 'quick_gelu': lean_ops.quick_gelu}
 
 
 class Mlp(nnx.Module):
