@@ -61,24 +61,25 @@ def _layer_norm(x: Array, scale: Array, bias: Array, epsilon: float) -> Array:
 
 
 def _layer_norm_fwd(x, scale, bias, epsilon):
+  dtype_token = jnp.zeros((), x.dtype)  # The input's dtype, which its cotangent must have.
   x = x.astype(jnp.float32)
   mean = jnp.mean(x, axis=-1, keepdims=True)
   # E[x^2] - E[x]^2 in one pass, clipped at 0, as nnx.LayerNorm's default (use_fast_variance).
   var = jnp.maximum(jnp.mean(x * x, axis=-1, keepdims=True) - mean * mean, 0.0)
   inv_std = jax.lax.rsqrt(var + epsilon)
   normed = (x - mean) * inv_std
-  return normed * scale + bias, (normed, inv_std, scale)
+  return normed * scale + bias, (normed, inv_std, scale, dtype_token)
 
 
 def _layer_norm_bwd(epsilon, residuals, g):
-  normed, inv_std, scale = residuals
+  normed, inv_std, scale, dtype_token = residuals
   g = g.astype(jnp.float32)
   reduce_axes = tuple(range(g.ndim - 1))
   d_scale, d_bias = jnp.sum(g * normed, axis=reduce_axes), jnp.sum(g, axis=reduce_axes)
   d_normed = g * scale
   d_x = inv_std * (d_normed - jnp.mean(d_normed, axis=-1, keepdims=True)
                    - normed * jnp.mean(d_normed * normed, axis=-1, keepdims=True))
-  return d_x, d_scale, d_bias
+  return d_x.astype(dtype_token.dtype), d_scale, d_bias
 
 
 layer_norm = jax.custom_vjp(_layer_norm, nondiff_argnums=(3,))
