@@ -73,7 +73,7 @@ def base_config() -> ml_collections.ConfigDict:
   ))
   config.data = ml_collections.ConfigDict(dict(
       train='shapes:train',        # Source spec (see data/sources.py).
-      tokenizer='shapes',          # bytes | shapes | hf:PATH | sentencepiece:PATH.
+      tokenizer='shapes',          # bytes | shapes | hf:PATH | sentencepiece:PATH | clip_bpe:PATH.
       lowercase=True,
       resize=0,                    # Shorter side before the random crop; 0 = image_size (no crop).
       flip=False,                  # Random horizontal flip.
