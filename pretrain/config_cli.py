@@ -61,6 +61,8 @@ def _parse_value(text: str, current: Any, field: str) -> Any:
   except (ValueError, SyntaxError):
     if current is None:
       return text
+    if isinstance(current, (tuple, list)):  # --config.freeze=img/.*,txt/proj/.* : strings
+      return type(current)(part for part in text.split(',') if part)
     raise ConfigError(f'--config.{field}={text}: expected a {type(current).__name__}') from None
   if isinstance(current, float) and isinstance(value, int) and not isinstance(value, bool):
     value = float(value)

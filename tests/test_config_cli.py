@@ -55,3 +55,11 @@ def test_scale_fields_are_checked_in_one_line(override, message):
   with pytest.raises(ConfigError) as error:
     check_training(config, num_devices=8, num_processes=1)
   assert str(error.value) == message
+
+
+def test_list_fields_take_comma_separated_strings():
+  from pretrain.config_cli import parse_args
+  config, _ = parse_args(['--config', 'configs/demo.py', '--workdir', '/tmp/x',
+                          '--config.freeze=img/.*,txt/proj/.*', "--config.init_from_include=('img/.*',)"])
+  assert tuple(config.freeze) == ('img/.*', 'txt/proj/.*')
+  assert tuple(config.init_from_include) == ('img/.*',)
