@@ -66,6 +66,18 @@ def test_import_cli_writes_a_run_like_workdir(tmp_path, capsys):
   assert json.load(open(tmp_path / 'w' / 'config.json'))['model']['text_eos_id'] == 7
 
 
+def test_half_precision_safetensors_are_read_as_fp32(tmp_path):
+  import jax.numpy as jnp
+  from safetensors.flax import save_file
+  values = np.linspace(-3, 3, 12, dtype=np.float32).reshape(3, 4)
+  save_file({'bf16': jnp.asarray(values, jnp.bfloat16), 'fp16': jnp.asarray(values, jnp.float16)},
+            str(tmp_path / 'half.safetensors'))
+  tensors = read_safetensors(str(tmp_path / 'half.safetensors'))
+  for name, dtype in (('bf16', jnp.bfloat16), ('fp16', jnp.float16)):
+    assert tensors[name].dtype == np.float32
+    np.testing.assert_array_equal(tensors[name], np.asarray(jnp.asarray(values, dtype), np.float32))
+
+
 @pytest.mark.parametrize('name', ['model.bin', 'model.pt'])
 def test_torch_pickles_are_refused_in_one_line(name, tmp_path, capsys):
   (tmp_path / name).write_bytes(b'\x80\x02not really a pickle')

@@ -28,12 +28,12 @@ def read_safetensors(path: str) -> dict[str, np.ndarray]:
         ".safetensors')\" (for a full OpenCLIP checkpoint take its 'state_dict')")
   if not os.path.isfile(path):
     raise ConfigError(f'weights file {path} does not exist')
-  from safetensors.numpy import load_file
+  from safetensors.flax import load_file  # jax arrays: bf16 files load too (numpy has no bf16)
   try:
     tensors = load_file(path)
   except Exception as e:  # safetensors raises its own error types for a malformed header.
     raise ConfigError(f'{path} is not a readable safetensors file ({e})') from None
-  return {name: np.asarray(t, np.float32) for name, t in tensors.items()}
+  return {name: np.asarray(t.astype(np.float32)) for name, t in tensors.items()}
 
 
 def write_safetensors(tensors: dict[str, np.ndarray], path: str) -> None:

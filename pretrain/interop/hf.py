@@ -25,8 +25,9 @@ def config_from_arch(arch: dict, preprocessor: dict | None = None):
   """Our full config for an HF CLIP `config.json` (and its `preprocessor_config.json`)."""
   require(arch.get('model_type', 'clip') == 'clip',
           f'HF model_type {arch.get("model_type")!r} is not supported (only CLIPModel, "clip")')
-  text = {**TEXT_DEFAULTS, **arch.get('text_config', {})}
-  vision = {**VISION_DEFAULTS, **arch.get('vision_config', {})}
+  # Older transformers wrote the tower configs as `*_config_dict`.
+  text = {**TEXT_DEFAULTS, **(arch.get('text_config') or arch.get('text_config_dict') or {})}
+  vision = {**VISION_DEFAULTS, **(arch.get('vision_config') or arch.get('vision_config_dict') or {})}
   for name, cfg in (('text', text), ('vision', vision)):
     require(cfg['hidden_act'] in ACTIVATIONS,
             f'HF {name}_config.hidden_act={cfg["hidden_act"]!r} is not supported '
