@@ -1,4 +1,4 @@
-"""The lean GELU/LayerNorm compute what jax.nn.gelu / nnx.LayerNorm compute, with less memory."""
+"""The lean GELU/LayerNorm/attention compute what jax.nn / nnx compute, with less memory."""
 
 import jax
 import jax.numpy as jnp
@@ -12,13 +12,15 @@ from tests.helpers import (loss_and_grads, loss_and_grads_temp_bytes, max_tree_d
 
 
 def _reference_ops(monkeypatch):
-  """Swaps the towers back to jax.nn.gelu and nnx.LayerNorm (the unoptimised path)."""
+  """Swaps the towers back to jax.nn.gelu, nnx.LayerNorm and jax.nn.dot_product_attention."""
   monkeypatch.setitem(layers.ACTIVATIONS, 'gelu', lambda x: jax.nn.gelu(x, approximate=False))
   monkeypatch.setitem(layers.ACTIVATIONS, 'quick_gelu', lambda x: x * jax.nn.sigmoid(1.702 * x))
   reference_norm = lambda width, *, dtype, rngs: nnx.LayerNorm(
       width, epsilon=1e-5, dtype=dtype, param_dtype=jnp.float32, rngs=rngs)
   monkeypatch.setattr(layers, 'layer_norm', reference_norm)
   monkeypatch.setattr(towers, 'layer_norm', reference_norm)
+  monkeypatch.setattr(lean_ops, 'attention',
+                      lambda q, k, v, mask: jax.nn.dot_product_attention(q, k, v, mask=mask))
 
 
 def test_activations_equal_jax_values_and_derivatives():
@@ -75,3 +77,23 @@ def test_layer_norm_gradient_has_the_input_dtype():
   x = jax.random.normal(jax.random.key(0), (2, 3, 8), jnp.bfloat16)
   grad = jax.grad(lambda x: jnp.sum(lean_ops.layer_norm(x, jnp.ones(8), jnp.zeros(8), 1e-5) ** 2))(x)
   assert grad.dtype == jnp.bfloat16
+
+
+@pytest.mark.parametrize('masking', ['none', 'padding', 'causal', 'both'])
+def test_attention_equals_jax_values_and_gradients(masking):
+  keys = jax.random.split(jax.random.key(0), 4)
+  q, k, v, g = (jax.random.normal(key, (3, 7, 2, 8)) for key in keys)
+  key_mask = jnp.arange(7)[None, :] < jnp.array([7, 4, 1])[:, None]  # row 3 sees one key
+  mask = key_mask[:, None, None, :] if masking in ('padding', 'both') else None
+  causal = masking in ('causal', 'both')
+  reference = lambda q, k, v: jax.nn.dot_product_attention(q, k, v, mask=mask, is_causal=causal)
+  full = mask
+  if causal:
+    tril = jnp.tril(jnp.ones((7, 7), bool))[None, None]
+    full = tril if mask is None else mask & tril
+  lean = lambda q, k, v: lean_ops.attention(q, k, v, full)
+  np.testing.assert_allclose(lean(q, k, v), reference(q, k, v), atol=1e-6)
+  loss = lambda f: lambda *args: jnp.sum(f(*args) * g)
+  d_lean = jax.grad(loss(lean), argnums=(0, 1, 2))(q, k, v)
+  d_reference = jax.grad(loss(reference), argnums=(0, 1, 2))(q, k, v)
+  assert max_tree_diff(d_lean, d_reference) <= 1e-5

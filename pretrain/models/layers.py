@@ -97,7 +97,10 @@ class SelfAttention(nnx.Module):
     shape = (batch, length, self.heads, width // self.heads)
     q, k, v = (t.reshape(shape) for t in (q, k, v))
     mask = None if key_mask is None else key_mask[:, None, None, :]
-    y = jax.nn.dot_product_attention(q, k, v, mask=mask, is_causal=causal)
+    if causal:
+      tril = jnp.tril(jnp.ones((length, length), bool))[None, None]
+      mask = tril if mask is None else mask & tril
+    y = lean_ops.attention(q, k, v, mask)
     return self.out(y.reshape(batch, length, width))
 
 

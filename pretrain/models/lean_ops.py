@@ -1,4 +1,4 @@
-"""GELU, QuickGELU and LayerNorm with hand-written derivatives that keep few activations alive.
+"""GELU, QuickGELU, LayerNorm and attention with hand-written derivatives that keep few activations.
 
 Same functions and the same derivatives as jax.nn.gelu / nnx.LayerNorm; what changes is what the
 backward pass keeps from the forward. Left to autodiff, exact GELU keeps four tensors of the MLP's
@@ -97,3 +97,44 @@ class LayerNorm(nnx.Module):
 
   def __call__(self, x: Array) -> Array:
     return layer_norm(x, self.scale[...], self.bias[...], self.epsilon).astype(self.dtype)
+
+
+def _attention_logits(q, k, mask):
+  logits = jnp.einsum('bqhd,bkhd->bhqk', q, k, preferred_element_type=jnp.float32)
+  logits = logits * (q.shape[-1] ** -0.5)
+  return logits if mask is None else jnp.where(mask, logits, jnp.finfo(jnp.float32).min)
+
+
+def _attention_fwd(q, k, v, mask):
+  logits = _attention_logits(q, k, mask)
+  lse = jax.nn.logsumexp(logits, axis=-1, keepdims=True)
+  probs = jnp.exp(logits - lse)
+  out = jnp.einsum('bhqk,bkhd->bqhd', probs.astype(v.dtype), v,
+                   preferred_element_type=jnp.float32).astype(q.dtype)
+  return out, (q, k, v, mask, out, lse)
+
+
+def _attention_bwd(residuals, g):
+  q, k, v, mask, out, lse = residuals
+  q, k, v = jax.lax.optimization_barrier((q, k, v))  # Recompute; do not keep the forward's probs.
+  probs = jnp.exp(_attention_logits(q, k, mask) - lse)
+  g32 = g.astype(jnp.float32)
+  d_v = jnp.einsum('bhqk,bqhd->bkhd', probs, g32)
+  d_probs = jnp.einsum('bqhd,bkhd->bhqk', g32, v.astype(jnp.float32))
+  row = jnp.einsum('bqhd,bqhd->bhq', g32, out.astype(jnp.float32))[..., None]
+  d_logits = probs * (d_probs - row) * (q.shape[-1] ** -0.5)
+  d_q = jnp.einsum('bhqk,bkhd->bqhd', d_logits, k.astype(jnp.float32))
+  d_k = jnp.einsum('bhqk,bqhd->bkhd', d_logits, q.astype(jnp.float32))
+  d_mask = None if mask is None else np.zeros(mask.shape, jax.dtypes.float0)
+  return d_q.astype(q.dtype), d_k.astype(k.dtype), d_v.astype(v.dtype), d_mask
+
+
+def _attention(q, k, v, mask):
+  """softmax(q k^T / sqrt(d), masked) v over [B, T, heads, d]; `mask` bool, broadcastable to
+  [B, heads, T, T], or None. Keeps q, k, v, the output and the row log-sum-exp for the backward
+  pass and recomputes the probabilities there, instead of keeping the [B, heads, T, T] ones."""
+  return _attention_fwd(q, k, v, mask)[0]
+
+
+attention = jax.custom_vjp(_attention)
+attention.defvjp(_attention_fwd, _attention_bwd)
