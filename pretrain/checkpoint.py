@@ -98,18 +98,28 @@ class Checkpointer:
     self.manager.close()
 
 
-def _keystr(path: tuple) -> str:
+def param_name(path: tuple) -> str:
+  """A pytree path as the '/'-joined name parameters go by ('img/encoder/ln_final/scale')."""
   return '/'.join(str(getattr(k, 'key', getattr(k, 'idx', k))) for k in path)
+
+
+def named_leaves(tree: Any) -> dict[str, Any]:
+  """{param_name: leaf} of every leaf of a tree."""
+  return {param_name(path): leaf for path, leaf in jax.tree_util.tree_leaves_with_path(tree)}
+
+
+def from_named(named: dict[str, Any], like: Any) -> Any:
+  """A tree with `like`'s structure whose leaves are `named[param_name]`; inverse of named_leaves."""
+  return jax.tree.unflatten(jax.tree.structure(like), [named[n] for n in named_leaves(like)])
 
 
 def check_shapes(directory, step: int, abstract_params: Any) -> None:
   """Raises ConfigError naming the first parameter whose saved shape differs from the config's."""
   metadata = ocp.StandardCheckpointer().metadata(os.path.join(str(directory), str(step), 'params'))
   saved = getattr(metadata, 'item_metadata', metadata)
-  saved = {_keystr(p): tuple(leaf.shape) for p, leaf in
-           jax.tree_util.tree_leaves_with_path(getattr(saved, 'tree', saved))}
-  wanted = {_keystr(p): tuple(leaf.shape) for p, leaf in
-            jax.tree_util.tree_leaves_with_path(abstract_params)}
+  saved = {name: tuple(leaf.shape)
+           for name, leaf in named_leaves(getattr(saved, 'tree', saved)).items()}
+  wanted = {name: tuple(leaf.shape) for name, leaf in named_leaves(abstract_params).items()}
   for name, shape in wanted.items():
     if name not in saved:
       raise ConfigError(f'checkpoint {step} in {directory} has no parameter {name}: '

@@ -21,10 +21,10 @@ import numpy as np
 
 from data.tokenizer import Tokenizer
 from eval.run_model import RunModel
-from pretrain.checkpoint import restore_params
+from pretrain.checkpoint import named_leaves, restore_params
 from pretrain.errors import ConfigError
 from pretrain.interop import hf, openclip
-from pretrain.interop.common import apply_export, flatten, require, write_safetensors
+from pretrain.interop.common import apply_export, require, write_safetensors
 from pretrain.models.variants import image_tower_kind, model_size
 
 
@@ -109,7 +109,7 @@ def export_weights(workdir: str, step: int | None, target: str, out: str) -> int
   run = RunModel(workdir)
   check_expressible(run.config, target)
   step, params = restore_params(workdir, step, run.abstract_params)
-  flat = {k: np.asarray(v, np.float32) for k, v in flatten(params).items()}
+  flat = {k: np.asarray(v, np.float32) for k, v in named_leaves(params).items()}
   flat = fold_patch_bias(unstack_scanned(flat, run.config))
   os.makedirs(out, exist_ok=True)
   if target == 'openclip':

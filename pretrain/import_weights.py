@@ -21,11 +21,11 @@ import orbax.checkpoint as ocp
 
 from data.tokenizer import get_tokenizer, save_to_workdir
 from pretrain import validate
-from pretrain.checkpoint import checkpoint_dir
+from pretrain.checkpoint import checkpoint_dir, from_named, named_leaves
 from pretrain.config_cli import save_config
 from pretrain.errors import ConfigError
 from pretrain.interop import hf, openclip
-from pretrain.interop.common import apply_import, flatten, read_safetensors, require, unflatten
+from pretrain.interop.common import apply_import, read_safetensors, require
 from pretrain.train_step import model_graphdef_and_shapes
 
 FAMILIES = {'openclip': openclip, 'hf': hf}
@@ -61,14 +61,14 @@ def default_tokenizer(source: str, arch_path: str) -> str:
 def imported_params(source: str, config, weights: str) -> dict:
   """Our parameter tree (numpy leaves) from the source's safetensors, every shape checked."""
   _, shapes = model_graphdef_and_shapes(config)
-  flat_shapes = {name: tuple(leaf.shape) for name, leaf in flatten(shapes).items()}
+  flat_shapes = {name: tuple(leaf.shape) for name, leaf in named_leaves(shapes).items()}
   flat = apply_import(FAMILIES[source].rules(config), read_safetensors(weights), flat_shapes,
                       weights)
   # CLIP's patch embedding is a bias-free conv; ours has a bias, imported as zero.
   flat['img/patch_embed/bias'] = np.zeros(flat_shapes['img/patch_embed/bias'], np.float32)
   missing = sorted(set(flat_shapes) - set(flat))
   require(not missing, f'no source tensor maps to {missing[0] if missing else ""}')
-  return unflatten(flat, shapes)
+  return from_named(flat, shapes)
 
 
 def write_workdir(workdir: str, config, params: dict, provenance: dict) -> None:

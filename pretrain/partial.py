@@ -14,25 +14,20 @@ import jax
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
+from pretrain.checkpoint import from_named, named_leaves, param_name, restore_params
 from pretrain.errors import ConfigError
-
-
-def leaf_paths(tree: Any) -> list[str]:
-  """'/'-joined path of every leaf of a nested dict."""
-  return ['/'.join(str(getattr(k, 'key', k)) for k in path)
-          for path, _ in jax.tree_util.tree_leaves_with_path(tree)]
 
 
 def matching_mask(tree: Any, patterns, field: str) -> Any:
   """Bool per leaf: its path fully matches one of `patterns`; a pattern matching nothing is an error."""
   compiled = [re.compile(p) for p in patterns]
-  paths = leaf_paths(tree)
+  paths = list(named_leaves(tree))
   for pattern, regex in zip(patterns, compiled):
     if not any(regex.fullmatch(path) for path in paths):
       raise ConfigError(f'{field}: {pattern!r} matches no parameter (paths look like '
                         f'{paths[0]!r}, {paths[-1]!r})')
-  flags = [any(regex.fullmatch(path) for regex in compiled) for path in paths]
-  return jax.tree.unflatten(jax.tree.structure(tree), flags)
+  return from_named({path: any(regex.fullmatch(path) for regex in compiled) for path in paths},
+                    tree)
 
 
 def split(tree: Any, frozen: Any) -> tuple[Any, Any]:
@@ -54,21 +49,17 @@ def tower_frozen(frozen: Any, tower: str) -> bool:
   return frozen is not None and all(jax.tree.leaves(frozen[tower]))
 
 
-def _flat(tree: Any) -> dict[str, Any]:
-  return dict(zip(leaf_paths(tree), jax.tree.leaves(tree)))
-
-
 def init_from(config, params: Any, shardings: Any, mesh) -> Any:
   """`params` with the leaves `config.init_from_include` names taken from `config.init_from`'s
   newest checkpoint, placed in `shardings`; shapes must agree."""
-  from pretrain.checkpoint import restore_params
   from pretrain.config_cli import load_saved_config
   from pretrain.train_step import model_graphdef_and_shapes
   source = config.init_from
   _, source_shapes = model_graphdef_and_shapes(
       load_saved_config(os.path.join(source, 'config.json')))
-  take = _flat(matching_mask(params, config.init_from_include, 'init_from_include'))
-  ours, our_shardings, theirs = _flat(params), _flat(shardings), _flat(source_shapes)
+  take = named_leaves(matching_mask(params, config.init_from_include, 'init_from_include'))
+  ours, our_shardings = named_leaves(params), named_leaves(shardings)
+  theirs = named_leaves(source_shapes)
   for name, wanted in take.items():
     if not wanted:
       continue
@@ -81,20 +72,16 @@ def init_from(config, params: Any, shardings: Any, mesh) -> Any:
   replicated = NamedSharding(mesh, P())
 
   def placed(path, leaf):  # Taken leaves land in their final sharding; the rest replicated.
-    name = _path(path)
+    name = param_name(path)
     same = take.get(name) and tuple(leaf.shape) == tuple(ours[name].shape)
     return jax.ShapeDtypeStruct(leaf.shape, leaf.dtype,
                                 sharding=our_shardings[name] if same else replicated)
 
   abstract = jax.tree_util.tree_map_with_path(placed, source_shapes)
   step, restored = restore_params(source, None, abstract)
-  restored = _flat(restored)
+  restored = named_leaves(restored)
   flat = {name: restored[name] if take[name] else leaf for name, leaf in ours.items()}
   if jax.process_index() == 0:
     print(f'init_from {source} (step {step}): {sum(take.values())} of {len(take)} parameter '
           'arrays', flush=True)
-  return jax.tree.unflatten(jax.tree.structure(params), [flat[name] for name in leaf_paths(params)])
-
-
-def _path(path: tuple) -> str:
-  return '/'.join(str(getattr(k, 'key', k)) for k in path)
+  return from_named(flat, params)

@@ -98,24 +98,6 @@ def linear_rules(ours: str, theirs: str) -> list[Rule]:
           Rule(f'{ours}/bias', (f'{theirs}.bias',), 'copy')]
 
 
-def flatten(tree: dict, prefix: str = '') -> dict[str, np.ndarray]:
-  """Nested pure dict -> {'a/b/c': leaf}."""
-  flat = {}
-  for key, value in tree.items():
-    path = f'{prefix}{key}'
-    if isinstance(value, dict):
-      flat.update(flatten(value, path + '/'))
-    else:
-      flat[path] = value
-  return flat
-
-
-def unflatten(flat: dict[str, np.ndarray], like: dict, prefix: str = '') -> dict:
-  """{'a/b/c': leaf} -> a nested dict with `like`'s structure (keys typed as in `like`)."""
-  return {key: unflatten(flat, value, f'{prefix}{key}/') if isinstance(value, dict)
-          else flat[f'{prefix}{key}'] for key, value in like.items()}
-
-
 def apply_import(rules: list[Rule], tensors: dict[str, np.ndarray], shapes: dict[str, tuple],
                  source: str) -> dict[str, np.ndarray]:
   """Our flat parameters from their tensors; every shape checked, no tensor left unused."""
