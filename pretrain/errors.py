@@ -3,3 +3,9 @@
 
 class ConfigError(ValueError):
   """A configuration or input problem detected before compiling; its message is the whole story."""
+
+
+def require(condition: bool, message: str) -> None:
+  """Raises ConfigError(message) unless `condition`."""
+  if not condition:
+    raise ConfigError(message)

@@ -22,9 +22,9 @@ import numpy as np
 from data.tokenizer import Tokenizer
 from eval.run_model import RunModel
 from pretrain.checkpoint import named_leaves, restore_params
-from pretrain.errors import ConfigError
+from pretrain.errors import ConfigError, require
 from pretrain.interop import hf, openclip
-from pretrain.interop.common import apply_export, require, write_safetensors
+from pretrain.interop.common import apply_export, write_safetensors
 from pretrain.models.variants import image_tower_kind, model_size
 
 

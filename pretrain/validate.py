@@ -6,7 +6,7 @@ import re
 
 from data.records import BAD_POLICIES
 from data.sources import check_spec
-from pretrain.errors import ConfigError
+from pretrain.errors import ConfigError, require
 from pretrain.losses import LOSS_IMPLS
 from pretrain.models.layers import ACTIVATIONS, REMAT_POLICIES
 from pretrain.models.towers import IMAGE_POOLS, TEXT_POOLS
@@ -17,36 +17,31 @@ from pretrain.sharding import resolve_mesh_shape
 DTYPES = ('float32', 'bfloat16')
 
 
-def _check(condition: bool, message: str) -> None:
-  if not condition:
-    raise ConfigError(message)
-
-
 def check_model(model) -> None:
   """Variant, pooling, dtype and image/patch sizes."""
   try:
     size = model_size(model)
   except KeyError as e:
     raise ConfigError(e.args[0]) from None
-  _check(model.activation in ACTIVATIONS,
+  require(model.activation in ACTIVATIONS,
          f'unknown model.activation {model.activation!r}; known: {", ".join(ACTIVATIONS)}')
-  _check(model.text_pool != 'eos_id' or model.text_eos_id >= 0,
+  require(model.text_pool != 'eos_id' or model.text_eos_id >= 0,
          "model.text_pool 'eos_id' needs model.text_eos_id (the end-of-text id to pool at)")
-  _check(model.image_pool in IMAGE_POOLS,
+  require(model.image_pool in IMAGE_POOLS,
          f'unknown model.image_pool {model.image_pool!r}; known: {", ".join(IMAGE_POOLS)}')
-  _check(model.text_pool in TEXT_POOLS,
+  require(model.text_pool in TEXT_POOLS,
          f'unknown model.text_pool {model.text_pool!r}; known: {", ".join(TEXT_POOLS)}')
-  _check(model.dtype in DTYPES, f'unknown model.dtype {model.dtype!r}; known: {", ".join(DTYPES)}')
+  require(model.dtype in DTYPES, f'unknown model.dtype {model.dtype!r}; known: {", ".join(DTYPES)}')
   for tower in ('image', 'text'):
     policy = model[f'{tower}_remat']
-    _check(policy in REMAT_POLICIES, f'unknown model.{tower}_remat {policy!r}; '
+    require(policy in REMAT_POLICIES, f'unknown model.{tower}_remat {policy!r}; '
            f'known: {", ".join(REMAT_POLICIES)}')
   if image_tower_kind(size) != 'vit':
-    _check(model.image_remat == 'none' and not model.scan_layers,
+    require(model.image_remat == 'none' and not model.scan_layers,
            f'variant {model.variant!r} has an EfficientNet image tower: image_remat and '
            'scan_layers apply to Transformer towers only')
     return
-  _check(model.image_size % size['patch'] == 0,
+  require(model.image_size % size['patch'] == 0,
          f'model.image_size {model.image_size} is not divisible by the patch size {size["patch"]} '
          f'of variant {model.variant!r}')
 
@@ -54,40 +49,40 @@ def check_model(model) -> None:
 def check_training(config, num_devices: int, num_processes: int) -> dict[str, int]:
   """Everything about a training config that can be wrong; returns the resolved mesh shape."""
   check_model(config.model)
-  _check(config.loss.name in LOSS_IMPLS,
+  require(config.loss.name in LOSS_IMPLS,
          f'unknown loss.name {config.loss.name!r}; known: {", ".join(LOSS_IMPLS)}')
   impls = LOSS_IMPLS[config.loss.name]
-  _check(config.loss.impl in impls, f'unknown loss.impl {config.loss.impl!r} for '
+  require(config.loss.impl in impls, f'unknown loss.impl {config.loss.impl!r} for '
          f'{config.loss.name}; known: {", ".join(impls)}')
-  _check(config.loss.tile > 0, f'loss.tile must be positive, got {config.loss.tile}')
+  require(config.loss.tile > 0, f'loss.tile must be positive, got {config.loss.tile}')
   check_spec(config.data.train)
-  _check(config.data.on_bad_record in BAD_POLICIES,
+  require(config.data.on_bad_record in BAD_POLICIES,
          f'unknown data.on_bad_record {config.data.on_bad_record!r}; known: {", ".join(BAD_POLICIES)}')
-  _check(config.total_steps > 0, f'total_steps must be positive, got {config.total_steps}')
-  _check(config.optim.name in OPTIMIZERS,
+  require(config.total_steps > 0, f'total_steps must be positive, got {config.total_steps}')
+  require(config.optim.name in OPTIMIZERS,
          f'unknown optim.name {config.optim.name!r}; known: {", ".join(OPTIMIZERS)}')
-  _check(config.optim.decay in SCHEDULES,
+  require(config.optim.decay in SCHEDULES,
          f'unknown optim.decay {config.optim.decay!r}; known: {", ".join(SCHEDULES)}')
-  _check(config.accum_steps == 1 or image_tower_kind(model_size(config.model)) == 'vit',
+  require(config.accum_steps == 1 or image_tower_kind(model_size(config.model)) == 'vit',
          f'accum_steps {config.accum_steps}: gradient caching needs towers without BatchNorm '
          f'(variant {config.model.variant!r} has one; micro-batch statistics would change it)')
-  _check(config.optim.lr > 0, f'optim.lr must be positive, got {config.optim.lr}')
-  _check(config.optim.warmup_steps < config.total_steps,
+  require(config.optim.lr > 0, f'optim.lr must be positive, got {config.optim.lr}')
+  require(config.optim.warmup_steps < config.total_steps,
          f'optim.warmup_steps {config.optim.warmup_steps} is not shorter than the run '
          f'(total_steps {config.total_steps})')
-  _check(config.log_every > 0 and config.checkpoint_every > 0,
+  require(config.log_every > 0 and config.checkpoint_every > 0,
          'log_every and checkpoint_every must be positive')
   check_patterns(config)
   shape = resolve_mesh_shape(dict(config.mesh), num_devices)
   ways = math.prod(shape[axis] for axis in ('data', 'fsdp'))
-  _check(config.batch_size % ways == 0,
+  require(config.batch_size % ways == 0,
          f'batch_size {config.batch_size} is not divisible by the data-parallel size {ways} '
          f'(mesh {shape})')
-  _check(config.accum_steps >= 1, f'accum_steps must be >= 1, got {config.accum_steps}')
-  _check(config.batch_size % (ways * config.accum_steps) == 0,
+  require(config.accum_steps >= 1, f'accum_steps must be >= 1, got {config.accum_steps}')
+  require(config.batch_size % (ways * config.accum_steps) == 0,
          f'batch_size {config.batch_size} is not divisible by the data-parallel size {ways} x '
          f'accum_steps {config.accum_steps}')
-  _check(config.batch_size % num_processes == 0,
+  require(config.batch_size % num_processes == 0,
          f'batch_size {config.batch_size} is not divisible by the {num_processes} processes')
   return shape
 
@@ -95,25 +90,25 @@ def check_training(config, num_devices: int, num_processes: int) -> dict[str, in
 def check_patterns(config) -> None:
   """`freeze` and `init_from_include` are lists of valid regexes; `init_from` is a run's workdir."""
   for field in ('freeze', 'init_from_include'):
-    _check(isinstance(config[field], (tuple, list)),
+    require(isinstance(config[field], (tuple, list)),
            f'{field} must be a list of regexes, got {config[field]!r}')
     for pattern in config[field]:
       try:
         re.compile(pattern)
       except re.error as e:
         raise ConfigError(f'{field}: {pattern!r} is not a valid regex ({e})') from None
-  _check(not (config.freeze and config.accum_steps > 1),
+  require(not (config.freeze and config.accum_steps > 1),
          'freeze with accum_steps > 1 is not supported: gradient caching differentiates every '
          'parameter; use accum_steps=1')
   if config.init_from:
-    _check(os.path.isfile(os.path.join(config.init_from, 'config.json')),
+    require(os.path.isfile(os.path.join(config.init_from, 'config.json')),
            f'init_from {config.init_from} has no config.json: give the workdir of a training run '
            'or of pretrain.import_weights')
 
 
 def check_vocab(tokenizer_vocab: int, model_vocab: int, spec: str) -> None:
   """The tokenizer's ids must all have a row in the embedding table."""
-  _check(tokenizer_vocab <= model_vocab,
+  require(tokenizer_vocab <= model_vocab,
          f'tokenizer {spec} has {tokenizer_vocab} ids but model.vocab_size is {model_vocab}')
 
 
@@ -123,8 +118,8 @@ def check_workdir(workdir: str) -> None:
     os.makedirs(workdir, exist_ok=True)
   except OSError as e:
     raise ConfigError(f'workdir {workdir} cannot be created: {e.strerror}') from None
-  _check(os.access(workdir, os.W_OK), f'workdir {workdir} is not writable')
+  require(os.access(workdir, os.W_OK), f'workdir {workdir} is not writable')
   checkpoints = os.path.join(workdir, 'checkpoints')
-  _check(not os.path.isdir(checkpoints) or os.access(checkpoints, os.W_OK),
+  require(not os.path.isdir(checkpoints) or os.access(checkpoints, os.W_OK),
          f'checkpoint directory {checkpoints} is not writable')
 

@@ -127,9 +127,3 @@ def apply_export(rules: list[Rule], flat: dict[str, np.ndarray], patch: int) -> 
     for key, value in zip(rule.theirs, to_theirs(rule.kind, flat[rule.ours], patch)):
       tensors[key] = value
   return tensors
-
-
-def require(condition: bool, message: str) -> None:
-  """One-line ConfigError unless `condition`."""
-  if not condition:
-    raise ConfigError(message)

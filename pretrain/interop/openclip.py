@@ -6,7 +6,8 @@ pooled at the highest token id ('argmax') or at the first `eos_id` ('eos').
 """
 
 from configs.common import CLIP_MEAN, CLIP_STD, base_config
-from pretrain.interop.common import Rule, layer_norm_rules, linear_rules, require
+from pretrain.errors import require
+from pretrain.interop.common import Rule, layer_norm_rules, linear_rules
 from pretrain.models.variants import model_size
 
 # Options of OpenCLIP's vision/text configs our towers do not have, with the value they must keep.
