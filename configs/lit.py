@@ -15,11 +15,7 @@ import os
 import ml_collections
 
 from configs.common import base_config
-
-# The workdir file a run keeps its tokenizer in, by tokenizer kind; its spec for this run.
-TOKENIZER_SPECS = {'shapes': 'hf:{}/tokenizer.json', 'hf': 'hf:{}/tokenizer.json',
-                   'clip_bpe': 'clip_bpe:{}/tokenizer.json',
-                   'sentencepiece': 'sentencepiece:{}/tokenizer.model', 'bytes': 'bytes'}
+from data.tokenizer import workdir_spec
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
@@ -33,8 +29,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     pretrained = json.load(f)
   config = base_config()
   config.model.update(pretrained['model'])
-  kind = pretrained['data']['tokenizer'].partition(':')[0]
-  config.data.tokenizer = TOKENIZER_SPECS[kind].format(os.path.abspath(arg))
+  config.data.tokenizer = workdir_spec(pretrained['data']['tokenizer'], os.path.abspath(arg))
   config.data.lowercase = pretrained['data'].get('lowercase', True)
   config.init_from = os.path.abspath(arg)
   config.init_from_include = ('img/.*',)   # The image tower; the text tower and temperature start fresh.

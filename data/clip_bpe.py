@@ -7,6 +7,7 @@ then start- and end-of-text — so ids equal OpenCLIP's (49406 start, 49407 end)
 ordinary `tokenizer.json`, which a run copies into its workdir.
 """
 
+import functools
 import gzip
 import html
 
@@ -35,6 +36,7 @@ def read_merges(path: str) -> list[tuple[str, str]]:
   return [tuple(line.split()) for line in lines]
 
 
+@functools.lru_cache(maxsize=4)  # A run builds it to tokenize and again to save it in its workdir.
 def clip_bpe_json(path: str) -> str:
   """`tokenizer.json` text of CLIP's tokenizer built from the merges file at `path`."""
   from tokenizers import Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers

@@ -184,18 +184,26 @@ def save_to_workdir(spec: str, workdir: str) -> str:
   return name
 
 
-def load_from_workdir(spec: str, workdir: str, lowercase: bool = False) -> Tokenizer:
-  """The tokenizer a run saved in its workdir (the spec is the run's config value)."""
+# The kind that reads a run's saved file: built-in vocabularies are saved as plain tokenizer.json.
+_SAVED_KIND = {'shapes': 'hf', 'hf': 'hf', 'clip_bpe': 'clip_bpe', 'sentencepiece': 'sentencepiece'}
+
+
+def workdir_spec(spec: str, workdir: str) -> str:
+  """The spec of the tokenizer a run with tokenizer `spec` saved in `workdir`."""
   kind = spec.partition(':')[0]
   if kind == 'bytes':
-    return BytesTokenizer(lowercase)
-  name = _workdir_file(kind)
-  path = os.path.join(workdir, name)
-  if not os.path.isfile(path):
-    raise ConfigError(f'{workdir} has no {name}: is it the workdir of a training run?')
-  if kind == 'sentencepiece':
-    return SentencePieceTokenizer(path, lowercase)
-  return (ClipBpeTokenizer if kind == 'clip_bpe' else HFTokenizer)(path, lowercase)
+    return 'bytes'
+  return f'{_SAVED_KIND[kind]}:{os.path.join(workdir, _workdir_file(kind))}'
+
+
+def load_from_workdir(spec: str, workdir: str, lowercase: bool = False) -> Tokenizer:
+  """The tokenizer a run saved in its workdir (the spec is the run's config value)."""
+  saved = workdir_spec(spec, workdir)
+  path = saved.partition(':')[2]
+  if path and not os.path.isfile(path):
+    raise ConfigError(f'{workdir} has no {os.path.basename(path)}: is it the workdir of a '
+                      'training run?')
+  return get_tokenizer(saved, lowercase)
 
 
 def train_sentencepiece(captions, vocab_size: int, out: str, lowercase: bool = True) -> None:
