@@ -152,11 +152,12 @@ class StepBuilder:
     (loss, metrics), grads = self.loss_and_grads(state['params'], batch, key)
     loss = self._inject_nonfinite(loss, state)
     grad_norm = optax.global_norm(grads)
-    trainable = self.trainable(state['params'])
+    trainable, frozen = ((state['params'], None) if self.frozen is None
+                         else partial.split(state['params'], self.frozen))
     updates, opt_state = self.tx.update(grads, state['opt_state'], trainable)
     params = optax.apply_updates(trainable, updates)
-    if self.frozen is not None:  # Frozen leaves pass through untouched.
-      params = partial.combine(params, partial.split(state['params'], self.frozen)[1])
+    if frozen is not None:  # Frozen leaves pass through untouched.
+      params = partial.combine(params, frozen)
     # Running averages get no gradient (and no decay, by name); they are replaced, not updated.
     params = with_batch_stats(params, metrics.pop(BATCH_STATS, {}))
     # A non-finite loss or gradient leaves parameters, optimizer state and step untouched.
