@@ -59,23 +59,24 @@ def probe_inputs(config, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
   return images, tokens
 
 
-def embeddings(config, params, images, tokens):
-  """Our (image, text) embeddings and logits for the inputs."""
-  graphdef, _ = model_graphdef_and_shapes(config)
+def model_outputs(graphdef, params, images, tokens) -> dict:
+  """{'image_emb', 'text_emb', 'logits'} of the model `graphdef` + `params` on the inputs."""
   model = nnx.merge(graphdef, jax.tree.map(jnp.asarray, params))
   img, txt = model.embed_images(images), model.embed_texts(tokens)
-  return np.asarray(img), np.asarray(txt), np.asarray(model.logit_scale() * img @ txt.T)
+  return {'image_emb': np.asarray(img), 'text_emb': np.asarray(txt),
+          'logits': np.asarray(model.logit_scale() * img @ txt.T)}
+
+
+def embeddings(config, params, images, tokens) -> dict:
+  """Our embeddings and logits for the inputs, from a config and parameters."""
+  return model_outputs(model_graphdef_and_shapes(config)[0], params, images, tokens)
 
 
 def workdir_outputs(workdir: str, images, tokens) -> dict:
   """Embeddings and logits of a workdir's newest checkpoint, restored as the eval jobs do."""
   from eval.run_model import RunModel
   run = RunModel(workdir)
-  _, embedder = run.embedder(None)
-  model = nnx.merge(run.graphdef, embedder.params)
-  img, txt = model.embed_images(images), model.embed_texts(tokens)
-  return {'image_emb': np.asarray(img), 'text_emb': np.asarray(txt),
-          'logits': np.asarray(model.logit_scale() * img @ txt.T)}
+  return model_outputs(run.graphdef, run.embedder(None)[1].params, images, tokens)
 
 
 def import_and_compare(folder: str, workdir: str, tokenizer: str) -> dict[str, float]:
@@ -102,11 +103,11 @@ def check_refs(folder: str) -> None:
 def main(out: str) -> None:
   config, params = make_probe_workdir(os.path.join(out, 'workdir'))
   images, tokens = probe_inputs(config)
-  img, txt, logits = embeddings(config, params, images, tokens)
+  ours = embeddings(config, params, images, tokens)
   for target in ('openclip', 'hf'):
     export_weights(os.path.join(out, 'workdir'), None, target, os.path.join(out, target))
-  np.savez(os.path.join(out, 'ours.npz'), images=images, tokens=tokens, image_emb=img,
-           text_emb=txt, logits=logits, mean=np.float32(CLIP_MEAN), std=np.float32(CLIP_STD))
+  np.savez(os.path.join(out, 'ours.npz'), images=images, tokens=tokens, **ours,
+           mean=np.float32(CLIP_MEAN), std=np.float32(CLIP_STD))
   print(f'wrote {out}')
 
 

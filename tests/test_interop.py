@@ -115,11 +115,10 @@ def probe(tmp_path_factory):
   out = tmp_path_factory.mktemp('probe')
   config, params = interop_probe.make_probe_workdir(str(out / 'workdir'))
   images, tokens = interop_probe.probe_inputs(config)
-  img, txt, logits = interop_probe.embeddings(config, params, images, tokens)
+  ours = interop_probe.embeddings(config, params, images, tokens)
   for target in ('openclip', 'hf'):
     export_weights(str(out / 'workdir'), None, target, str(out / target))
-  return dict(out=out, params=params, images=images, tokens=tokens,
-              ours={'image_emb': img, 'text_emb': txt, 'logits': logits})
+  return dict(out=out, params=params, images=images, tokens=tokens, ours=ours)
 
 
 @pytest.mark.parametrize('target, ref_case, weights', [
