@@ -49,8 +49,13 @@ def perturb_(model: torch.nn.Module, seed: int) -> None:
 def images_and_pixels(seed: int):
   """uint8 NHWC images (our input) and the CLIP-normalised NCHW floats the libraries take."""
   images = np.random.default_rng(seed).integers(0, 256, (3, IMAGE, IMAGE, 3), dtype=np.uint8)
-  x = (images.astype(np.float32) / 255.0 - np.float32(CLIP_MEAN)) / np.float32(CLIP_STD)
-  return images, torch.from_numpy(x.transpose(0, 3, 1, 2).copy())
+  return images, to_pixels(images, CLIP_MEAN, CLIP_STD)
+
+
+def to_pixels(images: np.ndarray, mean, std) -> torch.Tensor:
+  """uint8 NHWC -> normalised fp32 NCHW, as our towers normalise on device."""
+  x = (images.astype(np.float32) / 255.0 - np.float32(mean)) / np.float32(std)
+  return torch.from_numpy(x.transpose(0, 3, 1, 2).copy())
 
 
 def token_rows(seed: int, eot: int, low: int, high: int, pad: int, zero_inside: bool) -> np.ndarray:
@@ -203,9 +208,7 @@ def check_export(folder: str) -> None:
   import open_clip
   import transformers
   ours = np.load(os.path.join(folder, 'ours.npz'))
-  mean, std = ours['mean'], ours['std']
-  x = (ours['images'].astype(np.float32) / 255.0 - mean) / std
-  pixels = torch.from_numpy(x.transpose(0, 3, 1, 2).copy().astype(np.float32))
+  pixels = to_pixels(ours['images'], ours['mean'], ours['std'])
   tokens = torch.from_numpy(ours['tokens'].astype(np.int64))
   results = {}
   with torch.no_grad():
