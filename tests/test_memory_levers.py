@@ -83,13 +83,18 @@ def test_scanned_remat_needs_less_temporary_memory():
 
 
 def test_bf16_matmuls_accumulate_and_output_in_fp32():
-  """Every matmul of the towers takes bf16 inputs and produces fp32 (the fast CPU/TPU path)."""
+  """Every dense-layer matmul, forward and backward, takes bf16 inputs and produces fp32."""
   config = tiny_config()
   config.model.dtype = 'bfloat16'
   builder = step_builder(config, mesh(1, 1))
   batch = random_batch(config, 4)
-  text = jax.jit(builder.loss_and_metrics).lower(builder.abstract_state['params'], batch).as_text()
+  text = jax.jit(builder.loss_and_grads).lower(builder.abstract_state['params'], batch).as_text()
   dots = [line for line in text.splitlines() if 'stablehlo.dot_general' in line]
   bf16_dots = [line for line in dots if 'xbf16>' in line.split(':')[-1].split('->')[0]]
-  assert len(bf16_dots) >= 2 * 4 * 4  # qkv, out, fc1, fc2 in each of 4 blocks per tower
+  # qkv, out, fc1 and fc2 of each of 4 blocks per tower, forward and both backward products.
+  assert len(bf16_dots) >= 3 * 4 * 4 * 2, len(bf16_dots)
   assert all(line.split('->')[-1].strip().endswith('xf32>') for line in bf16_dots)
+  # fp32 on purpose: the loss's six similarity products, and attention (two forward, five backward
+  # products and the per-query g·out sum in each of 8 blocks; see SelfAttention).
+  fp32_dots = [line for line in dots if line not in bf16_dots]
+  assert len(fp32_dots) == 6 + 8 * 8, len(fp32_dots)

@@ -45,16 +45,17 @@ def batch_sharded(x: Array) -> Array:
   return jax.lax.with_sharding_constraint(x, NamedSharding(mesh, PartitionSpec(BATCH_AXES)))
 
 
-def dense(d_in: int, d_out: int, *, dtype: Dtype, rngs: nnx.Rngs, use_bias: bool = True) -> nnx.Linear:
-  """A Linear layer with fp32 parameters, `dtype` matmul inputs and fp32 accumulation and output.
+def dense(d_in: int, d_out: int, *, dtype: Dtype, rngs: nnx.Rngs,
+          use_bias: bool = True) -> lean_ops.Linear:
+  """A dense layer with fp32 parameters, `dtype` matmul inputs and fp32 accumulation and output.
 
   With bf16 inputs, a bf16-output dot misses the CPU's bf16-in/fp32-accumulate kernels (94 vs
   169 GFLOP/s on the fc1 shape of `tiny`) and rounds every activation to bf16; fp32 outputs keep
-  the residual stream and normalisations in fp32, as mixed precision on TPU does.
+  the residual stream and normalisations in fp32, as mixed precision on TPU does. The backward
+  matmuls take `dtype` inputs too (lean_ops.linear).
   """
-  return nnx.Linear(d_in, d_out, use_bias=use_bias, kernel_init=KERNEL_INIT,
-                    dtype=dtype, param_dtype=jnp.float32, preferred_element_type=jnp.float32,
-                    rngs=rngs)
+  return lean_ops.Linear(d_in, d_out, dtype=dtype, kernel_init=KERNEL_INIT, use_bias=use_bias,
+                         rngs=rngs)
 
 
 def layer_norm(width: int, *, dtype: Dtype, rngs: nnx.Rngs) -> lean_ops.LayerNorm:
@@ -93,6 +94,9 @@ class SelfAttention(nnx.Module):
 
   def __call__(self, x: Array, key_mask: Array | None = None, causal: bool = False) -> Array:
     batch, length, width = x.shape
+    # q, k, v stay fp32 (the projection's output) under bf16 compute too: XLA:CPU runs batched
+    # bf16 matmuls by converting them to fp32, so bf16 attention there is slower, not faster
+    # (83 vs 62 ms per `tiny` image layer, forward and backward).
     q, k, v = jnp.split(self.qkv(x), 3, axis=-1)
     shape = (batch, length, self.heads, width // self.heads)
     q, k, v = (t.reshape(shape) for t in (q, k, v))
