@@ -18,6 +18,7 @@ from data.records import BAD_KINDS
 from benchmarks.common import matmul_peak_flops, median_seconds, peak_rss_bytes, print_table, write_json
 from pretrain import sharding
 from pretrain.config_cli import apply_override, load_config_file
+from pretrain.host_memory import release_freed_memory
 from pretrain.optim import make_optimizer
 from pretrain.plan import step_flops
 from pretrain.train_step import StepBuilder
@@ -65,6 +66,7 @@ def run(name: str, steps: int, smoke: bool, overrides: list[str]) -> dict:
   batch = synthetic_batch(config, mesh)
   step = builder.jit_step()
   compiled = step.lower(state, batch).compile()
+  release_freed_memory()  # as pretrain/train.py does after compiling
   temp_bytes = compiled.memory_analysis().temp_size_in_bytes
   flops = step_flops(compiled)
   holder = [state]

@@ -18,6 +18,7 @@ from pretrain import distributed, partial, sharding, validate
 from pretrain.checkpoint import Checkpointer, CheckpointWriteError
 from pretrain.config_cli import parse_args, save_config
 from pretrain.errors import ConfigError
+from pretrain.host_memory import release_freed_memory
 from pretrain.logger import MetricsLogger, Throughput
 from pretrain.optim import make_optimizer
 from pretrain.run_control import StopRequest, WorkdirLock, quiet_background_errors
@@ -121,7 +122,7 @@ def train(config, workdir: str) -> dict | None:
 
 def run_loop(config, workdir, builder, mesh, ckpt, data_iter, state, problems):
   """Steps until total_steps, SIGTERM or exit_after_step; -> (state, reached total_steps)."""
-  step_fn = builder.jit_step()
+  step_fn = None  # compiled ahead of the first step, so that its freed memory goes back first
   is_main = jax.process_index() == 0
   logger = MetricsLogger(workdir, config.total_steps, enabled=is_main)
   stop = StopRequest()
@@ -130,7 +131,11 @@ def run_loop(config, workdir, builder, mesh, ckpt, data_iter, state, problems):
   try:
     while step < config.total_steps:
       local = next(data_iter)
-      state, metrics = step_fn(state, sharding.global_batch(local, mesh))
+      batch = sharding.global_batch(local, mesh)
+      if step_fn is None:
+        step_fn = builder.jit_step().lower(state, batch).compile()
+        release_freed_memory()
+      state, metrics = step_fn(state, batch)
       if check_skipped(config, state, metrics, step + 1, ckpt):
         continue
       step += 1
