@@ -93,7 +93,7 @@ def apply_override(config: ml_collections.ConfigDict, field: str, text: str) -> 
 
 def parse_args(argv: list[str], required: tuple[str, ...] = ('config', 'workdir')
                ) -> tuple[ml_collections.ConfigDict, dict[str, str]]:
-  """-> (config with overrides applied, the other --flags as strings)."""
+  """-> (config with overrides applied, the other --flags as strings); any other flag is an error."""
   flags, overrides = {}, []
   args = list(argv)
   while args:
@@ -114,6 +114,10 @@ def parse_args(argv: list[str], required: tuple[str, ...] = ('config', 'workdir'
   for name in required:
     if name not in flags:
       raise ConfigError(f'--{name} is required')
+  unknown = sorted(set(flags) - set(required))
+  if unknown:
+    raise ConfigError(f'unknown flag --{unknown[0]}; expected '
+                      + ', '.join(f'--{name}' for name in required) + ', --config.FIELD=VALUE')
   config = load_config_file(flags['config'])
   for field, value in overrides:
     apply_override(config, field, value)

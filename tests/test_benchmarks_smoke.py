@@ -17,6 +17,8 @@ from tests.helpers import ROOT
     ('benchmarks.loss_memory', ['--smoke']),
     ('benchmarks.grad_cache', ['--smoke']),
     ('benchmarks.vs_openclip', ['--config', 'tiny', '--smoke', '--rounds', '1', '--steps', '2']),
+    ('benchmarks.bf16_curve', ['--smoke']),
+    ('benchmarks.profile_step', ['--config', 'tiny', '--smoke']),
 ])
 def test_benchmark_smoke(tmp_path, module, args):
   out = tmp_path / 'result.json'

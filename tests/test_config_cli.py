@@ -27,6 +27,8 @@ def test_named_variant():
     (['--config.batch_size=abc'], 'expected a int'),
     (['--config.mesh=3'], 'is a group'),
     (['--config.data.flip=maybe'], 'expected true or false'),
+    (['--set', 'model.dtype=bfloat16'],
+     r'unknown flag --set; expected --config, --workdir, --config.FIELD=VALUE'),
 ])
 def test_bad_overrides(args, message):
   with pytest.raises(ConfigError, match=message):

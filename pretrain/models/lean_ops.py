@@ -105,7 +105,8 @@ def _matmul(a: Array, b: Array) -> Array:
   """[..., m, k] x [..., k, n] -> [..., m, n] with fp32 accumulation.
 
   Every attention matmul is written in this one layout: XLA:CPU's batched kernels run it about
-  3x faster than the same product with a transposed operand (5 vs 15 ms for `tiny`'s logits).
+  3x faster than the same product with a transposed operand (5 vs 15 ms for [256, 4, 65, 32]
+  logits).
   """
   return jnp.einsum('...mk,...kn->...mn', a, b, preferred_element_type=jnp.float32)
 
