@@ -19,9 +19,7 @@ import subprocess
 import sys
 import tempfile
 
-from benchmarks.common import print_table, write_json
-
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from benchmarks.common import ROOT, child_env, print_table, write_json
 
 
 def train(workdir: str, dtype: str, log_every: int, smoke: bool) -> tuple[dict, float | None]:
@@ -31,11 +29,10 @@ def train(workdir: str, dtype: str, log_every: int, smoke: bool) -> tuple[dict, 
     overrides += ['total_steps=4', 'optim.warmup_steps=1', 'eval.zeroshot=']
   cmd = [sys.executable, '-m', 'pretrain.train', '--config', 'configs/demo.py', '--workdir',
          workdir, *(f'--config.{item}' for item in overrides)]
-  env = dict(os.environ, PYTHONPATH=ROOT)
-  env.pop('XLA_FLAGS', None)
-  result = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True)
+  result = subprocess.run(cmd, cwd=ROOT, env=child_env(), capture_output=True, text=True)
   if result.returncode != 0:
-    raise SystemExit(f'{dtype} run failed: {(result.stderr.strip().splitlines() or ["killed"])[-1]}')
+    last_line = (result.stderr.strip().splitlines() or ['killed'])[-1]
+    raise SystemExit(f'{dtype} run failed: {last_line}')
   with open(os.path.join(workdir, 'metrics.jsonl')) as f:
     losses = {row['step']: row['loss'] for row in map(json.loads, f)}
   found = re.search(r'zero-shot \S+: acc1 ([0-9.]+)', result.stdout)
@@ -52,8 +49,9 @@ def window_means(rows: list[dict], window: int) -> list[dict]:
   for index, group in sorted(groups.items()):
     fp32 = sum(r['loss_fp32'] for r in group) / len(group)
     bf16 = sum(r['loss_bf16'] for r in group) / len(group)
-    out.append({'steps': f'{index * window + 1}-{(index + 1) * window}', 'loss_fp32': round(fp32, 4),
-                'loss_bf16': round(bf16, 4), 'diff': round(bf16 - fp32, 4)})
+    out.append({'steps': f'{index * window + 1}-{(index + 1) * window}',
+                'loss_fp32': round(fp32, 4), 'loss_bf16': round(bf16, 4),
+                'diff': round(bf16 - fp32, 4)})
   return out
 
 

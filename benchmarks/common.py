@@ -10,6 +10,16 @@ from typing import Callable
 import jax
 import jax.numpy as jnp
 
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def child_env() -> dict:
+  """Environment of a benchmark's child process: this checkout importable, one CPU device and the
+  default thread pool (what a user gets), whatever XLA_FLAGS the parent has."""
+  env = dict(os.environ, PYTHONPATH=ROOT)
+  env.pop('XLA_FLAGS', None)
+  return env
+
 
 def median_seconds(fn: Callable[[], object], repeats: int) -> float:
   """Median wall time of `fn()` (which must block until its result is ready)."""

@@ -19,9 +19,8 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
-from benchmarks.common import print_table, write_json
+from benchmarks.common import ROOT, child_env, print_table, write_json
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def trainer_cmd(workdir: str, total_steps: int) -> list[str]:
@@ -31,12 +30,6 @@ def trainer_cmd(workdir: str, total_steps: int) -> list[str]:
           '--config.batch_size=16', '--config.optim.warmup_steps=5', '--config.log_every=1',
           f'--config.total_steps={total_steps}', '--config.checkpoint_every=3',
           '--config.keep_checkpoints=3', '--config.eval.zeroshot=']
-
-
-def _env() -> dict:
-  env = dict(os.environ, PYTHONPATH=ROOT)
-  env.pop('XLA_FLAGS', None)
-  return env
 
 
 def _rows(workdir: str) -> int:
@@ -57,7 +50,7 @@ def kill_once(workdir: str, total_steps: int, rng: random.Random, log) -> str:
   # Let this life make 1-12 steps of progress (rows of metrics.jsonl), so kills are spread over
   # the run and most restarts resume from a checkpoint rather than from scratch.
   target = _rows(workdir) + rng.randint(1, 12)
-  proc = subprocess.Popen(trainer_cmd(workdir, total_steps), cwd=ROOT, env=_env(),
+  proc = subprocess.Popen(trainer_cmd(workdir, total_steps), cwd=ROOT, env=child_env(),
                           stdout=log, stderr=subprocess.STDOUT)
   while _rows(workdir) < target:
     if proc.poll() is not None:
@@ -93,7 +86,7 @@ def run(kills: int, seed: int, total_steps: int, root: str) -> dict:
   rng = random.Random(seed)
   reference, crashed = os.path.join(root, 'reference'), os.path.join(root, 'crashed')
   with open(os.path.join(root, 'reference.log'), 'w') as log:
-    assert subprocess.run(trainer_cmd(reference, total_steps), cwd=ROOT, env=_env(),
+    assert subprocess.run(trainer_cmd(reference, total_steps), cwd=ROOT, env=child_env(),
                           stdout=log, stderr=subprocess.STDOUT).returncode == 0
   outcomes = []
   start = time.time()
@@ -103,8 +96,8 @@ def run(kills: int, seed: int, total_steps: int, root: str) -> dict:
       outcomes.append(outcome)
       if outcome == 'finished' or outcome.startswith('failed'):
         break
-    final = subprocess.run(trainer_cmd(crashed, total_steps), cwd=ROOT, env=_env(), stdout=log,
-                           stderr=subprocess.STDOUT)
+    final = subprocess.run(trainer_cmd(crashed, total_steps), cwd=ROOT, env=child_env(),
+                           stdout=log, stderr=subprocess.STDOUT)
   with open(os.path.join(root, 'crashed.log')) as f:
     resumes = f.read().count('resumed from')
   a, b = read_checkpoint(reference, total_steps), read_checkpoint(crashed, total_steps)

@@ -14,9 +14,7 @@ import subprocess
 import sys
 import tempfile
 
-from benchmarks.common import print_table, write_json
-
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from benchmarks.common import ROOT, child_env, print_table, write_json
 
 
 def measure(batch: int, accum: int, steps: int, smoke: bool) -> dict:
@@ -26,9 +24,7 @@ def measure(batch: int, accum: int, steps: int, smoke: bool) -> dict:
     cmd = [sys.executable, '-m', 'benchmarks.train_throughput', '--config', 'demo',
            '--steps', str(steps), '--out', out, '--set', f'batch_size={batch}',
            '--set', f'accum_steps={accum}'] + (['--smoke'] if smoke else [])
-    env = dict(os.environ, PYTHONPATH=ROOT)
-    env.pop('XLA_FLAGS', None)
-    result = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True)
+    result = subprocess.run(cmd, cwd=ROOT, env=child_env(), capture_output=True, text=True)
     if result.returncode != 0:
       return {'batch': batch, 'accum_steps': accum,
               'status': f'failed: {(result.stderr.strip().splitlines() or ["killed"])[-1]}'}

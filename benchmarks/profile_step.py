@@ -23,10 +23,7 @@ import tempfile
 import jax
 
 from benchmarks.common import print_table, write_json
-from benchmarks.train_throughput import bench_config, synthetic_batch
-from pretrain import sharding
-from pretrain.optim import make_optimizer
-from pretrain.train_step import StepBuilder
+from benchmarks.train_throughput import bench_setup
 
 _DEFINITION = re.compile(r'\s*(?:ROOT )?%?([\w.\-]+) = (.*)')
 _COMPUTATION = re.compile(r'%?([\w.\-]+) .*\{$')
@@ -36,11 +33,8 @@ _IGNORED_OPS = {'parameter', 'constant', 'broadcast', 'bitcast', 'reshape'}
 
 def trace_events(config_name: str, smoke: bool, overrides: list[str]) -> tuple[list[dict], str]:
   """Thunk events of one profiled loss + gradient pass, and the compiled HLO text."""
-  config = bench_config(config_name, smoke, overrides)
-  mesh = sharding.make_mesh(dict(config.mesh))
-  tx, schedule = make_optimizer(config.optim, 10_000)
-  builder = StepBuilder(config, mesh, tx, schedule)
-  params, batch = builder.init_state()['params'], synthetic_batch(config, mesh)
+  _, builder, state, batch = bench_setup(config_name, smoke, overrides)
+  params = state['params']
   compiled = jax.jit(builder.loss_and_grads).lower(params, batch).compile()
   jax.block_until_ready(compiled(params, batch))  # warm-up, not traced
   with tempfile.TemporaryDirectory() as trace_dir:
@@ -79,7 +73,8 @@ def _dot_row(dot_line: str, body: list[str], definitions: dict) -> tuple[tuple, 
   shapes = []
   for name in (o.strip().lstrip('%') for o in operands.split(',')):
     local = [l for l in body if re.match(r'\s*(?:ROOT )?%?' + re.escape(name) + ' = ', l)]
-    shapes.append((local[0].split(' = ', 1)[1] if local else definitions.get(name, '?')).split(' ')[0])
+    definition = local[0].split(' = ', 1)[1] if local else definitions.get(name, '?')
+    shapes.append(definition.split(' ')[0])
   contracting = re.search(r'lhs_contracting_dims=\{([\d,]*)\}', dims).group(1)
   lhs, k, n_out = _dims(shapes[0]), 1, 1
   for axis in filter(None, contracting.split(',')):

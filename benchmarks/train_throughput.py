@@ -56,14 +56,18 @@ def synthetic_batch(config, mesh) -> dict:
   return sharding.global_batch(batch, mesh)
 
 
-def run(name: str, steps: int, smoke: bool, overrides: list[str]) -> dict:
-  """Compiles and times the train step; returns the measured row."""
+def bench_setup(name: str, smoke: bool, overrides: list[str]):
+  """-> (config, step builder, fresh train state, synthetic batch) of a benchmark config."""
   config = bench_config(name, smoke, overrides)
   mesh = sharding.make_mesh(dict(config.mesh))
   tx, schedule = make_optimizer(config.optim, 10_000)
   builder = StepBuilder(config, mesh, tx, schedule)
-  state = builder.init_state()
-  batch = synthetic_batch(config, mesh)
+  return config, builder, builder.init_state(), synthetic_batch(config, mesh)
+
+
+def run(name: str, steps: int, smoke: bool, overrides: list[str]) -> dict:
+  """Compiles and times the train step; returns the measured row."""
+  config, builder, state, batch = bench_setup(name, smoke, overrides)
   step = builder.jit_step()
   compiled = step.lower(state, batch).compile()
   release_freed_memory()  # as pretrain/train.py does after compiling

@@ -20,11 +20,10 @@ import subprocess
 import sys
 import tempfile
 
-from benchmarks.common import print_table, write_json
+from benchmarks.common import ROOT, child_env, print_table, write_json
 from benchmarks.train_throughput import bench_config
 from pretrain.models.variants import model_size
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIGS = ('tiny', 'b32')
 
 
@@ -59,9 +58,7 @@ def openclip_model_config(config) -> dict:
 
 
 def _run_json(command: list[str], out: str) -> dict:
-  env = dict(os.environ, PYTHONPATH=ROOT)
-  env.pop('XLA_FLAGS', None)  # one device, the default thread pool: what a user gets
-  result = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True)
+  result = subprocess.run(command, cwd=ROOT, env=child_env(), capture_output=True, text=True)
   if result.returncode:
     raise RuntimeError(f'{" ".join(command[:3])} failed:\n{result.stderr[-3000:]}')
   with open(out) as f:
