@@ -70,13 +70,13 @@ class StepBuilder:
         abstract, self.state_shardings)
     self.loss_fn = make_loss(mesh, sharding.BATCH_AXES, config.loss)
 
-  def trainable(self, params: Any) -> Any:
-    """The parameters the gradient and optimizer see: frozen ones are None."""
-    return params if self.frozen is None else partial.split(params, self.frozen)[0]
+  def split_frozen(self, params: Any) -> tuple[Any, Any]:
+    """(parameters the gradient and optimizer see, frozen ones None; the frozen ones, or None)."""
+    return (params, None) if self.frozen is None else partial.split(params, self.frozen)
 
   def _init_state(self, params: Any) -> TrainState:
     return {'step': jnp.zeros((), jnp.int32), 'params': params,
-            'opt_state': self.tx.init(self.trainable(params)),
+            'opt_state': self.tx.init(self.split_frozen(params)[0]),
             'rng': jax.random.key_data(jax.random.key(self.config.seed)),
             'bad_records': jnp.zeros(len(BAD_KINDS), jnp.int32),
             'skipped_updates': jnp.zeros((), jnp.int32),
@@ -152,8 +152,7 @@ class StepBuilder:
     (loss, metrics), grads = self.loss_and_grads(state['params'], batch, key)
     loss = self._inject_nonfinite(loss, state)
     grad_norm = optax.global_norm(grads)
-    trainable, frozen = ((state['params'], None) if self.frozen is None
-                         else partial.split(state['params'], self.frozen))
+    trainable, frozen = self.split_frozen(state['params'])
     updates, opt_state = self.tx.update(grads, state['opt_state'], trainable)
     params = optax.apply_updates(trainable, updates)
     if frozen is not None:  # Frozen leaves pass through untouched.
