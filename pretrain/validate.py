@@ -24,66 +24,67 @@ def check_model(model) -> None:
   except KeyError as e:
     raise ConfigError(e.args[0]) from None
   require(model.activation in ACTIVATIONS,
-         f'unknown model.activation {model.activation!r}; known: {", ".join(ACTIVATIONS)}')
+          f'unknown model.activation {model.activation!r}; known: {", ".join(ACTIVATIONS)}')
   require(model.text_pool != 'eos_id' or model.text_eos_id >= 0,
-         "model.text_pool 'eos_id' needs model.text_eos_id (the end-of-text id to pool at)")
+          "model.text_pool 'eos_id' needs model.text_eos_id (the end-of-text id to pool at)")
   require(model.image_pool in IMAGE_POOLS,
-         f'unknown model.image_pool {model.image_pool!r}; known: {", ".join(IMAGE_POOLS)}')
+          f'unknown model.image_pool {model.image_pool!r}; known: {", ".join(IMAGE_POOLS)}')
   require(model.text_pool in TEXT_POOLS,
-         f'unknown model.text_pool {model.text_pool!r}; known: {", ".join(TEXT_POOLS)}')
+          f'unknown model.text_pool {model.text_pool!r}; known: {", ".join(TEXT_POOLS)}')
   require(model.dtype in DTYPES, f'unknown model.dtype {model.dtype!r}; known: {", ".join(DTYPES)}')
   for tower in ('image', 'text'):
     policy = model[f'{tower}_remat']
     require(policy in REMAT_POLICIES, f'unknown model.{tower}_remat {policy!r}; '
-           f'known: {", ".join(REMAT_POLICIES)}')
+            f'known: {", ".join(REMAT_POLICIES)}')
   if image_tower_kind(size) != 'vit':
     require(model.image_remat == 'none' and not model.scan_layers,
-           f'variant {model.variant!r} has an EfficientNet image tower: image_remat and '
-           'scan_layers apply to Transformer towers only')
+            f'variant {model.variant!r} has an EfficientNet image tower: image_remat and '
+            'scan_layers apply to Transformer towers only')
     return
   require(model.image_size % size['patch'] == 0,
-         f'model.image_size {model.image_size} is not divisible by the patch size {size["patch"]} '
-         f'of variant {model.variant!r}')
+          f'model.image_size {model.image_size} is not divisible by the patch size {size["patch"]} '
+          f'of variant {model.variant!r}')
 
 
 def check_training(config, num_devices: int, num_processes: int) -> dict[str, int]:
   """Everything about a training config that can be wrong; returns the resolved mesh shape."""
   check_model(config.model)
   require(config.loss.name in LOSS_IMPLS,
-         f'unknown loss.name {config.loss.name!r}; known: {", ".join(LOSS_IMPLS)}')
+          f'unknown loss.name {config.loss.name!r}; known: {", ".join(LOSS_IMPLS)}')
   impls = LOSS_IMPLS[config.loss.name]
   require(config.loss.impl in impls, f'unknown loss.impl {config.loss.impl!r} for '
-         f'{config.loss.name}; known: {", ".join(impls)}')
+          f'{config.loss.name}; known: {", ".join(impls)}')
   require(config.loss.tile > 0, f'loss.tile must be positive, got {config.loss.tile}')
   check_spec(config.data.train)
   require(config.data.on_bad_record in BAD_POLICIES,
-         f'unknown data.on_bad_record {config.data.on_bad_record!r}; known: {", ".join(BAD_POLICIES)}')
+          f'unknown data.on_bad_record {config.data.on_bad_record!r}; '
+          f'known: {", ".join(BAD_POLICIES)}')
   require(config.total_steps > 0, f'total_steps must be positive, got {config.total_steps}')
   require(config.optim.name in OPTIMIZERS,
-         f'unknown optim.name {config.optim.name!r}; known: {", ".join(OPTIMIZERS)}')
+          f'unknown optim.name {config.optim.name!r}; known: {", ".join(OPTIMIZERS)}')
   require(config.optim.decay in SCHEDULES,
-         f'unknown optim.decay {config.optim.decay!r}; known: {", ".join(SCHEDULES)}')
+          f'unknown optim.decay {config.optim.decay!r}; known: {", ".join(SCHEDULES)}')
   require(config.accum_steps == 1 or image_tower_kind(model_size(config.model)) == 'vit',
-         f'accum_steps {config.accum_steps}: gradient caching needs towers without BatchNorm '
-         f'(variant {config.model.variant!r} has one; micro-batch statistics would change it)')
+          f'accum_steps {config.accum_steps}: gradient caching needs towers without BatchNorm '
+          f'(variant {config.model.variant!r} has one; micro-batch statistics would change it)')
   require(config.optim.lr > 0, f'optim.lr must be positive, got {config.optim.lr}')
   require(config.optim.warmup_steps < config.total_steps,
-         f'optim.warmup_steps {config.optim.warmup_steps} is not shorter than the run '
-         f'(total_steps {config.total_steps})')
+          f'optim.warmup_steps {config.optim.warmup_steps} is not shorter than the run '
+          f'(total_steps {config.total_steps})')
   require(config.log_every > 0 and config.checkpoint_every > 0,
-         'log_every and checkpoint_every must be positive')
+          'log_every and checkpoint_every must be positive')
   check_patterns(config)
   shape = resolve_mesh_shape(dict(config.mesh), num_devices)
   ways = math.prod(shape[axis] for axis in ('data', 'fsdp'))
   require(config.batch_size % ways == 0,
-         f'batch_size {config.batch_size} is not divisible by the data-parallel size {ways} '
-         f'(mesh {shape})')
+          f'batch_size {config.batch_size} is not divisible by the data-parallel size {ways} '
+          f'(mesh {shape})')
   require(config.accum_steps >= 1, f'accum_steps must be >= 1, got {config.accum_steps}')
   require(config.batch_size % (ways * config.accum_steps) == 0,
-         f'batch_size {config.batch_size} is not divisible by the data-parallel size {ways} x '
-         f'accum_steps {config.accum_steps}')
+          f'batch_size {config.batch_size} is not divisible by the data-parallel size {ways} x '
+          f'accum_steps {config.accum_steps}')
   require(config.batch_size % num_processes == 0,
-         f'batch_size {config.batch_size} is not divisible by the {num_processes} processes')
+          f'batch_size {config.batch_size} is not divisible by the {num_processes} processes')
   return shape
 
 
@@ -91,25 +92,25 @@ def check_patterns(config) -> None:
   """`freeze` and `init_from_include` are lists of valid regexes; `init_from` is a run's workdir."""
   for field in ('freeze', 'init_from_include'):
     require(isinstance(config[field], (tuple, list)),
-           f'{field} must be a list of regexes, got {config[field]!r}')
+            f'{field} must be a list of regexes, got {config[field]!r}')
     for pattern in config[field]:
       try:
         re.compile(pattern)
       except re.error as e:
         raise ConfigError(f'{field}: {pattern!r} is not a valid regex ({e})') from None
   require(not (config.freeze and config.accum_steps > 1),
-         'freeze with accum_steps > 1 is not supported: gradient caching differentiates every '
-         'parameter; use accum_steps=1')
+          'freeze with accum_steps > 1 is not supported: gradient caching differentiates every '
+          'parameter; use accum_steps=1')
   if config.init_from:
     require(os.path.isfile(os.path.join(config.init_from, 'config.json')),
-           f'init_from {config.init_from} has no config.json: give the workdir of a training run '
-           'or of pretrain.import_weights')
+            f'init_from {config.init_from} has no config.json: give the workdir of a training run '
+            'or of pretrain.import_weights')
 
 
 def check_vocab(tokenizer_vocab: int, model_vocab: int, spec: str) -> None:
   """The tokenizer's ids must all have a row in the embedding table."""
   require(tokenizer_vocab <= model_vocab,
-         f'tokenizer {spec} has {tokenizer_vocab} ids but model.vocab_size is {model_vocab}')
+          f'tokenizer {spec} has {tokenizer_vocab} ids but model.vocab_size is {model_vocab}')
 
 
 def check_workdir(workdir: str) -> None:
@@ -121,5 +122,5 @@ def check_workdir(workdir: str) -> None:
   require(os.access(workdir, os.W_OK), f'workdir {workdir} is not writable')
   checkpoints = os.path.join(workdir, 'checkpoints')
   require(not os.path.isdir(checkpoints) or os.access(checkpoints, os.W_OK),
-         f'checkpoint directory {checkpoints} is not writable')
+          f'checkpoint directory {checkpoints} is not writable')
 
