@@ -1,14 +1,16 @@
 """The lean Linear/GELU/LayerNorm/attention compute what jax.nn / nnx compute, faster and leaner."""
 
+import re
+
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 from flax import nnx
 
-from pretrain.models import efficientnet, layers, lean_ops, towers
+from pretrain.models import efficientnet, layers, lean_ops, towers, variants
 from tests.helpers import (loss_and_grads, loss_and_grads_temp_bytes, max_tree_diff, mesh,
-                           random_batch, tiny_config)
+                           random_batch, step_builder, tiny_config)
 
 
 def _reference_dense(d_in, d_out, *, dtype, rngs, use_bias=True):
@@ -22,8 +24,8 @@ def _reference_ops(monkeypatch):
     monkeypatch.setattr(module, 'dense', _reference_dense)
   monkeypatch.setitem(layers.ACTIVATIONS, 'gelu', lambda x: jax.nn.gelu(x, approximate=False))
   monkeypatch.setitem(layers.ACTIVATIONS, 'quick_gelu', lambda x: x * jax.nn.sigmoid(1.702 * x))
-  reference_norm = lambda width, *, dtype, rngs: nnx.LayerNorm(
-      width, epsilon=1e-5, dtype=dtype, param_dtype=jnp.float32, rngs=rngs)
+  reference_norm = lambda width, *, rngs: nnx.LayerNorm(
+      width, epsilon=1e-5, dtype=jnp.float32, param_dtype=jnp.float32, rngs=rngs)
   monkeypatch.setattr(layers, 'layer_norm', reference_norm)
   monkeypatch.setattr(towers, 'layer_norm', reference_norm)
   monkeypatch.setattr(lean_ops, 'attention',
@@ -62,7 +64,6 @@ def test_step_loss_and_gradients_equal_the_reference_ops(activation, monkeypatch
   config = tiny_config()
   config.model.update(dict(activation=activation, image_ln_pre=True))
   batch = random_batch(config, 16)
-  from tests.helpers import step_builder
   params = step_builder(config, mesh(2, 4)).init_state()['params']
   loss, _, grads = loss_and_grads(config, mesh(2, 4), batch, params)
   _reference_ops(monkeypatch)
@@ -132,3 +133,49 @@ def test_bf16_linear_backward_is_the_bf16_product_with_fp32_accumulation():
   np.testing.assert_allclose(d_x, rounded(g) @ rounded(kernel).T, rtol=1e-6, atol=1e-6)
   np.testing.assert_allclose(d_kernel, np.einsum('btk,btn->kn', rounded(x), rounded(g)), rtol=1e-6,
                              atol=1e-6)
+
+
+def _activation_sized_broadcasts(config) -> int:
+  """Fusions of the compiled loss + gradients that only broadcast a non-constant to [B, T, width]."""
+  size = variants.model_size(config.model)
+  builder = step_builder(config, mesh(1, 1, jax.devices()[:1]))
+  batch = random_batch(config, config.batch_size)
+  hlo = jax.jit(builder.loss_and_grads).lower(builder.abstract_state['params'], batch).compile()
+  bodies = hlo.as_text().split('\n\n')
+  broadcast_only = {body.split(' ', 1)[0].lstrip('%') for body in bodies
+                    if ' broadcast(' in body and not re.search(
+                        r'= \S+ (?!broadcast|parameter|constant|bitcast|reshape)\w+\(',
+                        body.split('{', 1)[1])}
+  widths = {size['image_width'], size['text_width']}
+  return sum(1 for line in hlo.as_text().splitlines()
+             if re.search(r'kind=kLoop, calls=%?([\w.\-]+)', line)
+             and re.search(r'calls=%?([\w.\-]+)', line).group(1) in broadcast_only
+             and 'fusion(%constant' not in line
+             and (shape := re.match(rf'\s*%\S+ = f32\[{config.batch_size},\d+,(\d+)\]', line))
+             and int(shape.group(1)) in widths)
+
+
+def test_layer_norm_scales_are_not_materialised_at_activation_size():
+  """The backward's g * scale keeps its broadcast inside the multiply (see _layer_norm_bwd).
+
+  At this size XLA:CPU hands the LayerNorm reductions to YNNPACK (at 16 px / batch 16 it does
+  not); without the barrier 9 scales are materialised here."""
+  config = tiny_config()
+  config.batch_size, config.model.image_size = 64, 32
+  assert _activation_sized_broadcasts(config) == 0
+
+
+def test_bf16_gradient_into_layer_norm_is_not_rounded_to_bf16():
+  """LayerNorm -> bf16 dense: the dense layer's fp32-accumulated input gradient reaches the
+  LayerNorm backward as it is (rounding it to bf16 would err by ~1e-3 relative)."""
+  norm, fc = layers.layer_norm(24, rngs=nnx.Rngs(0)), layers.dense(24, 16, dtype=jnp.bfloat16,
+                                                                    rngs=nnx.Rngs(0))
+  x = jax.random.normal(jax.random.key(0), (2, 5, 24))
+  g = jax.random.normal(jax.random.key(1), (2, 5, 16))
+  d_x = jax.grad(lambda x: jnp.sum(fc(norm(x)) * g))(x)
+  rounded = lambda a: np.asarray(a.astype(jnp.bfloat16).astype(jnp.float32), np.float64)
+  d_normed_out = rounded(g) @ rounded(fc.kernel[...]).T  # exact fp32-accumulated dense backward
+  _, norm_vjp = jax.vjp(lambda x: lean_ops.layer_norm(x, norm.scale[...], norm.bias[...], 1e-5), x)
+  expected = norm_vjp(jnp.asarray(d_normed_out, jnp.float32))[0]
+  assert norm(x).dtype == jnp.float32
+  np.testing.assert_allclose(d_x, expected, rtol=1e-5, atol=1e-5)

@@ -58,9 +58,9 @@ def dense(d_in: int, d_out: int, *, dtype: Dtype, rngs: nnx.Rngs,
                          rngs=rngs)
 
 
-def layer_norm(width: int, *, dtype: Dtype, rngs: nnx.Rngs) -> lean_ops.LayerNorm:
-  """LayerNorm with fp32 parameters and statistics; epsilon 1e-5 as in CLIP."""
-  return lean_ops.LayerNorm(width, epsilon=1e-5, dtype=dtype, rngs=rngs)
+def layer_norm(width: int, *, rngs: nnx.Rngs) -> lean_ops.LayerNorm:
+  """LayerNorm with fp32 parameters, statistics and output; epsilon 1e-5 as in CLIP."""
+  return lean_ops.LayerNorm(width, epsilon=1e-5, rngs=rngs)
 
 
 # `model.activation`: exact GELU (our default, OpenCLIP's and HF's 'gelu') or QuickGELU (weights of
@@ -113,9 +113,9 @@ class EncoderBlock(nnx.Module):
 
   def __init__(self, width: int, heads: int, mlp_dim: int, *, dtype: Dtype, rngs: nnx.Rngs,
                activation: str = 'gelu'):
-    self.ln_attn = layer_norm(width, dtype=dtype, rngs=rngs)
+    self.ln_attn = layer_norm(width, rngs=rngs)
     self.attn = SelfAttention(width, heads, dtype=dtype, rngs=rngs)
-    self.ln_mlp = layer_norm(width, dtype=dtype, rngs=rngs)
+    self.ln_mlp = layer_norm(width, rngs=rngs)
     self.mlp = Mlp(width, mlp_dim, dtype=dtype, rngs=rngs, activation=activation)
 
   def __call__(self, x: Array, key_mask: Array | None = None, causal: bool = False) -> Array:
@@ -153,7 +153,7 @@ class Encoder(nnx.Module):
     blocks = [EncoderBlock(width, heads, mlp_dim, dtype=dtype, rngs=rngs, activation=activation)
               for _ in range(depth)]
     self.blocks = stack_modules(blocks) if scan else nnx.List(blocks)
-    self.ln_final = layer_norm(width, dtype=dtype, rngs=rngs)
+    self.ln_final = layer_norm(width, rngs=rngs)
 
   def __call__(self, x: Array, key_mask: Array | None = None, causal: bool = False) -> Array:
     graphdef = nnx.graphdef(self.blocks[0] if not self.scan else self.blocks)
@@ -182,7 +182,7 @@ class AttentionPool(nnx.Module):
     self.q = dense(width, width, dtype=dtype, rngs=rngs)
     self.kv = dense(width, 2 * width, dtype=dtype, rngs=rngs)
     self.out = dense(width, width, dtype=dtype, rngs=rngs)
-    self.ln = layer_norm(width, dtype=dtype, rngs=rngs)
+    self.ln = layer_norm(width, rngs=rngs)
     self.mlp = Mlp(width, mlp_dim, dtype=dtype, rngs=rngs, activation=activation)
 
   def __call__(self, x: Array) -> Array:

@@ -78,6 +78,10 @@ def _layer_norm_bwd(epsilon, residuals, g):
   g = g.astype(jnp.float32)
   reduce_axes = tuple(range(g.ndim - 1))
   d_scale, d_bias = jnp.sum(g * normed, axis=reduce_axes), jnp.sum(g, axis=reduce_axes)
+  # Tied to g, the scale is broadcast where it is used: otherwise XLA:CPU hands these reductions
+  # to YNNPACK with the scale materialised at full activation size, made early and alive across
+  # the whole step (27 such tensors on `tiny`, 0.3 GiB of its temporaries).
+  g, scale = jax.lax.optimization_barrier((g, scale))
   d_normed = g * scale
   d_x = inv_std * (d_normed - jnp.mean(d_normed, axis=-1, keepdims=True)
                    - normed * jnp.mean(d_normed * normed, axis=-1, keepdims=True))
@@ -89,16 +93,21 @@ layer_norm.defvjp(_layer_norm_fwd, _layer_norm_bwd)
 
 
 class LayerNorm(nnx.Module):
-  """LayerNorm with parameters `scale` and `bias` (nnx.LayerNorm's names, so checkpoints match)."""
+  """LayerNorm with parameters `scale` and `bias` (nnx.LayerNorm's names, so checkpoints match).
 
-  def __init__(self, width: int, *, epsilon: float, dtype, rngs: nnx.Rngs | None = None):
+  Its output stays fp32 under bf16 compute too: every consumer is a dense layer that rounds its
+  input to the compute dtype itself, and an fp32 output keeps the gradient coming back from that
+  layer in fp32, instead of rounding it to bf16 and converting it back (two passes per LayerNorm).
+  """
+
+  def __init__(self, width: int, *, epsilon: float, rngs: nnx.Rngs | None = None):
     del rngs  # Deterministic init; accepted for the same call signature as nnx.LayerNorm.
     self.scale = nnx.Param(jnp.ones((width,), jnp.float32))
     self.bias = nnx.Param(jnp.zeros((width,), jnp.float32))
-    self.epsilon, self.dtype = epsilon, dtype
+    self.epsilon = epsilon
 
   def __call__(self, x: Array) -> Array:
-    return layer_norm(x, self.scale[...], self.bias[...], self.epsilon).astype(self.dtype)
+    return layer_norm(x, self.scale[...], self.bias[...], self.epsilon)
 
 
 def _matmul(a: Array, b: Array) -> Array:

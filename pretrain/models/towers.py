@@ -54,7 +54,7 @@ class ImageTower(nnx.Module):
       self.map_head = AttentionPool(width, heads, mlp_dim, dtype=dtype, rngs=rngs,
                                     activation=activation)
     if ln_pre:  # CLIP's LayerNorm on the embedded patches, before the first block.
-      self.ln_pre = layer_norm(width, dtype=dtype, rngs=rngs)
+      self.ln_pre = layer_norm(width, rngs=rngs)
     self.encoder = Encoder(width, depth, heads, mlp_dim, dtype=dtype, rngs=rngs, remat=remat,
                            scan=scan, activation=activation)
     self.proj = dense(width, embed_dim, use_bias=False, dtype=dtype, rngs=rngs)
