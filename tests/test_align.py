@@ -95,8 +95,9 @@ def test_a_step_replaces_running_averages_and_a_skipped_step_keeps_them():
   batch = {**random_batch(config, 16), 'bad': np.zeros((16, len(BAD_KINDS)), np.int32)}
   batch = {k: jax.device_put(v, batch_sharding(the_mesh)) for k, v in batch.items()}
   step = builder.jit_step()
-  initial = jax.device_get(builder.init_state())
-  state, _ = step(builder.init_state(), batch)
+  state = builder.init_state()
+  initial = jax.device_get(state)
+  state, _ = step(state, batch)  # donates the initial state: read it first
   after_update = jax.device_get(state)
   state, metrics = step(state, batch)  # attempt 2: NaN loss injected
   after_skip = jax.device_get(state)
