@@ -45,6 +45,12 @@ def batch_stats_of(params: Any, stats: dict) -> dict:
           for key, value in stats.items()}
 
 
+def kept_batch_stats(ok: jax.Array, stats: dict, old_params: Any) -> dict:
+  """`stats` where `ok`, else the running averages of `old_params` they would replace."""
+  return jax.tree.map(lambda new, old: jnp.where(ok, new, old), stats,
+                      batch_stats_of(old_params, stats))
+
+
 def init_params(config, seed: int) -> Any:
   """Fresh model parameters as a pure dict (call under jit to create them sharded)."""
   model = build_model(config.model, config.loss, nnx.Rngs(seed))
@@ -183,10 +189,8 @@ class StepBuilder:
     ok = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
     params, opt_state = self._update_if(ok, grads, state)
     # Running averages get no gradient (and no decay, by name); they are replaced, not updated.
-    stats = metrics.pop(BATCH_STATS, {})
-    kept = jax.tree.map(lambda new, old: jnp.where(ok, new, old), stats,
-                        batch_stats_of(state['params'], stats))
-    params = with_batch_stats(params, kept)
+    stats = kept_batch_stats(ok, metrics.pop(BATCH_STATS, {}), state['params'])
+    params = with_batch_stats(params, stats)
     metrics = {**metrics, 'loss': loss, 'grad_norm': grad_norm,
                'lr': self.schedule(state['step']), 'skipped': ~ok}
     new_state = {
