@@ -62,6 +62,11 @@ def parse_hlo(text: str) -> tuple[dict, dict]:
   return definitions, bodies
 
 
+def fused_ops(body: list[str]) -> set[str]:
+  """The operations a fused computation applies, leaving out parameters and layout-only ones."""
+  return set(re.findall(r'= \S+ (\w+)\(', '\n'.join(body))) - _IGNORED_OPS
+
+
 def _dims(shape: str) -> list[int]:
   inside = shape.split('[', 1)[1].split(']', 1)[0] if '[' in shape else ''
   return [int(d) for d in re.findall(r'\d+', inside)]
@@ -103,8 +108,7 @@ def group_times(events: list[dict], hlo: str) -> tuple[list[dict], list[dict]]:
       row[0], row[1], row[2] = row[0] + event['dur'], row[1] + 1, row[2] + flops
       group = 'matmul'
     elif body:
-      ops = set(re.findall(r'= \S+ (\w+)\(', '\n'.join(body))) - _IGNORED_OPS
-      group = 'fusion: ' + (','.join(sorted(ops)) or 'broadcast')
+      group = 'fusion: ' + (','.join(sorted(fused_ops(body))) or 'broadcast')
     else:
       group = (definition.split('(')[0].split() or ['?'])[-1]
     groups[group] += event['dur']

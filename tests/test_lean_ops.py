@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
+from benchmarks.profile_step import fused_ops, parse_hlo
 from pretrain.models import efficientnet, layers, lean_ops, towers, variants
 from tests.helpers import (loss_and_grads, loss_and_grads_temp_bytes, max_tree_diff, mesh,
                            random_batch, step_builder, tiny_config)
@@ -140,19 +141,18 @@ def _activation_sized_broadcasts(config) -> int:
   size = variants.model_size(config.model)
   builder = step_builder(config, mesh(1, 1, jax.devices()[:1]))
   batch = random_batch(config, config.batch_size)
-  hlo = jax.jit(builder.loss_and_grads).lower(builder.abstract_state['params'], batch).compile()
-  bodies = hlo.as_text().split('\n\n')
-  broadcast_only = {body.split(' ', 1)[0].lstrip('%') for body in bodies
-                    if ' broadcast(' in body and not re.search(
-                        r'= \S+ (?!broadcast|parameter|constant|bitcast|reshape)\w+\(',
-                        body.split('{', 1)[1])}
+  lowered = jax.jit(builder.loss_and_grads).lower(builder.abstract_state['params'], batch)
+  definitions, bodies = parse_hlo(lowered.compile().as_text())
   widths = {size['image_width'], size['text_width']}
-  return sum(1 for line in hlo.as_text().splitlines()
-             if re.search(r'kind=kLoop, calls=%?([\w.\-]+)', line)
-             and re.search(r'calls=%?([\w.\-]+)', line).group(1) in broadcast_only
-             and 'fusion(%constant' not in line
-             and (shape := re.match(rf'\s*%\S+ = f32\[{config.batch_size},\d+,(\d+)\]', line))
-             and int(shape.group(1)) in widths)
+  count = 0
+  for definition in definitions.values():
+    called = re.search(r'kind=kLoop, calls=%?([\w.\-]+)', definition)
+    body = bodies.get(called.group(1), []) if called else []
+    shape = re.match(rf'f32\[{config.batch_size},\d+,(\d+)\]', definition)
+    count += bool(any(' broadcast(' in line for line in body) and not fused_ops(body)
+                  and 'fusion(%constant' not in definition
+                  and shape and int(shape.group(1)) in widths)
+  return count
 
 
 def test_layer_norm_scales_are_not_materialised_at_activation_size():
