@@ -143,9 +143,9 @@ class StepBuilder:
     gradient caching over micro-batches."""
     if self.config.accum_steps > 1:
       return cached_loss_and_grads(self, params, batch, self.config.accum_steps)
-    if self.frozen is None:
+    trainable, frozen = self.split_frozen(params)
+    if frozen is None:
       return jax.value_and_grad(self.loss_and_metrics, has_aux=True)(params, batch, key)
-    trainable, frozen = partial.split(params, self.frozen)
     loss_of_trainable = lambda t: self.loss_and_metrics(partial.combine(t, frozen), batch, key)
     return jax.value_and_grad(loss_of_trainable, has_aux=True)(trainable)
 
