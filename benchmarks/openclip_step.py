@@ -14,6 +14,7 @@ Imports no jax and nothing of this project.
 
 import argparse
 import json
+import os
 import resource
 import statistics
 import sys
@@ -72,7 +73,8 @@ def run(cfg: dict, batch: int, steps: int, precision: str, threads: int) -> dict
   return {'impl': f'OpenCLIP {open_clip.__version__} (torch {torch.__version__})',
           'precision': precision, 'batch': batch, 'step_s': round(seconds, 4),
           'examples_per_s': round(batch / seconds, 2), 'threads': torch.get_num_threads(),
-          'peak_rss_gb': round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2 ** 20, 2)}
+          'peak_rss_gb': round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2 ** 20, 2),
+          'glibc_tunables': os.environ.get('GLIBC_TUNABLES') or 'none'}
 
 
 def main(argv: list[str]) -> int:

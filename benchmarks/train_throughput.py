@@ -7,7 +7,13 @@ Prints examples/s (median of timed steps after compile), model FLOPs per step (X
 achieved FLOP/s, and that as a fraction of a 4096^2 fp32 matmul measured in the same run.
 """
 
+from pretrain import host_memory
+
+if __name__ == '__main__':  # first, before jax loads: the train step as pretrain/train.py runs it
+  host_memory.restart_with_huge_page_malloc()
+
 import argparse
+import os
 import platform
 import sys
 
@@ -18,7 +24,6 @@ from data.records import BAD_KINDS
 from benchmarks.common import matmul_peak_flops, median_seconds, peak_rss_bytes, print_table, write_json
 from pretrain import sharding
 from pretrain.config_cli import apply_override, load_config_file
-from pretrain.host_memory import release_freed_memory
 from pretrain.optim import make_optimizer
 from pretrain.plan import step_flops
 from pretrain.train_step import StepBuilder
@@ -70,7 +75,7 @@ def run(name: str, steps: int, smoke: bool, overrides: list[str]) -> dict:
   config, builder, state, batch = bench_setup(name, smoke, overrides)
   step = builder.jit_step()
   compiled = step.lower(state, batch).compile()
-  release_freed_memory()  # as pretrain/train.py does after compiling
+  host_memory.release_freed_memory()  # as pretrain/train.py does after compiling
   temp_bytes = compiled.memory_analysis().temp_size_in_bytes
   flops = step_flops(compiled)
   holder = [state]
@@ -90,7 +95,8 @@ def run(name: str, steps: int, smoke: bool, overrides: list[str]) -> dict:
           'matmul_peak_gflop_s': round(peak / 1e9, 1),
           'fraction_of_peak': round(flops / seconds / peak, 3),
           'peak_rss_gb': round(peak_rss_bytes() / 2**30, 2),
-          'xla_temp_gb': round(temp_bytes / 2**30, 3)}
+          'xla_temp_gb': round(temp_bytes / 2**30, 3),
+          'glibc_tunables': os.environ.get('GLIBC_TUNABLES') or 'none'}
 
 
 def main(argv: list[str]) -> int:

@@ -11,6 +11,11 @@ step are the analytic count of both (3 x the forward matmuls; 0.733 T `tiny`, 1.
 FLOP/s columns compare like with like; the peak is the jitted 4096^2 fp32 matmul of our process in
 the same round. bf16 means bf16 matmul inputs with fp32 master weights on both sides (OpenCLIP:
 `amp_bf16` autocast). Without --peer_python (CI) only our side runs.
+
+Each process keeps the environment it is given, except that ours restarts itself with glibc's
+huge-page malloc as the trainer does (`pretrain/host_memory.py`); OpenCLIP runs as its users run
+it. `GLIBC_TUNABLES=glibc.malloc.hugetlb=1` (or `=0`) in this command's environment gives both
+sides the same setting; the glibc_tunables column says what each ran with.
 """
 
 import argparse
@@ -103,7 +108,7 @@ def compare(config: str, dtype: str, rounds: int, steps: int, peer_python: str |
                    'ratio_vs_openclip': round(per_s / peer['examples_per_s'], 3) if peer else '-',
                    'model_gflop_s': round(flops * per_s / row['batch'] / 1e9, 1),
                    'fraction_of_peak': round(flops * per_s / row['batch'] / peak, 3),
-                   'peak_rss_gb': row['peak_rss_gb']})
+                   'peak_rss_gb': row['peak_rss_gb'], 'glibc_tunables': row['glibc_tunables']})
   return rows
 
 

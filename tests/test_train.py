@@ -120,20 +120,3 @@ def test_bad_record_policies_through_the_trainer(tmp_path):
   lines = [l for l in error.stderr.splitlines() if l.startswith('error: ')]
   assert error.returncode == 1 and len(lines) == 1
   assert 'bad record in bad.csv, key row' in lines[0]
-
-
-def _resident_mib() -> int:
-  with open('/proc/self/status') as status:
-    return next(int(line.split()[1]) // 1024 for line in status if line.startswith('VmRSS'))
-
-
-def test_release_freed_memory_returns_heap_pages_to_the_os():
-  """What compilation frees (many small heap blocks) leaves the RSS after the release."""
-  from pretrain.host_memory import release_freed_memory
-  blocks = [bytes(4000) for _ in range(50_000)]  # 200 MB of malloc'd (not mmapped) blocks
-  survivor = bytes(4000)  # allocated last, so the freed pages are not at the heap's top
-  before = _resident_mib()
-  del blocks
-  assert release_freed_memory()
-  assert _resident_mib() <= before - 150, (before, _resident_mib())
-  del survivor

@@ -1,0 +1,110 @@
+"""Host memory: glibc's huge-page malloc for training processes, freed heap returned to the OS."""
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+from pretrain import host_memory
+from pretrain.host_memory import HUGE_PAGE_TUNABLE, huge_page_malloc_env
+from tests.helpers import ROOT
+
+HUGE_PAGES_WORK = huge_page_malloc_env({}, host_memory._glibc_version(),
+                                       host_memory._thp_mode()) is not None
+needs_huge_pages = pytest.mark.skipif(not HUGE_PAGES_WORK,
+                                      reason='needs glibc >= 2.35 and transparent huge pages')
+
+
+def _env(**changes) -> dict:
+  env = dict(os.environ, PYTHONPATH=ROOT)
+  env.pop('GLIBC_TUNABLES', None)
+  env.pop('XLA_FLAGS', None)
+  env.update(changes)
+  return env
+
+
+def test_huge_page_env_adds_the_tunable_and_keeps_the_users_others():
+  env = huge_page_malloc_env({'A': '1'}, (2, 36), 'madvise')
+  assert env == {'A': '1', 'GLIBC_TUNABLES': 'glibc.malloc.hugetlb=1'}
+  env = huge_page_malloc_env({'GLIBC_TUNABLES': 'glibc.malloc.arena_max=2'}, (2, 35), 'always')
+  assert env['GLIBC_TUNABLES'] == 'glibc.malloc.arena_max=2:glibc.malloc.hugetlb=1'
+
+
+@pytest.mark.parametrize('environ, glibc, thp', [
+    ({'GLIBC_TUNABLES': 'glibc.malloc.hugetlb=0'}, (2, 36), 'madvise'),  # the user's choice
+    ({'GLIBC_TUNABLES': 'glibc.malloc.hugetlb=1'}, (2, 36), 'madvise'),  # restarted already
+    ({}, (2, 34), 'madvise'),  # glibc without the tunable
+    ({}, None, 'madvise'),  # not glibc (musl, macOS)
+    ({}, (2, 36), 'never'),  # huge pages switched off in the kernel
+    ({}, (2, 36), None),  # no transparent huge pages at all
+])
+def test_huge_page_env_is_none_where_set_already_or_useless(environ, glibc, thp):
+  assert huge_page_malloc_env(environ, glibc, thp) is None
+
+
+_SHOW_AND_RUN_TRAINER = ('import os, runpy, sys; '
+                         'print("pid", os.getpid(), os.environ.get("GLIBC_TUNABLES"), flush=True); '
+                         'sys.argv = ["pretrain/train.py"]; '
+                         'runpy.run_module("pretrain.train", run_name="__main__")')
+
+
+@needs_huge_pages
+def test_trainer_restarts_itself_once_with_huge_page_malloc():
+  """Same process (pid), same command, run again with the tunable; then the trainer proper."""
+  result = subprocess.run([sys.executable, '-c', _SHOW_AND_RUN_TRAINER], cwd=ROOT, env=_env(),
+                          capture_output=True, text=True, timeout=120)
+  lines = result.stdout.split('\n')[:-1]
+  assert len(lines) == 2, result.stdout
+  (_, pid_before, before), (_, pid_after, after) = (line.split() for line in lines)
+  assert (pid_before, before) == (pid_after, 'None') and after == HUGE_PAGE_TUNABLE + '=1'
+  assert result.returncode == 2 and result.stderr == 'error: --config is required\n'
+
+
+def test_trainer_leaves_a_users_setting_alone():
+  result = subprocess.run([sys.executable, '-c', _SHOW_AND_RUN_TRAINER], cwd=ROOT,
+                          env=_env(GLIBC_TUNABLES=HUGE_PAGE_TUNABLE + '=0'),
+                          capture_output=True, text=True, timeout=120)
+  assert result.stdout.split() == ['pid', result.stdout.split()[1], HUGE_PAGE_TUNABLE + '=0']
+  assert result.returncode == 2
+
+
+_XLA_STEP_FAULTS = '''
+import resource, jax, jax.numpy as jnp
+x = jnp.ones((256, 65, 1024))  # 68 MB: XLA's output block is mmapped afresh on every call
+axpy = jax.jit(lambda a: 2 * a + 1)
+axpy(x).block_until_ready()
+before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+for _ in range(4):
+  axpy(x).block_until_ready()
+print((resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before) // 4)
+'''
+
+
+@needs_huge_pages
+def test_huge_page_malloc_cuts_the_page_faults_of_xla_buffers():
+  """The mechanism behind the speed-up (benchmarks/README.md): 4 KiB faults on every fresh block."""
+  def faults_per_call(setting: str) -> int:
+    result = subprocess.run([sys.executable, '-c', _XLA_STEP_FAULTS], cwd=ROOT, check=True,
+                            env=_env(GLIBC_TUNABLES=f'{HUGE_PAGE_TUNABLE}={setting}'),
+                            capture_output=True, text=True, timeout=120)
+    return int(result.stdout)
+  small_pages, huge_pages = faults_per_call('0'), faults_per_call('1')
+  assert small_pages >= 68_000_000 // 4096 * 0.9, small_pages  # one fault per 4 KiB page
+  assert huge_pages <= small_pages // 8, (small_pages, huge_pages)
+
+
+def _resident_mib() -> int:
+  with open('/proc/self/status') as status:
+    return next(int(line.split()[1]) // 1024 for line in status if line.startswith('VmRSS'))
+
+
+def test_release_freed_memory_returns_heap_pages_to_the_os():
+  """What compilation frees (many small heap blocks) leaves the RSS after the release."""
+  blocks = [bytes(4000) for _ in range(50_000)]  # 200 MB of malloc'd (not mmapped) blocks
+  survivor = bytes(4000)  # allocated last, so the freed pages are not at the heap's top
+  before = _resident_mib()
+  del blocks
+  assert host_memory.release_freed_memory()
+  assert _resident_mib() <= before - 150, (before, _resident_mib())
+  del survivor
