@@ -70,28 +70,31 @@ def test_trainer_leaves_a_users_setting_alone():
 
 
 _XLA_STEP_FAULTS = '''
-import resource, jax, jax.numpy as jnp
-x = jnp.ones((256, 65, 1024))  # 68 MB: XLA's output block is mmapped afresh on every call
-axpy = jax.jit(lambda a: 2 * a + 1)
-axpy(x).block_until_ready()
+import hashlib, resource, jax, jax.numpy as jnp, numpy as np
+x = jax.random.normal(jax.random.key(0), (256, 65, 1024))  # 68 MB: XLA's output block is
+step = jax.jit(lambda a: jnp.tanh(2 * a + 1))                # mmapped afresh on every call
+step(x).block_until_ready()
 before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
 for _ in range(4):
-  axpy(x).block_until_ready()
-print((resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before) // 4)
+  y = step(x).block_until_ready()
+faults = (resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before) // 4
+print(faults, hashlib.sha256(np.asarray(y).tobytes()).hexdigest())
 '''
 
 
 @needs_huge_pages
 def test_huge_page_malloc_cuts_the_page_faults_of_xla_buffers():
   """The mechanism behind the speed-up (benchmarks/README.md): 4 KiB faults on every fresh block."""
-  def faults_per_call(setting: str) -> int:
+  def faults_and_digest(setting: str) -> tuple[int, str]:
     result = subprocess.run([sys.executable, '-c', _XLA_STEP_FAULTS], cwd=ROOT, check=True,
                             env=_env(GLIBC_TUNABLES=f'{HUGE_PAGE_TUNABLE}={setting}'),
                             capture_output=True, text=True, timeout=120)
-    return int(result.stdout)
-  small_pages, huge_pages = faults_per_call('0'), faults_per_call('1')
+    faults, digest = result.stdout.split()
+    return int(faults), digest
+  (small_pages, digest), (huge_pages, huge_digest) = faults_and_digest('0'), faults_and_digest('1')
   assert small_pages >= 68_000_000 // 4096 * 0.9, small_pages  # one fault per 4 KiB page
   assert huge_pages <= small_pages // 8, (small_pages, huge_pages)
+  assert huge_digest == digest  # where the memory comes from changes no result, bit for bit
 
 
 def _resident_mib() -> int:
