@@ -68,9 +68,14 @@ def _thp_mode() -> str | None:
   return text[text.find('[') + 1:text.find(']')] if '[' in text else None
 
 
+def huge_page_env_here(environ: Mapping[str, str]) -> dict[str, str] | None:
+  """huge_page_malloc_env for this machine's glibc and kernel."""
+  return huge_page_malloc_env(environ, _glibc_version(), _thp_mode())
+
+
 def restart_with_huge_page_malloc() -> None:
   """Re-executes this command with huge-page malloc (module docstring); returns where not needed."""
-  env = huge_page_malloc_env(os.environ, _glibc_version(), _thp_mode())
+  env = huge_page_env_here(os.environ)
   if env is None:
     return
   sys.stdout.flush()

@@ -10,8 +10,7 @@ from pretrain import host_memory
 from pretrain.host_memory import HUGE_PAGE_TUNABLE, huge_page_malloc_env
 from tests.helpers import ROOT
 
-HUGE_PAGES_WORK = huge_page_malloc_env({}, host_memory._glibc_version(),
-                                       host_memory._thp_mode()) is not None
+HUGE_PAGES_WORK = host_memory.huge_page_env_here({}) is not None
 needs_huge_pages = pytest.mark.skipif(not HUGE_PAGES_WORK,
                                       reason='needs glibc >= 2.35 and transparent huge pages')
 
