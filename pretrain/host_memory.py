@@ -1,13 +1,13 @@
 """Host memory of a training process: glibc's malloc backed by huge pages, freed heap returned.
 
 XLA:CPU allocates a step's temporaries as one block (about 3 GB on the `tiny` benchmark) and frees
-it when the step ends; glibc serves a block that large with a fresh mmap, so every step first-touches
-it again in 4 KiB pages — about 780,000 page faults, each zeroing its page, most of a second per
+it when the step ends; glibc serves a block that large with a fresh mmap, so each step first-touches
+it again in 4 KiB pages: about 780,000 page faults, each zeroing its page, most of a second per
 step on the 2-core development machine. glibc (2.35 and later) backs its mmapped and heap memory
-with transparent huge pages when the tunable `glibc.malloc.hugetlb=1` is set: 2 MiB per fault
-(a 68 MB block: 16,641 faults -> 289; the `tiny` step 13-15% faster, benchmarks/README.md). Tunables are read when a process starts, so the training
-entry points re-execute themselves once with it set; `GLIBC_TUNABLES=glibc.malloc.hugetlb=0`
-(or any setting of it) is left alone.
+with transparent huge pages when the tunable `glibc.malloc.hugetlb=1` is set: 2 MiB per fault (a
+68 MB block: 16,641 faults -> 289; the `tiny` step 13-15% faster, benchmarks/README.md). Tunables
+are read when a process starts, so the training entry points re-execute themselves once with it
+set; `GLIBC_TUNABLES=glibc.malloc.hugetlb=0` (or any setting of it) is left alone.
 """
 
 import ctypes
@@ -38,7 +38,7 @@ def release_freed_memory() -> bool:
 
 def huge_page_malloc_env(environ: Mapping[str, str], glibc_version: tuple[int, int] | None,
                          thp_mode: str | None) -> dict[str, str] | None:
-  """`environ` with glibc's huge-page tunable added, or None where it is set already or cannot work."""
+  """`environ` with glibc's huge-page tunable added; None where it is set already or cannot work."""
   if glibc_version is None or glibc_version < (2, 35) or thp_mode not in ('always', 'madvise'):
     return None
   tunables = environ.get('GLIBC_TUNABLES', '')
