@@ -15,6 +15,8 @@ if __name__ == '__main__':  # first, before jax loads: the train step as pretrai
 import argparse
 import os
 import platform
+import resource
+import statistics
 import sys
 
 import jax
@@ -78,11 +80,13 @@ def run(name: str, steps: int, smoke: bool, overrides: list[str]) -> dict:
   host_memory.release_freed_memory()  # as pretrain/train.py does after compiling
   temp_bytes = compiled.memory_analysis().temp_size_in_bytes
   flops = step_flops(compiled)
-  holder = [state]
+  holder, kernel_seconds = [state], []
 
   def one_step():
+    kernel_before = resource.getrusage(resource.RUSAGE_SELF).ru_stime
     holder[0], metrics = compiled(holder[0], batch)
     jax.block_until_ready(metrics)
+    kernel_seconds.append(resource.getrusage(resource.RUSAGE_SELF).ru_stime - kernel_before)
 
   one_step()  # warm-up, excluded
   seconds = median_seconds(one_step, steps)
@@ -96,6 +100,7 @@ def run(name: str, steps: int, smoke: bool, overrides: list[str]) -> dict:
           'fraction_of_peak': round(flops / seconds / peak, 3),
           'peak_rss_gb': round(peak_rss_bytes() / 2**30, 2),
           'xla_temp_gb': round(temp_bytes / 2**30, 3),
+          'kernel_s_per_step': round(statistics.median(kernel_seconds[1:]), 3),
           'glibc_tunables': os.environ.get('GLIBC_TUNABLES') or 'none'}
 
 

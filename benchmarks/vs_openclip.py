@@ -15,7 +15,8 @@ the same round. bf16 means bf16 matmul inputs with fp32 master weights on both s
 Each process keeps the environment it is given, except that ours restarts itself with glibc's
 huge-page malloc as the trainer does (`pretrain/host_memory.py`); OpenCLIP runs as its users run
 it. `GLIBC_TUNABLES=glibc.malloc.hugetlb=1` (or `=0`) in this command's environment gives both
-sides the same setting; the glibc_tunables column says what each ran with.
+sides the same setting; the glibc_tunables column says what each ran with, and kernel_s_per_step
+how much of a step each spent in the kernel (mostly page faults on fresh memory: benchmarks/README.md).
 """
 
 import argparse
@@ -108,7 +109,8 @@ def compare(config: str, dtype: str, rounds: int, steps: int, peer_python: str |
                    'ratio_vs_openclip': round(per_s / peer['examples_per_s'], 3) if peer else '-',
                    'model_gflop_s': round(flops * per_s / row['batch'] / 1e9, 1),
                    'fraction_of_peak': round(flops * per_s / row['batch'] / peak, 3),
-                   'peak_rss_gb': row['peak_rss_gb'], 'glibc_tunables': row['glibc_tunables']})
+                   'peak_rss_gb': row['peak_rss_gb'], 'kernel_s_per_step': row['kernel_s_per_step'],
+                   'glibc_tunables': row['glibc_tunables']})
   return rows
 
 

@@ -19,6 +19,7 @@ from tests.helpers import ROOT
     ('benchmarks.vs_openclip', ['--config', 'tiny', '--smoke', '--rounds', '1', '--steps', '2']),
     ('benchmarks.bf16_curve', ['--smoke']),
     ('benchmarks.profile_step', ['--config', 'tiny', '--smoke']),
+    ('benchmarks.refault', ['--smoke']),
 ])
 def test_benchmark_smoke(tmp_path, module, args):
   out = tmp_path / 'result.json'
