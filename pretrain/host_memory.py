@@ -6,8 +6,8 @@ it again in 4 KiB pages: about 780,000 page faults, each zeroing its page, most 
 step on the 2-core development machine. glibc (2.35 and later) backs its mmapped and heap memory
 with transparent huge pages when the tunable `glibc.malloc.hugetlb=1` is set: 2 MiB per fault (a
 68 MB block: 16,641 faults -> 289; the `tiny` step 13-15% faster, benchmarks/README.md). Tunables
-are read when a process starts, so the training entry points re-execute themselves once with it
-set; `GLIBC_TUNABLES=glibc.malloc.hugetlb=0` (or any setting of it) is left alone.
+are read when a process starts, so the training and eval entry points re-execute themselves once
+with it set; `GLIBC_TUNABLES=glibc.malloc.hugetlb=0` (or any setting of it) is left alone.
 """
 
 import ctypes
