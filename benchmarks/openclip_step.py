@@ -75,7 +75,8 @@ def run(cfg: dict, batch: int, steps: int, precision: str, threads: int) -> dict
   train_one_epoch(model, data, open_clip.ClipLoss(), 0, optimizer, None, scheduler, None, args)
   step_seconds = [b - a for a, b in zip(loader.times[1:], loader.times[2:])]
   seconds = statistics.median(step_seconds)
-  kernel = statistics.median(b - a for a, b in zip(loader.kernel_times[1:], loader.kernel_times[2:]))
+  kernel_times = loader.kernel_times
+  kernel = statistics.median(b - a for a, b in zip(kernel_times[1:], kernel_times[2:]))
   return {'impl': f'OpenCLIP {open_clip.__version__} (torch {torch.__version__})',
           'precision': precision, 'batch': batch, 'step_s': round(seconds, 4),
           'examples_per_s': round(batch / seconds, 2), 'threads': torch.get_num_threads(),

@@ -16,7 +16,8 @@ Each process keeps the environment it is given, except that ours restarts itself
 huge-page malloc as the trainer does (`pretrain/host_memory.py`); OpenCLIP runs as its users run
 it. `GLIBC_TUNABLES=glibc.malloc.hugetlb=1` (or `=0`) in this command's environment gives both
 sides the same setting; the glibc_tunables column says what each ran with, and kernel_s_per_step
-how much of a step each spent in the kernel (mostly page faults on fresh memory: benchmarks/README.md).
+how much of a step each spent in the kernel (mostly page faults on fresh memory; see
+benchmarks/README.md).
 """
 
 import argparse
