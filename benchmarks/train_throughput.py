@@ -28,6 +28,7 @@ from pretrain import sharding
 from pretrain.config_cli import apply_override, load_config_file
 from pretrain.optim import make_optimizer
 from pretrain.plan import step_flops
+from pretrain.prefault import for_compiled_step
 from pretrain.train_step import StepBuilder
 
 CONFIGS = {'tiny': 'configs/demo.py:tiny', 'b32': 'configs/clip_vit_b32.py', 'demo': 'configs/demo.py',
@@ -81,10 +82,13 @@ def run(name: str, steps: int, smoke: bool, overrides: list[str]) -> dict:
   temp_bytes = compiled.memory_analysis().temp_size_in_bytes
   flops = step_flops(compiled)
   holder, kernel_seconds = [state], []
+  prefault = for_compiled_step(compiled, config.prefault_step_memory)  # as the trainer's loop does
 
   def one_step():
     kernel_before = resource.getrusage(resource.RUSAGE_SELF).ru_stime
+    prefault.before_dispatch()
     holder[0], metrics = compiled(holder[0], batch)
+    prefault.after_dispatch()
     jax.block_until_ready(metrics)
     kernel_seconds.append(resource.getrusage(resource.RUSAGE_SELF).ru_stime - kernel_before)
 
@@ -101,6 +105,7 @@ def run(name: str, steps: int, smoke: bool, overrides: list[str]) -> dict:
           'peak_rss_gb': round(peak_rss_bytes() / 2**30, 2),
           'xla_temp_gb': round(temp_bytes / 2**30, 3),
           'kernel_s_per_step': round(statistics.median(kernel_seconds[1:]), 3),
+          'prefaulted': prefault.populated_bytes > 0,
           'glibc_tunables': os.environ.get('GLIBC_TUNABLES') or 'none'}
 
 

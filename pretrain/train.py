@@ -25,6 +25,7 @@ from pretrain.config_cli import parse_args, save_config
 from pretrain.errors import ConfigError
 from pretrain.logger import MetricsLogger, Throughput
 from pretrain.optim import make_optimizer
+from pretrain.prefault import for_compiled_step
 from pretrain.run_control import StopRequest, WorkdirLock, quiet_background_errors
 from pretrain.train_step import StepBuilder
 
@@ -126,7 +127,7 @@ def train(config, workdir: str) -> dict | None:
 
 def run_loop(config, workdir, builder, mesh, ckpt, data_iter, state, problems):
   """Steps until total_steps, SIGTERM or exit_after_step; -> (state, reached total_steps)."""
-  step_fn = None  # compiled ahead of the first step, so that its freed memory goes back first
+  step_fn = prefault = None  # compiled ahead of the first step: its freed memory goes back first
   is_main = jax.process_index() == 0
   logger = MetricsLogger(workdir, config.total_steps, enabled=is_main)
   stop = StopRequest()
@@ -139,7 +140,10 @@ def run_loop(config, workdir, builder, mesh, ckpt, data_iter, state, problems):
       if step_fn is None:
         step_fn = builder.jit_step().lower(state, batch).compile()
         host_memory.release_freed_memory()
+        prefault = for_compiled_step(step_fn, config.prefault_step_memory)
+      prefault.before_dispatch()
       state, metrics = step_fn(state, batch)
+      prefault.after_dispatch()  # while the step runs; the loop waits for it just below
       if check_skipped(config, state, metrics, step + 1, ckpt):
         continue
       step += 1
