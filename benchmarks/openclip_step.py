@@ -49,6 +49,11 @@ class TimedLoader:
     self._mark()
 
 
+def _median_timed_step(marks: list[float]) -> float:
+  """Median gap between consecutive batch requests, the warm-up step's (the first gap) left out."""
+  return statistics.median(b - a for a, b in zip(marks[1:], marks[2:]))
+
+
 def run(cfg: dict, batch: int, steps: int, precision: str, threads: int) -> dict:
   """Times OpenCLIP's training loop for `steps` steps; the first (warm-up) step is excluded."""
   import torch
@@ -73,10 +78,7 @@ def run(cfg: dict, batch: int, steps: int, precision: str, threads: int) -> dict
                          local_rank=0, world_size=1, log_every_n_steps=10 ** 9, batch_size=batch,
                          wandb=False)
   train_one_epoch(model, data, open_clip.ClipLoss(), 0, optimizer, None, scheduler, None, args)
-  step_seconds = [b - a for a, b in zip(loader.times[1:], loader.times[2:])]
-  seconds = statistics.median(step_seconds)
-  kernel_times = loader.kernel_times
-  kernel = statistics.median(b - a for a, b in zip(kernel_times[1:], kernel_times[2:]))
+  seconds, kernel = (_median_timed_step(marks) for marks in (loader.times, loader.kernel_times))
   return {'impl': f'OpenCLIP {open_clip.__version__} (torch {torch.__version__})',
           'precision': precision, 'batch': batch, 'step_s': round(seconds, 4),
           'examples_per_s': round(batch / seconds, 2), 'threads': torch.get_num_threads(),

@@ -84,3 +84,9 @@ def read_metrics(workdir) -> list[dict]:
   """The rows of WORKDIR/metrics.jsonl."""
   with open(os.path.join(workdir, 'metrics.jsonl')) as f:
     return [json.loads(line) for line in f]
+
+
+def resident_bytes() -> int:
+  """This process's resident set size now (Linux)."""
+  with open('/proc/self/statm') as statm:
+    return int(statm.read().split()[1]) * os.sysconf('SC_PAGE_SIZE')

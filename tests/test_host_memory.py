@@ -8,7 +8,7 @@ import pytest
 
 from pretrain import host_memory
 from pretrain.host_memory import HUGE_PAGE_TUNABLE, huge_page_malloc_env
-from tests.helpers import ROOT
+from tests.helpers import ROOT, resident_bytes
 
 HUGE_PAGES_WORK = host_memory.huge_page_env_here({}) is not None
 needs_huge_pages = pytest.mark.skipif(not HUGE_PAGES_WORK,
@@ -107,17 +107,12 @@ def test_huge_page_malloc_cuts_the_page_faults_of_xla_buffers():
   assert huge_digest == digest  # where the memory comes from changes no result, bit for bit
 
 
-def _resident_mib() -> int:
-  with open('/proc/self/status') as status:
-    return next(int(line.split()[1]) // 1024 for line in status if line.startswith('VmRSS'))
-
-
 def test_release_freed_memory_returns_heap_pages_to_the_os():
   """What compilation frees (many small heap blocks) leaves the RSS after the release."""
   blocks = [bytes(4000) for _ in range(50_000)]  # 200 MB of malloc'd (not mmapped) blocks
   survivor = bytes(4000)  # allocated last, so the freed pages are not at the heap's top
-  before = _resident_mib()
+  before = resident_bytes() // 2**20
   del blocks
   assert host_memory.release_freed_memory()
-  assert _resident_mib() <= before - 150, (before, _resident_mib())
+  assert resident_bytes() // 2**20 <= before - 150, (before, resident_bytes() // 2**20)
   del survivor

@@ -12,6 +12,7 @@ import pytest
 
 from pretrain.prefault import (MIN_BLOCK_BYTES, TempBlockPrefaulter, for_compiled_step,
                                large_anonymous_mappings)
+from tests.helpers import resident_bytes
 
 linux_only = pytest.mark.skipif(sys.platform != 'linux', reason='reads /proc/self/maps')
 
@@ -40,9 +41,8 @@ def test_off_where_temporaries_are_small_or_not_wanted():
   assert off.after_dispatch() == 0
 
 
-def _resident_bytes() -> int:
-  with open('/proc/self/statm') as statm:
-    return int(statm.read().split()[1]) * mmap.PAGESIZE
+def _private_block(size: int) -> mmap.mmap:
+  return mmap.mmap(-1, size, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
 
 
 @linux_only
@@ -52,15 +52,11 @@ def test_a_new_block_is_populated_without_being_touched():
   prefault = TempBlockPrefaulter(size, timeout_s=1.0)
   prefault.before_dispatch()
   block = _private_block(size)  # what glibc does for XLA's block, here without touching it
-  before = _resident_bytes()
+  before = resident_bytes()
   assert prefault.after_dispatch() == size
-  assert _resident_bytes() - before >= 0.95 * size
+  assert resident_bytes() - before >= 0.95 * size
   assert block[:16] == bytes(16) and block[-16:] == bytes(16)  # zero-filled, as mmap promises
   block.close()
-
-
-def _private_block(size: int) -> mmap.mmap:
-  return mmap.mmap(-1, size, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
 
 
 @linux_only
