@@ -50,9 +50,13 @@ def compile_step(config, mesh):
 
   from data.records import BAD_KINDS
   from pretrain import sharding
+  from pretrain.batch_chunks import AUTO
   from pretrain.optim import make_optimizer
   from pretrain.train_step import StepBuilder
 
+  if config.tower_batch_chunks == AUTO:  # Auto means one slice on the pod's accelerators.
+    config = config.copy_and_resolve_references()
+    config.tower_batch_chunks = 1
   tx, schedule = make_optimizer(config.optim, config.total_steps)
   builder = StepBuilder(config, mesh, tx, schedule)
   rows = sharding.batch_sharding(mesh)

@@ -10,10 +10,12 @@ from jax.sharding import Mesh
 
 from data.records import BAD_KINDS
 from pretrain import partial, sharding
+from pretrain.batch_chunks import map_over_chunks, resolve_chunks
 from pretrain.grad_cache import cached_loss_and_grads
 from pretrain.losses import make_loss
 from pretrain.models import build_model
 from pretrain.models.layers import activations_split_over
+from pretrain.models.variants import image_tower_kind, model_size
 
 # {'step': int32 [] (applied updates), 'params': pure dict, 'opt_state': optax state,
 #  'rng': uint32 [2], 'bad_records': int32 [len(BAD_KINDS)] (skipped records, all processes),
@@ -81,6 +83,8 @@ class StepBuilder:
         lambda leaf, s: jax.ShapeDtypeStruct(leaf.shape, leaf.dtype, sharding=s),
         abstract, self.state_shardings)
     self.loss_fn = make_loss(mesh, sharding.BATCH_AXES, config.loss)
+    self.batch_shards = sharding.batch_parallelism(mesh)
+    self.image_tower_is_vit = image_tower_kind(model_size(config.model)) == 'vit'
 
   def split_frozen(self, params: Any) -> tuple[Any, Any]:
     """(parameters the gradient and optimizer see, frozen ones None; the frozen ones, or None)."""
@@ -114,10 +118,21 @@ class StepBuilder:
     model = nnx.merge(self.graphdef, params)
     # A locked image tower (LiT) runs as at inference: BatchNorm running averages, every block.
     train_images = not partial.tower_frozen(self.frozen, 'img')
+    embed_images = lambda x: model.embed_images(x, train=train_images, key=key)
     with activations_split_over(self.mesh):
-      img = model.embed_images(images, train=train_images, key=key)
-      txt = model.embed_texts(texts)
+      # BatchNorm towers (EfficientNet) need the whole batch for their statistics.
+      image_chunks = self.tower_chunks(images.shape[0]) if self.image_tower_is_vit else 1
+      img = map_over_chunks(embed_images, images, image_chunks, self.batch_shards)
+      txt = map_over_chunks(model.embed_texts, texts, self.tower_chunks(texts.shape[0]),
+                            self.batch_shards)
     return img, txt, nnx.to_pure_dict(nnx.state(model, nnx.BatchStat))
+
+  def tower_chunks(self, batch_size: int) -> int:
+    """Slices of each device's part of a batch of `batch_size` the towers run on (batch_chunks)."""
+    platform = self.mesh.devices.flat[0].platform
+    params_sharded = self.config.param_sharding != 'replicate' and self.mesh.shape['fsdp'] > 1
+    return resolve_chunks(self.config.tower_batch_chunks, batch_size // self.batch_shards,
+                          platform, params_sharded)
 
   def head_loss(self, params: Any, img: jax.Array, txt: jax.Array) -> tuple[jax.Array, dict]:
     """The global-batch contrastive loss of given embeddings (uses only the temperature/bias)."""

@@ -83,6 +83,13 @@ def check_training(config, num_devices: int, num_processes: int) -> dict[str, in
   require(config.batch_size % (ways * config.accum_steps) == 0,
           f'batch_size {config.batch_size} is not divisible by the data-parallel size {ways} x '
           f'accum_steps {config.accum_steps}')
+  chunks = config.tower_batch_chunks
+  require(chunks >= 0, f'tower_batch_chunks must be >= 0 (0 = auto), got {chunks}')
+  per_device = config.batch_size // (ways * config.accum_steps)
+  require(chunks == 0 or per_device % chunks == 0,
+          f'tower_batch_chunks {chunks} does not divide the per-device batch {per_device} '
+          f'(batch_size {config.batch_size} / data-parallel size {ways} / accum_steps '
+          f'{config.accum_steps})')
   require(config.batch_size % num_processes == 0,
           f'batch_size {config.batch_size} is not divisible by the {num_processes} processes')
   return shape

@@ -50,6 +50,9 @@ def test_missing_config_file_and_variant():
     ('--config.accum_steps=0', 'accum_steps must be >= 1, got 0'),
     ('--config.model.text_remat=some', "unknown model.text_remat 'some'; known: none, full, dots"),
     ('--config.loss.tile=0', 'loss.tile must be positive, got 0'),
+    ('--config.tower_batch_chunks=3', 'tower_batch_chunks 3 does not divide the per-device batch '
+                                      '16 (batch_size 128 / data-parallel size 8 / accum_steps 1)'),
+    ('--config.tower_batch_chunks=-1', 'tower_batch_chunks must be >= 0 (0 = auto), got -1'),
 ])
 def test_scale_fields_are_checked_in_one_line(override, message):
   from pretrain.validate import check_training
