@@ -22,7 +22,7 @@ def base_config() -> ml_collections.ConfigDict:
   # page by page during it (pretrain/prefault.py; `b32` +9-10% on the development VM).
   config.prefault_step_memory = True
   # Slices of each device's batch the towers run on as separate computations (pretrain/
-  # batch_chunks.py; same maths). 0 = auto: 4 (or 2) slices of >= 8 examples on the CPU backend
+  # batch_chunks.py; same maths). 0 = auto: 4 (or 2) slices of >= 16 examples on the CPU backend
   # without FSDP, where XLA runs them side by side (`tiny` +6%); 1 on accelerators.
   config.tower_batch_chunks = 0
   # Start from another run's (or an imported model's) parameters instead of random ones: its

@@ -12,10 +12,10 @@ from tests.helpers import loss_and_grads, max_tree_diff, mesh, random_batch, ste
 
 
 @pytest.mark.parametrize('setting, per_device, platform, fsdp, expected', [
-    (0, 256, 'cpu', False, 4), (0, 32, 'cpu', False, 4), (0, 16, 'cpu', False, 2),
-    (0, 12, 'cpu', False, 1), (8, 256, 'cpu', False, 8), (0, 256, 'gpu', False, 1), (0, 256, 'tpu', False, 1),
+    (0, 256, 'cpu', False, 4), (0, 32, 'cpu', False, 2), (0, 48, 'cpu', False, 2),
+    (0, 16, 'cpu', False, 1), (8, 256, 'cpu', False, 8), (0, 256, 'gpu', False, 1), (0, 256, 'tpu', False, 1),
     (0, 256, 'cpu', True, 1), (3, 12, 'gpu', True, 3), (1, 256, 'cpu', False, 1)])
-def test_auto_slices_only_on_cpu_without_fsdp_and_keeps_eight_examples_per_slice(
+def test_auto_slices_only_on_cpu_without_fsdp_and_keeps_16_examples_per_slice(
     setting, per_device, platform, fsdp, expected):
   assert resolve_chunks(setting, per_device, platform, fsdp) == expected
 
