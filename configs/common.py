@@ -23,7 +23,8 @@ def base_config() -> ml_collections.ConfigDict:
   config.prefault_step_memory = True
   # Slices of each device's batch the towers run on as separate computations (pretrain/
   # batch_chunks.py; same maths). 0 = auto: 4 (or 2) slices of >= 16 examples on the CPU backend
-  # without FSDP, where XLA runs them side by side (`tiny` +6%); 1 on accelerators.
+  # without FSDP, where XLA runs them side by side (`tiny` +6%); 1 on accelerators. BatchNorm
+  # (EfficientNet) image towers always take the whole batch.
   config.tower_batch_chunks = 0
   # Start from another run's (or an imported model's) parameters instead of random ones: its
   # workdir, and regexes of the parameter paths to take from it (e.g. 'img/.*' for one tower).
