@@ -79,3 +79,24 @@ def test_slices_move_no_examples_between_devices():
   assert sliced['all-to-all'] == whole['all-to-all'] == 0
   assert sliced['collective-permute'] == whole['collective-permute']
   assert sliced['all-gather'] == whole['all-gather']
+
+
+def test_batchnorm_image_towers_keep_the_whole_batch():
+  """Slices would give BatchNorm per-slice statistics: the EfficientNet tower is never sliced."""
+  from configs.align import get_config
+  config = get_config('tiny')
+  config.model.image_size, config.batch_size = 16, 16
+  the_mesh = mesh(1, 1, jax.devices()[:1])
+  batch = random_batch(config, 16)
+  results = []
+  for chunks in (1, 2):
+    config.tower_batch_chunks = chunks
+    builder = step_builder(config, the_mesh)
+    params = builder.init_state()['params']
+    results.append(jax.device_get(jax.jit(builder.embed_and_stats)(
+        params, batch['image'], batch['text'], jax.random.key(0))))
+  (img1, txt1, stats1), (img2, txt2, stats2) = results
+  assert builder.tower_chunks(16) == 2  # the text tower is sliced
+  assert max_tree_diff(stats1, stats2) == 0.0
+  assert max_tree_diff(img1, img2) == 0.0
+  assert max_tree_diff(txt1, txt2) <= 1e-6
