@@ -88,11 +88,11 @@ def test_batchnorm_image_towers_keep_the_whole_batch():
   config.model.image_size, config.batch_size = 16, 16
   the_mesh = mesh(1, 1, jax.devices()[:1])
   batch = random_batch(config, 16)
+  params = jax.device_get(step_builder(config, the_mesh).init_state()['params'])
   results = []
   for chunks in (1, 2):
     config.tower_batch_chunks = chunks
     builder = step_builder(config, the_mesh)
-    params = builder.init_state()['params']
     results.append(jax.device_get(jax.jit(builder.embed_and_stats)(
         params, batch['image'], batch['text'], jax.random.key(0))))
   (img1, txt1, stats1), (img2, txt2, stats2) = results
