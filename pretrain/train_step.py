@@ -85,6 +85,11 @@ class StepBuilder:
     self.loss_fn = make_loss(mesh, sharding.BATCH_AXES, config.loss)
     self.batch_shards = sharding.batch_parallelism(mesh)
     self.image_tower_is_vit = image_tower_kind(model_size(config.model)) == 'vit'
+    # What auto tower slices depend on (batch_chunks.resolve_chunks), read off the mesh and the
+    # parameters' actual shardings rather than re-deriving the FSDP placement rule.
+    self.platform = mesh.devices.flat[0].platform
+    self.params_sharded = not all(
+        s.is_fully_replicated for s in jax.tree.leaves(self.state_shardings['params']))
 
   def split_frozen(self, params: Any) -> tuple[Any, Any]:
     """(parameters the gradient and optimizer see, frozen ones None; the frozen ones, or None)."""
@@ -129,10 +134,8 @@ class StepBuilder:
 
   def tower_chunks(self, batch_size: int) -> int:
     """Slices of each device's part of a batch of `batch_size` the towers run on (batch_chunks)."""
-    platform = self.mesh.devices.flat[0].platform
-    params_sharded = self.config.param_sharding != 'replicate' and self.mesh.shape['fsdp'] > 1
     return resolve_chunks(self.config.tower_batch_chunks, batch_size // self.batch_shards,
-                          platform, params_sharded)
+                          self.platform, self.params_sharded)
 
   def head_loss(self, params: Any, img: jax.Array, txt: jax.Array) -> tuple[jax.Array, dict]:
     """The global-batch contrastive loss of given embeddings (uses only the temperature/bias)."""

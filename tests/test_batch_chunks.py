@@ -20,6 +20,14 @@ def test_auto_slices_only_on_cpu_without_fsdp_and_keeps_16_examples_per_slice(
   assert resolve_chunks(setting, per_device, platform, fsdp) == expected
 
 
+def test_auto_is_off_where_the_parameters_are_actually_sharded():
+  config = tiny_config()  # auto; 64 examples per device
+  assert step_builder(config, mesh(8, 1)).tower_chunks(8 * 64) == 4
+  assert step_builder(config, mesh(2, 4)).tower_chunks(8 * 64) == 1  # FSDP shards the weights
+  config.param_sharding = 'replicate'  # an fsdp axis that shards nothing
+  assert step_builder(config, mesh(2, 4)).tower_chunks(8 * 64) == 4
+
+
 def test_each_slice_takes_rows_from_every_device_and_the_order_comes_back():
   rows = np.arange(24)[:, None] * np.ones((1, 3))  # 4 devices x 6 rows, 3 slices of 2 per device
   seen = []
