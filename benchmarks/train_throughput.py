@@ -86,9 +86,7 @@ def run(name: str, steps: int, smoke: bool, overrides: list[str]) -> dict:
 
   def one_step():
     kernel_before = resource.getrusage(resource.RUSAGE_SELF).ru_stime
-    prefault.before_dispatch()
-    holder[0], metrics = compiled(holder[0], batch)
-    prefault.after_dispatch()
+    holder[0], metrics = prefault.dispatch(compiled, holder[0], batch)
     jax.block_until_ready(metrics)
     kernel_seconds.append(resource.getrusage(resource.RUSAGE_SELF).ru_stime - kernel_before)
 

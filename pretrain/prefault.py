@@ -95,6 +95,13 @@ class TempBlockPrefaulter:
     self.populated_bytes += populated
     return populated
 
+  def dispatch(self, step_fn, *args):
+    """step_fn(*args), with the block it maps pre-faulted while it runs; returns its result."""
+    self.before_dispatch()
+    result = step_fn(*args)
+    self.after_dispatch()
+    return result
+
   def _populate(self, start: int, size: int) -> int:
     if self._madvise(start, size, MADV_POPULATE_WRITE) == 0:
       return size

@@ -141,9 +141,8 @@ def run_loop(config, workdir, builder, mesh, ckpt, data_iter, state, problems):
         step_fn = builder.jit_step().lower(state, batch).compile()
         host_memory.release_freed_memory()
         prefault = for_compiled_step(step_fn, config.prefault_step_memory)
-      prefault.before_dispatch()
-      state, metrics = step_fn(state, batch)
-      prefault.after_dispatch()  # while the step runs; the loop waits for it just below
+      # Pre-faults while the step runs; the loop waits for the step just below.
+      state, metrics = prefault.dispatch(step_fn, state, batch)
       if check_skipped(config, state, metrics, step + 1, ckpt):
         continue
       step += 1
