@@ -53,9 +53,9 @@ def pipeline_rate(source, name: str, workers: int, batches: int) -> float:
 def step_check(spec: str, steps: int) -> dict:
   """tiny train step: median seconds fed by the wds pipeline vs on a resident batch."""
   from benchmarks.train_throughput import bench_config, synthetic_batch
-  from pretrain import sharding
-  from pretrain.optim import make_optimizer
-  from pretrain.train_step import StepBuilder
+  from pretrain.parallel import sharding
+  from pretrain.step.optim import make_optimizer
+  from pretrain.step.train_step import StepBuilder
   config = bench_config('tiny', False, [])
   config.data.update(dict(resize=72, flip=True))
   mesh = sharding.make_mesh(dict(config.mesh))

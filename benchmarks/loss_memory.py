@@ -29,7 +29,7 @@ def measure_point(loss: str, batch: int, dim: int, tile: int, limit_bytes: int) 
 
   from benchmarks.common import peak_rss_bytes
   from pretrain.losses import make_loss
-  from pretrain.sharding import BATCH_AXES, make_mesh
+  from pretrain.parallel.sharding import BATCH_AXES, make_mesh
 
   name, impl = loss.split('/')
   mesh = make_mesh({'data': -1, 'fsdp': 1})

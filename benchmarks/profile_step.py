@@ -11,7 +11,7 @@ every matmul shape with its GFLOP/s. Profiled times run ~1.3x the unprofiled ste
 with each other, not with train_throughput's seconds.
 """
 
-from pretrain import host_memory
+from pretrain.backends.cpu import host_memory
 
 if __name__ == '__main__':  # first, before jax loads: the train step as pretrain/train.py runs it
   host_memory.restart_with_huge_page_malloc()

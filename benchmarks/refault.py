@@ -12,7 +12,7 @@ reported and discarded by the host costs several times more to touch again; the 
 much was reported during each wait (`reported_mb`, where the kernel exposes the counter).
 """
 
-from pretrain import host_memory
+from pretrain.backends.cpu import host_memory
 
 if __name__ == '__main__':  # the malloc the trainer runs with
   host_memory.restart_with_huge_page_malloc()

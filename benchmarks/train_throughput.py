@@ -7,7 +7,7 @@ Prints examples/s (median of timed steps after compile), model FLOPs per step (X
 achieved FLOP/s, and that as a fraction of a 4096^2 fp32 matmul measured in the same run.
 """
 
-from pretrain import host_memory
+from pretrain.backends.cpu import host_memory
 
 if __name__ == '__main__':  # first, before jax loads: the train step as pretrain/train.py runs it
   host_memory.restart_with_huge_page_malloc()
@@ -24,12 +24,12 @@ import numpy as np
 
 from data.records import BAD_KINDS
 from benchmarks.common import matmul_peak_flops, median_seconds, peak_rss_bytes, print_table, write_json
-from pretrain import sharding
-from pretrain.config_cli import apply_override, load_config_file
-from pretrain.optim import make_optimizer
+from pretrain.parallel import sharding
+from pretrain.config.cli import apply_override, load_config_file
+from pretrain.step.optim import make_optimizer
 from pretrain.plan import step_flops
-from pretrain.prefault import for_compiled_step
-from pretrain.train_step import StepBuilder
+from pretrain.backends.cpu.prefault import for_compiled_step
+from pretrain.step.train_step import StepBuilder
 
 CONFIGS = {'tiny': 'configs/demo.py:tiny', 'b32': 'configs/clip_vit_b32.py', 'demo': 'configs/demo.py',
            'align_tiny': 'configs/align.py:tiny', 'align_b7': 'configs/align.py:b7'}

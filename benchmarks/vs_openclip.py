@@ -13,7 +13,7 @@ the same round. bf16 means bf16 matmul inputs with fp32 master weights on both s
 `amp_bf16` autocast). Without --peer_python (CI) only our side runs.
 
 Each process keeps the environment it is given, except that ours restarts itself with glibc's
-huge-page malloc as the trainer does (`pretrain/host_memory.py`); OpenCLIP runs as its users run
+huge-page malloc as the trainer does (`pretrain/backends/cpu/host_memory.py`); OpenCLIP runs as its users run
 it. `GLIBC_TUNABLES=glibc.malloc.hugetlb=1` (or `=0`) in this command's environment gives both
 sides the same setting; the glibc_tunables column says what each ran with, and kernel_s_per_step
 how much of a step each spent in the kernel (mostly page faults on fresh memory; see

@@ -19,7 +19,7 @@ def base_config() -> ml_collections.ConfigDict:
   config.exit_after_step = 0       # Checkpoint and exit at this step, as if preempted (drills); 0 = off.
   config.max_consecutive_skips = 10  # Non-finite updates in a row before the run stops.
   # CPU only: fault in XLA's per-step temporary block right after dispatching the step, instead of
-  # page by page during it (pretrain/prefault.py; `b32` +9-10% on the development VM).
+  # page by page during it (pretrain/backends/cpu/prefault.py; `b32` +9-10% on the development VM).
   config.prefault_step_memory = True
   # Slices of each device's batch the towers run on as separate computations (pretrain/
   # batch_chunks.py; same maths). 0 = auto: 4 (or 2) slices of >= 16 examples on the CPU backend

@@ -9,7 +9,7 @@ import json
 import os
 
 from data.records import DEFAULT_MAX_PIXELS, BadRecord, decode_caption, decode_image, read_file
-from pretrain.errors import ConfigError
+from data.errors import ConfigError
 
 IMAGE_EXTENSIONS = ('.jpg', '.jpeg', '.png', '.webp', '.bmp', '.gif', '.tif', '.tiff')
 

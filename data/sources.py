@@ -16,7 +16,7 @@ import os
 from urllib.parse import parse_qsl
 
 from data.records import DEFAULT_MAX_PIXELS
-from pretrain.errors import ConfigError
+from data.errors import ConfigError
 
 SOURCE_KINDS = ('shapes', 'csv', 'wds', 'imagefolder', 'jsonl', 'tfds')
 

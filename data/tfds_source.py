@@ -4,7 +4,7 @@ import numpy as np
 from PIL import Image
 
 from data.records import DEFAULT_MAX_PIXELS, BadRecord, decode_caption, decode_image
-from pretrain.errors import ConfigError
+from data.errors import ConfigError
 
 
 def array_to_image(array: np.ndarray) -> Image.Image:

@@ -15,7 +15,7 @@ import shutil
 import numpy as np
 
 from data import clip_bpe
-from pretrain.errors import ConfigError
+from data.errors import ConfigError
 
 PAD_ID = 0
 TOKENIZER_KINDS = ('bytes', 'hf', 'sentencepiece', 'clip_bpe', 'shapes')

@@ -14,7 +14,7 @@ import tarfile
 import zlib
 
 from data.records import DEFAULT_MAX_PIXELS, BadRecord, decode_caption, decode_image
-from pretrain.errors import ConfigError
+from data.errors import ConfigError
 
 IMAGE_EXTS = ('jpg', 'jpeg', 'png', 'webp')
 CAPTION_EXTS = ('txt', 'json')

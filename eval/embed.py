@@ -12,7 +12,7 @@ import numpy as np
 from flax import nnx
 from jax.sharding import Mesh
 
-from pretrain import sharding
+from pretrain.parallel import sharding
 
 ReadRows = Callable[[np.ndarray], np.ndarray]  # record indices -> model inputs for those rows
 

@@ -16,8 +16,8 @@ import jax
 import numpy as np
 
 from data.records import BadRecord
-from pretrain.checkpoint import checkpoint_dir
-from pretrain.errors import ConfigError
+from pretrain.runtime.checkpoint import checkpoint_dir
+from data.errors import ConfigError
 
 Evaluate = Callable[[int | None], tuple[int, dict]]  # step (None: newest) -> (step, metrics)
 

@@ -3,7 +3,7 @@
   python -m eval.retrieval --workdir RUN --dataset SPEC [--step N | --once | --watch] [--batch_size N]
 """
 
-from pretrain import host_memory
+from pretrain.backends.cpu import host_memory
 
 if __name__ == '__main__':  # first, before jax loads: the malloc the trainer runs with
   host_memory.restart_with_huge_page_malloc()

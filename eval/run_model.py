@@ -8,10 +8,10 @@ from jax.sharding import PartitionSpec as P
 
 from data.tokenizer import load_from_workdir
 from eval.embed import Embedder
-from pretrain import sharding
-from pretrain.checkpoint import restore_params
-from pretrain.config_cli import load_saved_config
-from pretrain.train_step import model_graphdef_and_shapes
+from pretrain.parallel import sharding
+from pretrain.runtime.checkpoint import restore_params
+from pretrain.config.cli import load_saved_config
+from pretrain.step.train_step import model_graphdef_and_shapes
 
 
 class RunModel:

@@ -2,7 +2,7 @@
 
 import os
 
-from pretrain.errors import ConfigError
+from data.errors import ConfigError
 
 # CLIP's 80 ImageNet prompts (Radford et al. 2021, the prompt-engineering notebook).
 CLIP80 = (

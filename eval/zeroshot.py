@@ -4,7 +4,7 @@
       [--step N | --once | --watch] [--batch_size N]
 """
 
-from pretrain import host_memory
+from pretrain.backends.cpu import host_memory
 
 if __name__ == '__main__':  # first, before jax loads: the malloc the trainer runs with
   host_memory.restart_with_huge_page_malloc()
@@ -17,7 +17,7 @@ from eval.job import Outputs, add_common_flags, cli, dataset_name, timed_evaluat
 from eval.run_model import RunModel
 from eval.templates import load_templates
 from eval.zeroshot_lib import evaluate_zeroshot
-from pretrain.errors import ConfigError
+from data.errors import ConfigError
 
 
 def read_classnames(path: str) -> list[str]:

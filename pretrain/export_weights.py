@@ -21,8 +21,8 @@ import numpy as np
 
 from data.tokenizer import Tokenizer
 from eval.run_model import RunModel
-from pretrain.checkpoint import named_leaves, restore_params
-from pretrain.errors import ConfigError, require
+from pretrain.runtime.checkpoint import named_leaves, restore_params
+from data.errors import ConfigError, require
 from pretrain.interop import hf, openclip
 from pretrain.interop.common import apply_export, write_safetensors
 from pretrain.models.variants import image_tower_kind, model_size

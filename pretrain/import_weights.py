@@ -20,13 +20,13 @@ import numpy as np
 import orbax.checkpoint as ocp
 
 from data.tokenizer import get_tokenizer, save_to_workdir
-from pretrain import validate
-from pretrain.checkpoint import checkpoint_dir, from_named, named_leaves
-from pretrain.config_cli import save_config
-from pretrain.errors import ConfigError, require
+from pretrain.config import validate
+from pretrain.runtime.checkpoint import checkpoint_dir, from_named, named_leaves
+from pretrain.config.cli import save_config
+from data.errors import ConfigError, require
 from pretrain.interop import hf, openclip
 from pretrain.interop.common import apply_import, read_safetensors
-from pretrain.train_step import model_graphdef_and_shapes
+from pretrain.step.train_step import model_graphdef_and_shapes
 
 FAMILIES = {'openclip': openclip, 'hf': hf}
 

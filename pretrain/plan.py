@@ -15,8 +15,8 @@ import math
 import os
 import sys
 
-from pretrain.config_cli import parse_args
-from pretrain.errors import ConfigError
+from pretrain.config.cli import parse_args
+from data.errors import ConfigError
 
 GIB = 2 ** 30
 
@@ -49,10 +49,10 @@ def compile_step(config, mesh):
   import jax
 
   from data.records import BAD_KINDS
-  from pretrain import sharding
-  from pretrain.batch_chunks import AUTO
-  from pretrain.optim import make_optimizer
-  from pretrain.train_step import StepBuilder
+  from pretrain.parallel import sharding
+  from pretrain.backends.cpu.tower_slices import AUTO
+  from pretrain.step.optim import make_optimizer
+  from pretrain.step.train_step import StepBuilder
 
   if config.tower_batch_chunks == AUTO:  # Auto means one slice on the pod's accelerators.
     config = config.copy_and_resolve_references()
@@ -93,7 +93,8 @@ def plan(config, sizes: dict[str, int]) -> dict:
   """Compiles the train step for `sizes` on this process's (simulated) devices; returns figures."""
   import jax
 
-  from pretrain import sharding, validate
+  from pretrain.parallel import sharding
+  from pretrain.config import validate
 
   with config.unlocked():
     config.mesh.update(sizes)

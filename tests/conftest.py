@@ -1,6 +1,6 @@
 """Eight simulated CPU devices for every test, set before jax is imported; huge-page malloc for
 the pytest-xdist workers, which start after the controller has read this file (as the trainer
-gives itself, pretrain/host_memory.py)."""
+gives itself, pretrain/backends/cpu/host_memory.py)."""
 
 import os
 import sys
@@ -11,7 +11,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if ROOT not in sys.path:
   sys.path.insert(0, ROOT)
 
-from pretrain import host_memory  # noqa: E402  (after sys.path has the checkout)
+from pretrain.backends.cpu import host_memory  # noqa: E402  (after sys.path has the checkout)
 
 _HUGE_PAGES = host_memory.huge_page_env_here(os.environ)
 if _HUGE_PAGES:

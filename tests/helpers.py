@@ -32,15 +32,15 @@ def random_batch(config, n: int, seed: int = 0) -> dict:
 
 def step_builder(config, the_mesh):
   """The StepBuilder of `config` on `the_mesh` (AdamW and schedule from `config.optim`)."""
-  from pretrain.optim import make_optimizer
-  from pretrain.train_step import StepBuilder
+  from pretrain.step.optim import make_optimizer
+  from pretrain.step.train_step import StepBuilder
   tx, schedule = make_optimizer(config.optim, config.total_steps)
   return StepBuilder(config, the_mesh, tx, schedule)
 
 
 def loss_and_grads(config, the_mesh, batch, params=None):
   """(loss, metrics, grads) of the train step's loss on `batch`, fetched to the host."""
-  from pretrain.sharding import batch_sharding
+  from pretrain.parallel.sharding import batch_sharding
   builder = step_builder(config, the_mesh)
   params = builder.init_state()['params'] if params is None else params
   sharded = {k: jax.device_put(v, batch_sharding(the_mesh)) for k, v in batch.items()}

@@ -18,7 +18,7 @@ from configs.common import CLIP_MEAN, CLIP_STD, base_config
 from data.tokenizer import get_tokenizer
 from pretrain.export_weights import export_weights
 from pretrain.import_weights import write_workdir
-from pretrain.train_step import init_params, model_graphdef_and_shapes
+from pretrain.step.train_step import init_params, model_graphdef_and_shapes
 
 BPE = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'data', 'interop',
                    'bpe_simple_vocab_16e6.txt.gz')

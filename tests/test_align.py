@@ -12,14 +12,14 @@ import pytest
 from flax import nnx
 
 from configs.align import get_config
-from pretrain.errors import ConfigError
+from data.errors import ConfigError
 from pretrain.models import build_model, get_variant
 from pretrain.models.efficientnet import EfficientNetTower, MBConv
 from pretrain.models.towers import TextTower
-from pretrain.optim import make_optimizer
-from pretrain.sharding import batch_sharding
-from pretrain.train_step import kept_batch_stats, with_batch_stats
-from pretrain.validate import check_training
+from pretrain.step.optim import make_optimizer
+from pretrain.parallel.sharding import batch_sharding
+from pretrain.step.train_step import kept_batch_stats, with_batch_stats
+from pretrain.config.validate import check_training
 from tests.helpers import (ROOT, max_tree_diff, mesh, random_batch, read_metrics, run_train,
                            step_builder)
 

@@ -6,8 +6,8 @@ import jax
 import numpy as np
 import pytest
 
-from pretrain.batch_chunks import map_over_chunks, resolve_chunks
-from pretrain.sharding import batch_sharding
+from pretrain.backends.cpu.tower_slices import map_over_chunks, resolve_chunks
+from pretrain.parallel.sharding import batch_sharding
 from tests.helpers import loss_and_grads, max_tree_diff, mesh, random_batch, step_builder, tiny_config
 
 

@@ -65,7 +65,7 @@ def test_background_write_failures_are_logged_without_traceback(caplog, logger):
   write with a traceback; the trainer keeps their message line only."""
   import logging
   import sys
-  from pretrain.run_control import quiet_background_errors
+  from pretrain.runtime.run_control import quiet_background_errors
   hook = sys.unraisablehook
   try:
     quiet_background_errors()

@@ -2,8 +2,8 @@
 
 import pytest
 
-from pretrain.config_cli import parse_args
-from pretrain.errors import ConfigError
+from pretrain.config.cli import parse_args
+from data.errors import ConfigError
 
 
 def test_overrides_reach_the_config():
@@ -55,7 +55,7 @@ def test_missing_config_file_and_variant():
     ('--config.tower_batch_chunks=-1', 'tower_batch_chunks must be >= 0 (0 = auto), got -1'),
 ])
 def test_scale_fields_are_checked_in_one_line(override, message):
-  from pretrain.validate import check_training
+  from pretrain.config.validate import check_training
   config, _ = parse_args(['--config', 'configs/demo.py', '--workdir', '/tmp/x', override])
   with pytest.raises(ConfigError) as error:
     check_training(config, num_devices=8, num_processes=1)
@@ -63,7 +63,7 @@ def test_scale_fields_are_checked_in_one_line(override, message):
 
 
 def test_list_fields_take_comma_separated_strings():
-  from pretrain.config_cli import parse_args
+  from pretrain.config.cli import parse_args
   config, _ = parse_args(['--config', 'configs/demo.py', '--workdir', '/tmp/x',
                           '--config.freeze=img/.*,txt/proj/.*', "--config.init_from_include=('img/.*',)"])
   assert tuple(config.freeze) == ('img/.*', 'txt/proj/.*')

@@ -6,8 +6,8 @@ import sys
 
 import pytest
 
-from pretrain import host_memory
-from pretrain.host_memory import HUGE_PAGE_TUNABLE, huge_page_malloc_env
+from pretrain.backends.cpu import host_memory
+from pretrain.backends.cpu.host_memory import HUGE_PAGE_TUNABLE, huge_page_malloc_env
 from tests.helpers import ROOT, resident_bytes
 
 HUGE_PAGES_WORK = host_memory.huge_page_env_here({}) is not None

@@ -11,8 +11,8 @@ import pytest
 from data.tokenizer import get_tokenizer
 from eval.run_model import RunModel
 from pretrain import import_weights
-from pretrain.checkpoint import restore_params
-from pretrain.errors import ConfigError
+from pretrain.runtime.checkpoint import restore_params
+from data.errors import ConfigError
 from pretrain.export_weights import export_weights
 from pretrain.interop.common import read_safetensors
 from tests import interop_probe
@@ -172,7 +172,7 @@ def test_export_folds_the_patch_bias_into_positions(probe):
 def test_export_names_what_a_library_cannot_express(tmp_path):
   config = interop_probe.probe_config()
   config.model.image_ln_pre = False
-  from pretrain.train_step import init_params
+  from pretrain.step.train_step import init_params
   import_weights.write_workdir(str(tmp_path / 'w'), config, init_params(config, 0), {})
   with pytest.raises(ConfigError, match='pre_layrnorm'):
     export_weights(str(tmp_path / 'w'), None, 'hf', str(tmp_path / 'hf'))
@@ -205,7 +205,7 @@ def test_zeroshot_job_runs_on_an_imported_workdir(probe, tmp_path, capsys):
 
 
 def test_lit_locks_the_imported_tower_and_trains_the_text_tower(probe, tmp_path):
-  from pretrain.config_cli import parse_args
+  from pretrain.config.cli import parse_args
   from pretrain.train import train
   workdir = str(tmp_path / 'lit')
   config, _ = parse_args([
@@ -250,8 +250,9 @@ def test_frozen_parameters_hold_no_optimizer_state_and_patterns_are_checked():
 
 
 def test_init_from_checks_names_and_shapes_and_freeze_refuses_grad_cache(probe):
-  from pretrain import partial, validate
-  from pretrain.train_step import init_params
+  from pretrain.runtime.init_from import init_from
+  from pretrain.config import validate
+  from pretrain.step.train_step import init_params
   from tests.helpers import mesh
   the_mesh = mesh(1, 1, jax.devices()[:1])
   config = interop_probe.probe_config()
@@ -260,9 +261,9 @@ def test_init_from_checks_names_and_shapes_and_freeze_refuses_grad_cache(probe):
   params = init_params(config, 0)
   shardings = jax.tree.map(lambda _: jax.sharding.NamedSharding(the_mesh, jax.sharding.PartitionSpec()), params)
   with pytest.raises(ConfigError, match=r'img/cls_token has shape \(1, 1, 48\), this config makes \(1, 1, 64\)'):
-    partial.init_from(config, params, shardings, the_mesh)
+    init_from(config, params, shardings, the_mesh)
   config.init_from_include = ('txt/.*',)  # The text tower alone fits: taken, image left alone.
-  taken = partial.init_from(config, params, shardings, the_mesh)
+  taken = init_from(config, params, shardings, the_mesh)
   np.testing.assert_array_equal(taken['txt']['pos_embed'], probe['params']['txt']['pos_embed'])
   np.testing.assert_array_equal(taken['img']['pos_embed'], params['img']['pos_embed'])
   config.freeze, config.accum_steps = ('img/.*',), 2

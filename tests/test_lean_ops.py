@@ -10,7 +10,8 @@ import pytest
 from flax import nnx
 
 from benchmarks.profile_step import fused_ops, parse_hlo
-from pretrain.models import efficientnet, layers, lean_ops, towers, variants
+from pretrain.backends.cpu import ops as lean_ops
+from pretrain.models import efficientnet, layers, towers, variants
 from tests.helpers import (loss_and_grads, loss_and_grads_temp_bytes, max_tree_diff, mesh,
                            random_batch, step_builder, tiny_config)
 

@@ -5,7 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from pretrain.losses import make_softmax_loss, softmax_reference
+from pretrain.losses.softmax import make_softmax_loss, softmax_reference
 from tests.helpers import mesh
 
 
@@ -75,7 +75,7 @@ def test_logits_per_device_are_local_rows_only():
 @pytest.mark.parametrize('shape', [(1, 1), (8, 1), (2, 4)])
 @pytest.mark.parametrize('smoothing, tile', [(0.0, 24), (0.1, 3), (0.1, 1000)])
 def test_tiled_softmax_equals_local_rows(shape, smoothing, tile):
-  from pretrain.tiled_loss import make_tiled_softmax_loss
+  from pretrain.losses.tiled import make_tiled_softmax_loss
   k1, k2 = jax.random.split(jax.random.key(3))
   img, txt = unit_rows(k1, 64, 16), unit_rows(k2, 64, 16)
   txt = (txt + 0.5 * img) / jnp.linalg.norm(txt + 0.5 * img, axis=1, keepdims=True)
@@ -93,7 +93,7 @@ def test_tiled_softmax_equals_local_rows(shape, smoothing, tile):
 
 
 def test_tiled_softmax_never_builds_b_by_B_logits():
-  from pretrain.tiled_loss import make_tiled_softmax_loss
+  from pretrain.losses.tiled import make_tiled_softmax_loss
   loss_fn = make_tiled_softmax_loss(mesh(8, 1), ('data', 'fsdp'), 0.0, tile=16)
   args = (jnp.ones((256, 8)), jnp.ones((256, 8)), jnp.float32(1.0))
   hlo = jax.jit(jax.grad(lambda *a: loss_fn(*a)[0], argnums=(0, 1))).lower(*args).compile().as_text()
@@ -104,7 +104,7 @@ def test_tiled_softmax_never_builds_b_by_B_logits():
 
 @pytest.mark.parametrize('shape, tile', [((1, 1), 1024), ((8, 1), 3), ((4, 2), 8), ((4, 2), 5)])
 def test_sigmoid_ring_equals_dense_reference(shape, tile):
-  from pretrain.sigmoid_loss import make_sigmoid_ring_loss, sigmoid_reference
+  from pretrain.losses.sigmoid import make_sigmoid_ring_loss, sigmoid_reference
   k1, k2 = jax.random.split(jax.random.key(4))
   img, txt = unit_rows(k1, 32, 16), unit_rows(k2, 32, 16)
   txt = (txt + 0.8 * img) / jnp.linalg.norm(txt + 0.8 * img, axis=1, keepdims=True)

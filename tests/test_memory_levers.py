@@ -4,7 +4,7 @@ import jax
 import numpy as np
 import pytest
 
-from pretrain.optim import decay_mask
+from pretrain.step.optim import decay_mask
 from tests.helpers import (loss_and_grads, loss_and_grads_temp_bytes, max_tree_diff, mesh,
                            random_batch, step_builder, tiny_config)
 

@@ -10,7 +10,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from pretrain.prefault import (MIN_BLOCK_BYTES, TempBlockPrefaulter, for_compiled_step,
+from pretrain.backends.cpu.prefault import (MIN_BLOCK_BYTES, TempBlockPrefaulter, for_compiled_step,
                                large_anonymous_mappings)
 from tests.helpers import resident_bytes
 

@@ -14,9 +14,9 @@ import numpy as np
 import pytest
 
 from data.records import BAD_KINDS
-from pretrain.optim import make_optimizer
-from pretrain.sharding import batch_sharding
-from pretrain.train_step import StepBuilder
+from pretrain.step.optim import make_optimizer
+from pretrain.parallel.sharding import batch_sharding
+from pretrain.step.train_step import StepBuilder
 from tests.helpers import ROOT, mesh, read_metrics, run_train, tiny_config
 
 FAST = ['--config.model.image_size=16', '--config.model.context_length=12',

@@ -3,8 +3,8 @@
 import pytest
 from jax.sharding import PartitionSpec as P
 
-from pretrain.errors import ConfigError
-from pretrain.sharding import param_spec, resolve_mesh_shape
+from data.errors import ConfigError
+from pretrain.parallel.sharding import param_spec, resolve_mesh_shape
 
 
 def test_mesh_minus_one_takes_the_rest():

@@ -57,7 +57,7 @@ def test_tfds_mock_data_labels_become_classnames():
 
 
 def test_unknown_tfds_dataset_is_a_one_line_config_error(tmp_path):
-  from pretrain.errors import ConfigError
+  from data.errors import ConfigError
   with pytest.raises(ConfigError, match='tfds:no_such_dataset_xyz:train cannot be opened'):
     open_source(f'tfds:no_such_dataset_xyz:train?data_dir={tmp_path}')
 

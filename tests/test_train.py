@@ -8,9 +8,9 @@ import pytest
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from pretrain.checkpoint import restore_params
-from pretrain.config_cli import load_saved_config
-from pretrain.train_step import model_graphdef_and_shapes
+from pretrain.runtime.checkpoint import restore_params
+from pretrain.config.cli import load_saved_config
+from pretrain.step.train_step import model_graphdef_and_shapes
 from tests.helpers import read_metrics, run_train
 
 FAST = ['--config.model.image_size=16', '--config.model.context_length=12',

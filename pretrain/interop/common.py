@@ -10,7 +10,7 @@ import os
 
 import numpy as np
 
-from pretrain.errors import ConfigError
+from data.errors import ConfigError
 
 PICKLE_SUFFIXES = ('.bin', '.pt', '.pth', '.ckpt', '.pkl', '.pickle')
 # Buffers some versions save that carry no weights.

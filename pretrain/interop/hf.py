@@ -6,7 +6,7 @@ LayerNorm before the vision encoder (`pre_layrnorm`), and text is pooled at the 
 """
 
 from configs.common import CLIP_MEAN, CLIP_STD, base_config
-from pretrain.errors import require
+from data.errors import require
 from pretrain.interop.common import Rule, layer_norm_rules, linear_rules
 from pretrain.models.variants import model_size
 

@@ -6,7 +6,7 @@ pooled at the highest token id ('argmax') or at the first `eos_id` ('eos').
 """
 
 from configs.common import CLIP_MEAN, CLIP_STD, base_config
-from pretrain.errors import require
+from data.errors import require
 from pretrain.interop.common import Rule, layer_norm_rules, linear_rules
 from pretrain.models.variants import model_size
 

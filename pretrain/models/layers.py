@@ -1,16 +1,13 @@
 """Transformer building blocks shared by the image and text towers."""
 
-import contextlib
-import contextvars
-from typing import Any, Iterator
+from typing import Any
 
 import jax
 import jax.numpy as jnp
 from flax import nnx
-from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-from pretrain.models import lean_ops
-from pretrain.sharding import BATCH_AXES
+from pretrain.backends.cpu import ops as lean_ops
+from pretrain.parallel.activations import batch_sharded
 
 Array = jax.Array
 Dtype = Any
@@ -18,31 +15,6 @@ Dtype = Any
 # Xavier-uniform kernels and zero biases: the init of big_vision's ViT and of CLIP-style towers.
 KERNEL_INIT = nnx.initializers.xavier_uniform()
 EMBED_INIT = nnx.initializers.normal(stddev=0.02)
-
-
-_ACTIVATION_MESH: contextvars.ContextVar = contextvars.ContextVar('activation_mesh', default=None)
-
-
-@contextlib.contextmanager
-def activations_split_over(mesh: Mesh) -> Iterator[None]:
-  """While tracing inside this block, `batch_sharded` pins activations to `mesh`'s batch axes."""
-  token = _ACTIVATION_MESH.set(mesh)
-  try:
-    yield
-  finally:
-    _ACTIVATION_MESH.reset(token)
-
-
-def batch_sharded(x: Array) -> Array:
-  """Keeps an activation split over the batch axes inside `activations_split_over(mesh)`.
-
-  With FSDP, GSPMD may otherwise shard activations' feature dimension like the weights and then
-  replicate whole activations to undo it; pinning the batch split makes it gather weights instead.
-  """
-  mesh = _ACTIVATION_MESH.get()
-  if mesh is None:
-    return x
-  return jax.lax.with_sharding_constraint(x, NamedSharding(mesh, PartitionSpec(BATCH_AXES)))
 
 
 def dense(d_in: int, d_out: int, *, dtype: Dtype, rngs: nnx.Rngs,
@@ -157,6 +129,9 @@ class Encoder(nnx.Module):
 
   def __call__(self, x: Array, key_mask: Array | None = None, causal: bool = False) -> Array:
     graphdef = nnx.graphdef(self.blocks[0] if not self.scan else self.blocks)
+    # The residual stream is fp32 whatever the compute dtype (a bf16 token embedding enters here):
+    # each block's output is fp32, and a scanned block's carry must keep one type.
+    x = x.astype(jnp.float32)
 
     def run_block(x, block_state):
       return batch_sharded(nnx.merge(graphdef, block_state)(batch_sharded(x), key_mask, causal))

@@ -1,7 +1,7 @@
 """SigLIP's sigmoid loss over all pairs of the global batch, with a ppermute ring.
 
 Each device scores its b images against its own b texts (positives on the diagonal), then the text
-blocks travel round the ring (`ppermute`, see pretrain/ring.py), scored one tile of T texts at a
+blocks travel round the ring (`ppermute`, see pretrain/losses/ring.py), scored one tile of T texts at a
 time; nothing is all-gathered. The custom VJP keeps no scores: the backward pass runs the ring
 again, recomputes each tile and sends each text block's gradient round with it, so memory is
 O(b x d + b x T) per device whatever the global batch. Each text block carries its best negative
@@ -16,8 +16,8 @@ from jax import lax
 from jax.sharding import Mesh
 from jax.sharding import PartitionSpec as P
 
-from pretrain.losses import LossFn
-from pretrain.ring import ring_size, ring_visit, tile_rows, tile_starts, tile_valid, untile_rows
+from pretrain.losses.softmax import LossFn
+from pretrain.losses.ring import ring_size, ring_visit, tile_rows, tile_starts, tile_valid, untile_rows
 
 
 def sigmoid_reference(img, txt, scale, bias) -> tuple[jax.Array, dict]:

@@ -9,12 +9,13 @@ from flax import nnx
 from jax.sharding import Mesh
 
 from data.records import BAD_KINDS
-from pretrain import partial, sharding
-from pretrain.batch_chunks import map_over_chunks, resolve_chunks
-from pretrain.grad_cache import cached_loss_and_grads
+from pretrain.step import freeze
+from pretrain.parallel import sharding
+from pretrain.backends.cpu.tower_slices import map_over_chunks, resolve_chunks
+from pretrain.step.grad_cache import cached_loss_and_grads
 from pretrain.losses import make_loss
 from pretrain.models import build_model
-from pretrain.models.layers import activations_split_over
+from pretrain.parallel.activations import activations_split_over
 from pretrain.models.variants import image_tower_kind, model_size
 
 # {'step': int32 [] (applied updates), 'params': pure dict, 'opt_state': optax state,
@@ -67,7 +68,7 @@ class StepBuilder:
     self.config, self.mesh, self.tx, self.schedule = config, mesh, tx, schedule
     self.graphdef, param_shapes = model_graphdef_and_shapes(config)
     # Bool per parameter (config.freeze), or None when everything trains.
-    self.frozen = (partial.matching_mask(param_shapes, config.freeze, 'freeze')
+    self.frozen = (freeze.matching_mask(param_shapes, config.freeze, 'freeze')
                    if config.freeze else None)
     abstract = jax.eval_shape(self._init_state, param_shapes)
     rule = config.param_sharding
@@ -93,7 +94,7 @@ class StepBuilder:
 
   def split_frozen(self, params: Any) -> tuple[Any, Any]:
     """(parameters the gradient and optimizer see, frozen ones None; the frozen ones, or None)."""
-    return (params, None) if self.frozen is None else partial.split(params, self.frozen)
+    return (params, None) if self.frozen is None else freeze.split(params, self.frozen)
 
   def _init_state(self, params: Any) -> TrainState:
     return {'step': jnp.zeros((), jnp.int32), 'params': params,
@@ -122,7 +123,7 @@ class StepBuilder:
     """
     model = nnx.merge(self.graphdef, params)
     # A locked image tower (LiT) runs as at inference: BatchNorm running averages, every block.
-    train_images = not partial.tower_frozen(self.frozen, 'img')
+    train_images = not freeze.tower_frozen(self.frozen, 'img')
     embed_images = lambda x: model.embed_images(x, train=train_images, key=key)
     with activations_split_over(self.mesh):
       # BatchNorm towers (EfficientNet) need the whole batch for their statistics.
@@ -164,7 +165,7 @@ class StepBuilder:
     trainable, frozen = self.split_frozen(params)
     if frozen is None:
       return jax.value_and_grad(self.loss_and_metrics, has_aux=True)(params, batch, key)
-    loss_of_trainable = lambda t: self.loss_and_metrics(partial.combine(t, frozen), batch, key)
+    loss_of_trainable = lambda t: self.loss_and_metrics(freeze.combine(t, frozen), batch, key)
     return jax.value_and_grad(loss_of_trainable, has_aux=True)(trainable)
 
   def _inject_nonfinite(self, loss: jax.Array, state: TrainState) -> jax.Array:
@@ -193,7 +194,7 @@ class StepBuilder:
     # temporaries), since the old value must outlive the new one.
     params, opt_state = jax.lax.cond(ok, update, keep, (grads, state['opt_state'], trainable))
     if frozen is not None:  # Frozen leaves pass through untouched.
-      params = partial.combine(params, frozen)
+      params = freeze.combine(params, frozen)
     return params, opt_state
 
   def _step(self, state: TrainState, batch: dict) -> tuple[TrainState, dict]:

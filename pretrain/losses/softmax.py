@@ -71,17 +71,3 @@ def make_softmax_loss(mesh: Mesh, batch_axes: Sequence[str], label_smoothing: fl
   return jax.shard_map(per_device, mesh=mesh, in_specs=(P(axes), P(axes), P()),
                        out_specs=(P(), P()), check_vma=True)
 
-
-# 'auto' is the first real implementation of each loss.
-LOSS_IMPLS = {'softmax': ('auto', 'local_rows', 'tiled'), 'sigmoid': ('auto', 'ring')}
-
-
-def make_loss(mesh: Mesh, batch_axes: Sequence[str], loss_cfg) -> Callable:
-  """The loss `config.loss` names: (img, txt, scale[, bias]) -> (loss, metrics)."""
-  if loss_cfg.name == 'sigmoid':
-    from pretrain.sigmoid_loss import make_sigmoid_ring_loss
-    return make_sigmoid_ring_loss(mesh, batch_axes, loss_cfg.tile)
-  if loss_cfg.impl == 'tiled':
-    from pretrain.tiled_loss import make_tiled_softmax_loss
-    return make_tiled_softmax_loss(mesh, batch_axes, loss_cfg.label_smoothing, loss_cfg.tile)
-  return make_softmax_loss(mesh, batch_axes, loss_cfg.label_smoothing)

@@ -6,13 +6,13 @@ import re
 
 from data.records import BAD_POLICIES
 from data.sources import check_spec
-from pretrain.errors import ConfigError, require
+from data.errors import ConfigError, require
 from pretrain.losses import LOSS_IMPLS
 from pretrain.models.layers import ACTIVATIONS, REMAT_POLICIES
 from pretrain.models.towers import IMAGE_POOLS, TEXT_POOLS
 from pretrain.models.variants import image_tower_kind, model_size
-from pretrain.optim import OPTIMIZERS, SCHEDULES
-from pretrain.sharding import resolve_mesh_shape
+from pretrain.step.optim import OPTIMIZERS, SCHEDULES
+from pretrain.parallel.sharding import resolve_mesh_shape
 
 DTYPES = ('float32', 'bfloat16')
 

@@ -15,7 +15,7 @@ from typing import Any
 
 import ml_collections
 
-from pretrain.errors import ConfigError
+from data.errors import ConfigError
 
 
 def load_config_file(spec: str) -> ml_collections.ConfigDict:

@@ -8,7 +8,7 @@ import numpy as np
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from pretrain.errors import ConfigError
+from data.errors import ConfigError
 
 # The batch is split over both axes: `data` replicates parameters, `fsdp` shards them (ZeRO-3 style).
 MESH_AXES = ('data', 'fsdp')

@@ -15,7 +15,7 @@ from jax import lax
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from pretrain import sharding
+from pretrain.parallel import sharding
 
 
 def split_micro(x: jax.Array, steps: int, mesh) -> jax.Array:

@@ -9,7 +9,7 @@ from typing import Any
 import jax
 import orbax.checkpoint as ocp
 
-from pretrain.errors import ConfigError
+from data.errors import ConfigError
 
 
 # Small host-side parts of the train state, saved together as the `train` item.

@@ -20,8 +20,8 @@ from jax import lax
 from jax.sharding import Mesh
 from jax.sharding import PartitionSpec as P
 
-from pretrain.losses import LossFn
-from pretrain.ring import ring_size, ring_visit, tile_rows, tile_starts, tile_valid, untile_rows
+from pretrain.losses.softmax import LossFn
+from pretrain.losses.ring import ring_size, ring_visit, tile_rows, tile_starts, tile_valid, untile_rows
 
 
 def _scores(q, k_tile, ok, scale):

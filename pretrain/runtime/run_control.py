@@ -8,7 +8,7 @@ import socket
 import sys
 import time
 
-from pretrain.errors import ConfigError
+from data.errors import ConfigError
 
 
 class WorkdirLock:

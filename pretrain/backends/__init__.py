@@ -1,0 +1,1 @@
+"""Backend-specific code (CPU mechanisms), selected once from the backend."""

@@ -1,0 +1,1 @@
+"""The device mesh, parameter and batch shardings, and activation sharding constraints."""

@@ -1,0 +1,36 @@
+"""Activation sharding constraints: keep block activations split over the batch axes (FSDP)."""
+
+import contextlib
+import contextvars
+from typing import Iterator
+
+import jax
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+from pretrain.parallel.sharding import BATCH_AXES
+
+Array = jax.Array
+
+_ACTIVATION_MESH: contextvars.ContextVar = contextvars.ContextVar('activation_mesh', default=None)
+
+
+@contextlib.contextmanager
+def activations_split_over(mesh: Mesh) -> Iterator[None]:
+  """While tracing inside this block, `batch_sharded` pins activations to `mesh`'s batch axes."""
+  token = _ACTIVATION_MESH.set(mesh)
+  try:
+    yield
+  finally:
+    _ACTIVATION_MESH.reset(token)
+
+
+def batch_sharded(x: Array) -> Array:
+  """Keeps an activation split over the batch axes inside `activations_split_over(mesh)`.
+
+  With FSDP, GSPMD may otherwise shard activations' feature dimension like the weights and then
+  replicate whole activations to undo it; pinning the batch split makes it gather weights instead.
+  """
+  mesh = _ACTIVATION_MESH.get()
+  if mesh is None:
+    return x
+  return jax.lax.with_sharding_constraint(x, NamedSharding(mesh, PartitionSpec(BATCH_AXES)))

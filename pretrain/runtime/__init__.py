@@ -1,0 +1,1 @@
+"""Side effects around the step: the loop, checkpoints, logging, run control, distributed start-up."""

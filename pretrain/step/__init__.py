@@ -1,0 +1,1 @@
+"""The train step: state, the pure jitted step, gradient caching, frozen parameters, optimizer."""
