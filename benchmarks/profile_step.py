@@ -39,7 +39,7 @@ _IGNORED_OPS = {'parameter', 'constant', 'broadcast', 'bitcast', 'reshape'}
 def trace_events(config_name: str, smoke: bool, overrides: list[str]) -> tuple[list[dict], str]:
   """Thunk events of one profiled loss + gradient pass, and the compiled HLO text."""
   _, builder, state, batch = bench_setup(config_name, smoke, overrides)
-  params = state['params']
+  params = state.params
   compiled = jax.jit(builder.loss_and_grads).lower(params, batch).compile()
   jax.block_until_ready(compiled(params, batch))  # warm-up, not traced
   with tempfile.TemporaryDirectory() as trace_dir:

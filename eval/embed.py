@@ -13,6 +13,7 @@ from flax import nnx
 from jax.sharding import Mesh
 
 from pretrain.parallel import sharding
+from pretrain.step.train_step import merge_model
 
 ReadRows = Callable[[np.ndarray], np.ndarray]  # record indices -> model inputs for those rows
 
@@ -20,16 +21,17 @@ ReadRows = Callable[[np.ndarray], np.ndarray]  # record indices -> model inputs 
 class Embedder:
   """Jitted image and text encoders of a model, batch-sharded in, replicated out."""
 
-  def __init__(self, graphdef: nnx.GraphDef, params: Any, mesh: Mesh):
-    self.params, self.mesh = params, mesh
+  def __init__(self, graphdef: nnx.GraphDef, params: Any, mesh: Mesh, batch_stats: Any = None):
+    # (parameters, BatchNorm running averages); {} for models without BatchNorm.
+    self.variables, self.mesh = (params, batch_stats or {}), mesh
     in_shardings = (None, sharding.batch_sharding(mesh))
     out = sharding.replicated(mesh)
 
-    def images(p, x):
-      return nnx.merge(graphdef, p).embed_images(x)
+    def images(variables, x):
+      return merge_model(graphdef, *variables).embed_images(x)
 
-    def texts(p, x):
-      return nnx.merge(graphdef, p).embed_texts(x)
+    def texts(variables, x):
+      return merge_model(graphdef, *variables).embed_texts(x)
 
     self._images = jax.jit(images, in_shardings=in_shardings, out_shardings=out)
     self._texts = jax.jit(texts, in_shardings=in_shardings, out_shardings=out)
@@ -51,7 +53,7 @@ class Embedder:
       valid = index < count
       rows = read_rows(np.where(valid, index, 0)[first:first + local])
       batch = jax.make_array_from_process_local_data(sharding.batch_sharding(self.mesh), rows)
-      out.append(np.asarray(fn(self.params, batch))[valid])
+      out.append(np.asarray(fn(self.variables, batch))[valid])
     if not out:
       return np.zeros((0, 0), np.float32)
     return np.concatenate(out)

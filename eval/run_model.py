@@ -9,9 +9,9 @@ from jax.sharding import PartitionSpec as P
 from data.tokenizer import load_from_workdir
 from eval.embed import Embedder
 from pretrain.parallel import sharding
-from pretrain.runtime.checkpoint import restore_params
+from pretrain.runtime.checkpoint import restore_model
 from pretrain.config.cli import load_saved_config
-from pretrain.step.train_step import model_graphdef_and_shapes
+from pretrain.step.train_step import model_graphdef_and_variables
 
 
 class RunModel:
@@ -22,14 +22,15 @@ class RunModel:
     self.config = load_saved_config(os.path.join(workdir, 'config.json'))
     self.tokenizer = load_from_workdir(self.config.data.tokenizer, workdir,
                                        self.config.data.lowercase)
-    self.graphdef, shapes = model_graphdef_and_shapes(self.config)
+    self.graphdef, params, stats = model_graphdef_and_variables(self.config)
     # Whatever devices this job has: batch over all of them, parameters replicated.
     self.mesh = sharding.make_mesh({'data': -1, 'fsdp': 1})
     replicated = NamedSharding(self.mesh, P())
-    self.abstract_params = jax.tree.map(
-        lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=replicated), shapes)
+    self.abstract_params, self.abstract_stats = jax.tree.map(
+        lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=replicated), (params, stats))
 
   def embedder(self, step: int | None) -> tuple[int, Embedder]:
     """(step, an Embedder over that checkpoint's parameters); None = the newest."""
-    step, params = restore_params(self.workdir, step, self.abstract_params)
-    return step, Embedder(self.graphdef, params, self.mesh)
+    step, params, stats = restore_model(self.workdir, step, self.abstract_params,
+                                        self.abstract_stats)
+    return step, Embedder(self.graphdef, params, self.mesh, stats)

@@ -69,8 +69,8 @@ def restore_or_init(ckpt: Checkpointer, latest: int | None, builder: StepBuilder
   if latest is None:
     state = builder.init_state()
     if builder.config.init_from:
-      state['params'] = init_from(builder.config, state['params'],
-                                          builder.state_shardings['params'], builder.mesh)
+      state = state.replace(params=init_from(builder.config, state.params,
+                                             builder.state_shardings.params, builder.mesh))
     return state
   state = ckpt.restore(latest, builder.abstract_state, data_iter)
   if jax.process_index() == 0:
@@ -99,14 +99,14 @@ def train(config, workdir: str) -> dict | None:
     ckpt.close()
     if not finished:
       return None
-    return final_eval(config, builder, state['params'], tokenizer, mesh)
+    return final_eval(config, builder, state, tokenizer, mesh)
   finally:
     if lock:
       lock.release()
 
 
-def final_eval(config, builder, params, tokenizer, mesh) -> dict | None:
-  """Zero-shot accuracy of the final parameters on `config.eval.zeroshot`, if set."""
+def final_eval(config, builder, state, tokenizer, mesh) -> dict | None:
+  """Zero-shot accuracy of the final model on `config.eval.zeroshot`, if set."""
   if not config.eval.zeroshot:
     return None
   from eval.embed import Embedder
@@ -115,7 +115,7 @@ def final_eval(config, builder, params, tokenizer, mesh) -> dict | None:
   source = open_source(config.eval.zeroshot, config.model.image_size, config.seed)
   start = time.perf_counter()
   metrics = evaluate_zeroshot(
-      Embedder(builder.graphdef, params, mesh), tokenizer, source,
+      Embedder(builder.graphdef, state.params, mesh, state.batch_stats), tokenizer, source,
       load_templates(config.eval.templates), image_size=config.model.image_size,
       context_length=config.model.context_length, batch_size=config.eval.batch_size)
   if jax.process_index() == 0:

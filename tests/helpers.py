@@ -42,7 +42,7 @@ def loss_and_grads(config, the_mesh, batch, params=None):
   """(loss, metrics, grads) of the train step's loss on `batch`, fetched to the host."""
   from pretrain.parallel.sharding import batch_sharding
   builder = step_builder(config, the_mesh)
-  params = builder.init_state()['params'] if params is None else params
+  params = builder.init_state().params if params is None else params
   sharded = {k: jax.device_put(v, batch_sharding(the_mesh)) for k, v in batch.items()}
   (loss, metrics), grads = jax.jit(builder.loss_and_grads)(params, sharded)
   return float(loss), jax.device_get(metrics), jax.device_get(grads)
@@ -53,7 +53,7 @@ def loss_and_grads_temp_bytes(config, the_mesh) -> int:
   builder = step_builder(config, the_mesh)
   batch = {k: jax.ShapeDtypeStruct(v.shape, v.dtype)
            for k, v in random_batch(config, config.batch_size).items()}
-  lowered = jax.jit(builder.loss_and_grads).lower(builder.abstract_state['params'], batch)
+  lowered = jax.jit(builder.loss_and_grads).lower(builder.abstract_state.params, batch)
   return lowered.compile().memory_analysis().temp_size_in_bytes
 
 

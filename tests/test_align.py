@@ -13,12 +13,14 @@ from flax import nnx
 
 from configs.align import get_config
 from data.errors import ConfigError
+from data.records import BAD_KINDS
 from pretrain.models import build_model, get_variant
 from pretrain.models.efficientnet import EfficientNetTower, MBConv
 from pretrain.models.towers import TextTower
 from pretrain.step.optim import make_optimizer
 from pretrain.parallel.sharding import batch_sharding
-from pretrain.step.train_step import kept_batch_stats, with_batch_stats
+from pretrain.runtime.checkpoint import named_leaves
+from pretrain.runtime.loop import nonfinite_step
 from pretrain.config.validate import check_training
 from tests.helpers import (ROOT, max_tree_diff, mesh, random_batch, read_metrics, run_train,
                            step_builder)
@@ -85,18 +87,25 @@ def test_stochastic_depth_drops_whole_examples_and_rescales_the_rest():
                              block(x, train=False, key=None) - x)
 
 
-def test_running_averages_are_replaced_by_a_step_that_counts_and_kept_by_a_skipped_one():
-  """The update guard's part for BatchNorm: new averages where ok, the old ones otherwise; every
-  other parameter is the updated one either way (the optimizer's own guard handles those)."""
-  old = {'img': {'bn': {'mean': np.zeros(3, np.float32), 'scale': np.ones(3, np.float32)}},
-         'txt': {'w': np.ones(2, np.float32)}}
-  updated = jax.tree.map(lambda x: x + 1, old)
-  stats = {'img': {'bn': {'mean': np.full(3, 0.5, np.float32)}}}
-  for ok, mean in ((True, 0.5), (False, 0.0)):
-    params = jax.device_get(with_batch_stats(updated, kept_batch_stats(jnp.asarray(ok), stats, old)))
-    np.testing.assert_array_equal(params['img']['bn']['mean'], np.full(3, mean, np.float32))
-    np.testing.assert_array_equal(params['img']['bn']['scale'], updated['img']['bn']['scale'])
-    np.testing.assert_array_equal(params['txt']['w'], updated['txt']['w'])
+def test_running_averages_are_state_apart_replaced_by_a_step_and_kept_by_a_skipped_one():
+  """BatchNorm running averages are TrainState.batch_stats: not parameters, no optimizer moments;
+  an applied step replaces them with its forward pass's, a skipped (non-finite) one keeps them."""
+  config = small_config()
+  the_mesh = mesh(1, 1, jax.devices()[:1])
+  builder = step_builder(config, the_mesh)
+  state = builder.init_state()
+  stat_names = set(named_leaves(state.batch_stats))
+  assert stat_names and {name.rsplit('/', 1)[1] for name in stat_names} == {'mean', 'var'}
+  assert not stat_names & set(named_leaves(state.params))
+  assert not [n for n in named_leaves(state.opt_state) if n.endswith(('/mean', '/var'))]
+  batch = {**random_batch(config, 16), 'bad': np.zeros((16, len(BAD_KINDS)), np.int32)}
+  batch = {k: jax.device_put(v, batch_sharding(the_mesh)) for k, v in batch.items()}
+  initial = jax.device_get(state.batch_stats)
+  state, metrics = builder.jit_step()(state, batch)
+  applied = jax.device_get(state.batch_stats)
+  assert not bool(metrics['skipped']) and max_tree_diff(initial, applied) > 1e-4
+  state, metrics = nonfinite_step(builder)(state, batch)
+  assert bool(metrics['skipped']) and max_tree_diff(applied, jax.device_get(state.batch_stats)) == 0.0
 
 
 def test_eval_uses_the_running_averages():

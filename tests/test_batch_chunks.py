@@ -57,7 +57,7 @@ def test_sliced_towers_equal_the_whole_batch():
   config.tower_batch_chunks = 1
   the_mesh = mesh(2, 4)
   batch = random_batch(config, 64)
-  params = step_builder(config, the_mesh).init_state()['params']
+  params = step_builder(config, the_mesh).init_state().params
   whole = _embeddings(config, the_mesh, batch, params)
   ref_loss, _, ref_grads = loss_and_grads(config, the_mesh, batch, params)
   config.tower_batch_chunks = 4
@@ -72,7 +72,7 @@ def _collectives(config, the_mesh) -> dict:
   builder = step_builder(config, the_mesh)
   batch = {k: jax.ShapeDtypeStruct(v.shape, v.dtype, sharding=batch_sharding(the_mesh))
            for k, v in random_batch(config, config.batch_size).items()}
-  text = jax.jit(builder.loss_and_grads).lower(builder.abstract_state['params'], batch).compile().as_text()
+  text = jax.jit(builder.loss_and_grads).lower(builder.abstract_state.params, batch).compile().as_text()
   kinds = ('all-to-all', 'collective-permute', 'all-gather', 'all-reduce', 'reduce-scatter')
   return {kind: len(re.findall(rf'= \S+ {kind}(?:-start)?\(', text)) for kind in kinds}
 
@@ -96,13 +96,13 @@ def test_batchnorm_image_towers_keep_the_whole_batch():
   config.model.image_size, config.batch_size = 16, 16
   the_mesh = mesh(1, 1, jax.devices()[:1])
   batch = random_batch(config, 16)
-  params = jax.device_get(step_builder(config, the_mesh).init_state()['params'])
+  state = jax.device_get(step_builder(config, the_mesh).init_state())
   results = []
   for chunks in (1, 2):
     config.tower_batch_chunks = chunks
     builder = step_builder(config, the_mesh)
     results.append(jax.device_get(jax.jit(builder.embed_and_stats)(
-        params, batch['image'], batch['text'], jax.random.key(0))))
+        state.params, batch['image'], batch['text'], jax.random.key(0), state.batch_stats)))
   (img1, txt1, stats1), (img2, txt2, stats2) = results
   assert builder.tower_chunks(16) == 2  # the text tower is sliced
   assert max_tree_diff(stats1, stats2) == 0.0

@@ -231,8 +231,8 @@ def test_frozen_parameters_hold_no_optimizer_state_and_patterns_are_checked():
   full = step_builder(config, mesh(1, 1, jax.devices()[:1]))
   config.freeze = ('img/.*',)
   lit = step_builder(config, mesh(1, 1, jax.devices()[:1]))
-  frozen = len(jax.tree.leaves(full.abstract_state['params']['img']))
-  state_leaves = lambda b: len(jax.tree.leaves(b.abstract_state['opt_state']))
+  frozen = len(jax.tree.leaves(full.abstract_state.params['img']))
+  state_leaves = lambda b: len(jax.tree.leaves(b.abstract_state.opt_state))
   assert state_leaves(full) - state_leaves(lit) == 2 * frozen  # AdamW's mu and nu
   # No gradient computation either: the traced step has no weight-gradient matmul for any image
   # kernel (nor the input-gradient ones); counted in the lowered program, before XLA's DCE.
@@ -242,7 +242,7 @@ def test_frozen_parameters_hold_no_optimizer_state_and_patterns_are_checked():
            'bad': jax.ShapeDtypeStruct((16, len(BAD_KINDS)), bool)}
   dots = lambda b: b.jit_step().lower(b.abstract_state, batch).as_text().count('dot_general')
   kernels = sum(1 for path in jax.tree_util.tree_leaves_with_path(
-      full.abstract_state['params']['img']) if 'kernel' in str(path[-1]))
+      full.abstract_state.params['img']) if 'kernel' in str(path[-1]))
   assert dots(full) - dots(lit) >= 2 * kernels
   config.freeze = ('image/.*',)
   with pytest.raises(ConfigError, match="freeze: 'image/.\\*' matches no parameter"):

@@ -79,7 +79,7 @@ def test_step_loss_and_gradients_equal_the_reference_ops(activation, monkeypatch
   config = tiny_config()
   config.model.update(dict(activation=activation, image_ln_pre=True))
   batch = random_batch(config, 16)
-  params = step_builder(config, mesh(2, 4)).init_state()['params']
+  params = step_builder(config, mesh(2, 4)).init_state().params
   loss, _, grads = loss_and_grads(config, mesh(2, 4), batch, params)
   _reference_ops(monkeypatch)
   ref_loss, _, ref_grads = loss_and_grads(config, mesh(2, 4), batch, params)
@@ -155,7 +155,7 @@ def _activation_sized_broadcasts(config) -> int:
   size = variants.model_size(config.model)
   builder = step_builder(config, mesh(1, 1, jax.devices()[:1]))
   batch = random_batch(config, config.batch_size)
-  lowered = jax.jit(builder.loss_and_grads).lower(builder.abstract_state['params'], batch)
+  lowered = jax.jit(builder.loss_and_grads).lower(builder.abstract_state.params, batch)
   definitions, bodies = parse_hlo(lowered.compile().as_text())
   widths = {size['image_width'], size['text_width']}
   count = 0

@@ -56,8 +56,8 @@ def test_bf16_compute_keeps_fp32_state_and_the_loss_within_tolerance(plain):
   config = tiny_config()
   config.model.dtype = 'bfloat16'
   builder = step_builder(config, mesh(2, 4))
-  state_dtypes = {str(x.dtype) for x in jax.tree.leaves(builder.abstract_state['params'])}
-  state_dtypes |= {str(x.dtype) for x in jax.tree.leaves(builder.abstract_state['opt_state'])
+  state_dtypes = {str(x.dtype) for x in jax.tree.leaves(builder.abstract_state.params)}
+  state_dtypes |= {str(x.dtype) for x in jax.tree.leaves(builder.abstract_state.opt_state)
                    if x.ndim > 0}
   assert state_dtypes == {'float32'}
   bf16_loss, _, bf16_grads = loss_and_grads(config, mesh(2, 4), batch)
@@ -88,7 +88,7 @@ def test_bf16_matmuls_accumulate_and_output_in_fp32():
   config.model.dtype = 'bfloat16'
   builder = step_builder(config, mesh(1, 1))
   batch = random_batch(config, 4)
-  text = jax.jit(builder.loss_and_grads).lower(builder.abstract_state['params'], batch).as_text()
+  text = jax.jit(builder.loss_and_grads).lower(builder.abstract_state.params, batch).as_text()
   dots = [line for line in text.splitlines() if 'stablehlo.dot_general' in line]
   bf16_dots = [line for line in dots if 'xbf16>' in line.split(':')[-1].split('->')[0]]
   # qkv, out, fc1 and fc2 of each of 4 blocks per tower, forward and both backward products.

@@ -16,6 +16,7 @@ import pytest
 from data.records import BAD_KINDS
 from pretrain.step.optim import make_optimizer
 from pretrain.parallel.sharding import batch_sharding
+from pretrain.runtime.loop import nonfinite_step
 from pretrain.step.train_step import StepBuilder
 from tests.helpers import ROOT, mesh, read_metrics, run_train, tiny_config
 
@@ -26,11 +27,10 @@ FAST = ['--config.model.image_size=16', '--config.model.context_length=12',
 
 def test_nonfinite_update_leaves_state_untouched():
   config = tiny_config()
-  config.debug.nonfinite_at_attempts = (2,)
   the_mesh = mesh(4, 2)
   tx, schedule = make_optimizer(config.optim, 100)
   builder = StepBuilder(config, the_mesh, tx, schedule)
-  step = builder.jit_step()
+  step, poisoned = builder.jit_step(), nonfinite_step(builder)
   rng = np.random.default_rng(0)
   batch = {'image': rng.integers(0, 256, (16, 16, 16, 3), np.uint8),
            'text': np.tile(np.array([[5, 6, 2, 0, 0, 0, 0, 0]], np.int32), (16, 1)),
@@ -38,16 +38,16 @@ def test_nonfinite_update_leaves_state_untouched():
   batch = {k: jax.device_put(v, batch_sharding(the_mesh)) for k, v in batch.items()}
   state, _ = step(builder.init_state(), batch)  # attempt 1: a normal update
   before = jax.device_get(state)
-  state, metrics = step(state, batch)  # attempt 2: NaN loss injected
+  state, metrics = poisoned(state, batch)  # attempt 2: its loss is NaN
   after = jax.device_get(state)
-  assert bool(metrics['skipped']) and int(after['step']) == 1
-  assert int(after['skipped_updates']) == 1 and int(after['consecutive_skips']) == 1
-  same = jax.tree.map(np.array_equal, {k: before[k] for k in ('params', 'opt_state')},
-                      {k: after[k] for k in ('params', 'opt_state')})
+  assert bool(metrics['skipped']) and int(after.step) == 1
+  assert int(after.skipped_updates) == 1 and int(after.consecutive_skips) == 1
+  same = jax.tree.map(np.array_equal, (before.params, before.opt_state, before.rng),
+                      (after.params, after.opt_state, after.rng))
   assert all(jax.tree.leaves(same))
   state, metrics = step(state, batch)  # attempt 3: normal again
-  assert not bool(metrics['skipped']) and int(state['step']) == 2
-  assert int(state['consecutive_skips']) == 0 and int(state['skipped_updates']) == 1
+  assert not bool(metrics['skipped']) and int(state.step) == 2
+  assert int(state.consecutive_skips) == 0 and int(state.skipped_updates) == 1
 
 
 def test_nonfinite_guard_copies_no_parameter_or_optimizer_state():
@@ -60,7 +60,8 @@ def test_nonfinite_guard_copies_no_parameter_or_optimizer_state():
            'text': jax.ShapeDtypeStruct((16, 8), np.int32),
            'bad': jax.ShapeDtypeStruct((16, len(BAD_KINDS)), np.int32)}
   hlo = builder.jit_step().lower(builder.abstract_state, batch).compile().as_text()
-  copied = re.findall(r'copy\(%state__((?:params|opt_state)\w+)', hlo)
+  assert re.search(r'%state_params_[\w.]+ = ', hlo)  # the names the pattern below looks for
+  copied = re.findall(r'copy\(%state_((?:params|opt_state)\w+)', hlo)
   assert not copied, copied[:5]
 
 

@@ -24,9 +24,9 @@ def test_loss_and_grads_equal_across_meshes(shape, single_device_result):
 
 def test_fsdp_actually_shards_parameters():
   builder = step_builder(tiny_config(), mesh(2, 4))
-  specs = [s.spec for s in jax.tree.leaves(builder.state_shardings['params'])]
+  specs = [s.spec for s in jax.tree.leaves(builder.state_shardings.params)]
   assert any('fsdp' in tuple(spec) for spec in specs)
-  opt_specs = [s.spec for s in jax.tree.leaves(builder.state_shardings['opt_state'])]
+  opt_specs = [s.spec for s in jax.tree.leaves(builder.state_shardings.opt_state)]
   assert any('fsdp' in tuple(spec) for spec in opt_specs)
 
 

@@ -1,6 +1,10 @@
-"""Orbax checkpoints under WORKDIR/checkpoints/<step>/: params, optimizer state, step/RNG, data state.
+"""Orbax checkpoints under WORKDIR/checkpoints/<step>/: the train state and the data position.
 
-Items are saved separately so eval jobs can restore `params` alone onto any mesh.
+Items are named after TrainState's fields (pretrain/step/state.py): `params`, `batch_stats` (models
+with BatchNorm), `opt_state`, and `train` (the counters and key), so eval jobs restore the model
+alone onto any mesh. Checkpoints written before `batch_stats` had its own item (the legacy layout)
+hold the running averages inside `params` and Adam moments for them in `opt_state`; they restore
+through `restore_legacy_arrays`.
 """
 
 import os
@@ -10,10 +14,8 @@ import jax
 import orbax.checkpoint as ocp
 
 from data.errors import ConfigError
-
-
-# Small host-side parts of the train state, saved together as the `train` item.
-TRAIN_ITEM_KEYS = ('step', 'rng', 'bad_records', 'skipped_updates', 'consecutive_skips')
+from pretrain.step.state import (COUNTERS_ITEM, TrainState, checkpoint_items,
+                                 from_checkpoint_items)
 
 
 def checkpoint_dir(workdir: str) -> str:
@@ -51,12 +53,10 @@ class Checkpointer:
     """The newest complete checkpoint's step, or None."""
     return self.manager.latest_step()
 
-  def save(self, step: int, state: dict, data_iterator: Any) -> None:
+  def save(self, step: int, state: TrainState, data_iterator: Any) -> None:
     """Starts an async save of the whole train state and the data position."""
     args = ocp.args.Composite(
-        params=ocp.args.StandardSave(state['params']),
-        opt_state=ocp.args.StandardSave(state['opt_state']),
-        train=ocp.args.StandardSave({k: state[k] for k in TRAIN_ITEM_KEYS}),
+        **{name: ocp.args.StandardSave(tree) for name, tree in checkpoint_items(state).items()},
         # Captured now, not when the async write runs: the loop advances the iterator meanwhile.
         # Every process is at the same position (one local batch per step), so one copy serves.
         data=ocp.args.JsonSave(data_iterator.get_state()))
@@ -74,18 +74,22 @@ class Checkpointer:
           f'writing checkpoint {failed} to {self.directory} failed: {_root_cause(e)}; '
           f'the complete checkpoints {complete} are intact') from None
 
-  def restore(self, step: int, abstract_state: dict, data_iterator: Any) -> dict:
+  def restore(self, step: int, abstract_state: TrainState, data_iterator: Any) -> TrainState:
     """The train state at `step`, placed as `abstract_state`'s shardings; moves the data iterator."""
-    check_shapes(self.manager.directory, step, abstract_state['params'])
+    step_dir = os.path.join(self.directory, str(step))
+    check_shapes(self.directory, step, abstract_state.params)
+    wanted = checkpoint_items(abstract_state)
+    legacy = is_legacy_layout(step_dir, abstract_state.batch_stats)
+    if legacy:  # Only the counters through the manager; the arrays need migrating.
+      wanted = {COUNTERS_ITEM: wanted[COUNTERS_ITEM]}
     args = ocp.args.Composite(
-        params=ocp.args.StandardRestore(abstract_state['params']),
-        opt_state=ocp.args.StandardRestore(abstract_state['opt_state']),
-        train=ocp.args.StandardRestore({k: abstract_state[k] for k in TRAIN_ITEM_KEYS}),
+        **{name: ocp.args.StandardRestore(tree) for name, tree in wanted.items()},
         data=ocp.args.JsonRestore())
-    restored = self.manager.restore(step, args=args)
-    data_iterator.set_state(restored['data'])
-    return {'params': restored['params'], 'opt_state': restored['opt_state'],
-            **restored['train']}
+    restored = dict(self.manager.restore(step, args=args))
+    data_iterator.set_state(restored.pop('data'))
+    if legacy:
+      restored.update(restore_legacy_arrays(step_dir, abstract_state))
+    return from_checkpoint_items(restored)
 
   def wait(self) -> None:
     """Blocks until pending async saves are complete."""
@@ -130,17 +134,59 @@ def check_shapes(directory, step: int, abstract_params: Any) -> None:
                         'different model config?')
 
 
-def restore_params(workdir: str, step: int | None, abstract_params: Any) -> tuple[int, Any]:
-  """Parameters only (no optimizer state) of checkpoint `step` (None: newest), onto any mesh."""
-  manager = ocp.CheckpointManager(checkpoint_dir(workdir))
+def is_legacy_layout(step_dir: str, abstract_stats: Any) -> bool:
+  """Whether checkpoint `step_dir` keeps a BatchNorm model's running averages inside `params`
+  (written before they had their own `batch_stats` item)."""
+  return bool(jax.tree.leaves(abstract_stats)) and not os.path.isdir(
+      os.path.join(step_dir, 'batch_stats'))
+
+
+def _restore_subtree(item_dir: str, abstract: Any) -> Any:
+  """The leaves of `abstract`'s paths from a saved item that may hold more (orbax partial restore)."""
+  args = ocp.args.PyTreeRestore(item=abstract, partial_restore=True,
+                                restore_args=ocp.checkpoint_utils.construct_restore_args(abstract))
+  with ocp.PyTreeCheckpointer() as checkpointer:
+    return checkpointer.restore(item_dir, args=args)
+
+
+def restore_legacy_arrays(step_dir: str, abstract: TrainState) -> dict[str, Any]:
+  """The `params`, `batch_stats` and `opt_state` items of a legacy-layout checkpoint, migrated: the
+  running averages pulled out of its `params`, their optimizer moments left behind in its
+  `opt_state` (the new optimizer state has the same paths, minus those of the averages)."""
+  restored = {'params': _restore_subtree(os.path.join(step_dir, 'params'), abstract.params),
+              'batch_stats': _restore_subtree(os.path.join(step_dir, 'params'),
+                                              abstract.batch_stats)}
+  if jax.tree.leaves(abstract.opt_state):
+    restored['opt_state'] = _restore_subtree(os.path.join(step_dir, 'opt_state'),
+                                             abstract.opt_state)
+  return restored
+
+
+def restore_model(workdir: str, step: int | None, abstract_params: Any,
+                  abstract_stats: Any) -> tuple[int, Any, Any]:
+  """(step, parameters, BatchNorm running averages) of checkpoint `step` (None: newest), no
+  optimizer state, onto any mesh; reads the legacy layout too."""
+  directory = checkpoint_dir(workdir)
+  manager = ocp.CheckpointManager(directory)
   try:
     step = manager.latest_step() if step is None else step
     if step is None:
-      raise FileNotFoundError(f'no complete checkpoint in {checkpoint_dir(workdir)}')
-    if not os.path.isdir(os.path.join(checkpoint_dir(workdir), str(step))):
-      raise FileNotFoundError(f'no checkpoint {step} in {checkpoint_dir(workdir)}')
-    check_shapes(manager.directory, step, abstract_params)
-    args = ocp.args.Composite(params=ocp.args.StandardRestore(abstract_params))
-    return step, manager.restore(step, args=args)['params']
+      raise FileNotFoundError(f'no complete checkpoint in {directory}')
+    step_dir = os.path.join(directory, str(step))
+    if not os.path.isdir(step_dir):
+      raise FileNotFoundError(f'no checkpoint {step} in {directory}')
+    check_shapes(directory, step, abstract_params)
   finally:
     manager.close()
+  # Partial restores read `params` alone from either layout (and skip legacy averages in it).
+  params = _restore_subtree(os.path.join(step_dir, 'params'), abstract_params)
+  if not jax.tree.leaves(abstract_stats):
+    return step, params, abstract_stats
+  stats_item = 'params' if is_legacy_layout(step_dir, abstract_stats) else 'batch_stats'
+  return step, params, _restore_subtree(os.path.join(step_dir, stats_item), abstract_stats)
+
+
+def restore_params(workdir: str, step: int | None, abstract_params: Any) -> tuple[int, Any]:
+  """Parameters only (no running averages or optimizer state) of checkpoint `step` (None: newest)."""
+  step, params, _ = restore_model(workdir, step, abstract_params, {})
+  return step, params

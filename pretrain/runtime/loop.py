@@ -1,9 +1,11 @@
 """The training loop: step, skip non-finite updates, log, checkpoint, stop on request."""
 
+import copy
 import sys
 import zlib
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 
 from data.records import BAD_KINDS
@@ -35,14 +37,34 @@ class NonFiniteError(RuntimeError):
   """Too many non-finite updates in a row."""
 
 
+def nonfinite_step(builder):
+  """The train step with its loss times NaN, compiled apart from the real one.
+
+  `config.debug.nonfinite_at_attempts` (tests of the skip rule) runs it in place of the real step
+  at chosen attempts: it skips its update like a diverged step would, and the real step carries
+  no test code.
+  """
+  poisoned, loss_fn = copy.copy(builder), builder.loss_fn
+
+  def nan_loss(*args):
+    loss, metrics = loss_fn(*args)
+    return loss * jnp.nan, metrics
+
+  poisoned.loss_fn = nan_loss
+  return poisoned.jit_step()
+
+
 def run_loop(config, workdir, builder, mesh, ckpt, data_iter, state, problems):
   """Steps until total_steps, SIGTERM or exit_after_step; -> (state, reached total_steps)."""
   step_fn = prefault = None  # compiled ahead of the first step: its freed memory goes back first
   is_main = jax.process_index() == 0
   logger = MetricsLogger(workdir, config.total_steps, enabled=is_main)
   stop = StopRequest()
-  step = int(jax.device_get(state['step']))
+  step = int(jax.device_get(state.step))
   timer = Throughput(step)
+  poison_at = set(config.debug.nonfinite_at_attempts)  # 1-based step calls (test-only)
+  attempt = step + int(jax.device_get(state.skipped_updates))
+  poisoned = nonfinite_step(builder) if poison_at else None
   try:
     while step < config.total_steps:
       local = next(data_iter)
@@ -51,8 +73,11 @@ def run_loop(config, workdir, builder, mesh, ckpt, data_iter, state, problems):
         step_fn = builder.jit_step().lower(state, batch).compile()
         host_memory.release_freed_memory()
         prefault = for_compiled_step(step_fn, config.prefault_step_memory)
-      # Pre-faults while the step runs; the loop waits for the step just below.
-      state, metrics = prefault.dispatch(step_fn, state, batch)
+      attempt += 1
+      if attempt in poison_at:
+        state, metrics = poisoned(state, batch)
+      else:  # Pre-faults while the step runs; the loop waits for the step just below.
+        state, metrics = prefault.dispatch(step_fn, state, batch)
       if check_skipped(config, state, metrics, step + 1, ckpt):
         continue
       step += 1
@@ -78,7 +103,7 @@ def check_skipped(config, state, metrics, step: int, ckpt: Checkpointer) -> bool
   """Whether the update was skipped as non-finite; raises after too many in a row."""
   if not bool(jax.device_get(metrics['skipped'])):
     return False
-  consecutive = int(jax.device_get(state['consecutive_skips']))
+  consecutive = int(jax.device_get(state.consecutive_skips))
   if jax.process_index() == 0:
     print(f'warning: step {step}: loss {float(metrics["loss"]):.4g}, grad norm '
           f'{float(metrics["grad_norm"]):.4g}: non-finite, update skipped '
@@ -96,7 +121,7 @@ def check_skipped(config, state, metrics, step: int, ckpt: Checkpointer) -> bool
 def log_step(logger, timer, config, step, state, metrics, fingerprint, problems) -> None:
   """One metrics.jsonl row and one progress line."""
   metrics, bad, skipped = jax.device_get(
-      (metrics, state['bad_records'], state['skipped_updates']))  # one round trip
+      (metrics, state.bad_records, state.skipped_updates))  # one round trip
   metrics = {k: float(v) for k, v in metrics.items()}
   bad, skipped = bad_record_counts(bad, problems), int(skipped)
   examples_per_s, seconds_per_step = timer.mark(step, config.batch_size)
