@@ -27,6 +27,7 @@ from pretrain.runtime.init_from import init_from
 from pretrain.runtime.loop import NonFiniteError, run_loop
 from pretrain.runtime.run_control import WorkdirLock, quiet_background_errors
 from pretrain.step.optim import make_optimizer
+from pretrain.step.state import merge_variables, split_variables
 from pretrain.step.train_step import StepBuilder
 
 
@@ -69,8 +70,11 @@ def restore_or_init(ckpt: Checkpointer, latest: int | None, builder: StepBuilder
   if latest is None:
     state = builder.init_state()
     if builder.config.init_from:
-      state = state.replace(params=init_from(builder.config, state.params,
-                                             builder.state_shardings.params, builder.mesh))
+      shardings = builder.state_shardings
+      variables = init_from(builder.config, merge_variables(state.params, state.batch_stats),
+                            merge_variables(shardings.params, shardings.batch_stats), builder.mesh)
+      params, batch_stats = split_variables(variables, state.batch_stats)
+      state = state.replace(params=params, batch_stats=batch_stats)
     return state
   state = ckpt.restore(latest, builder.abstract_state, data_iter)
   if jax.process_index() == 0:

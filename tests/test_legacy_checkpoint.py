@@ -16,20 +16,13 @@ import orbax.checkpoint as ocp
 from pretrain.config.cli import load_saved_config
 from pretrain.runtime.checkpoint import (Checkpointer, checkpoint_dir, named_leaves, param_name,
                                          restore_model, restore_params)
-from pretrain.step.state import COUNTER_FIELDS, checkpoint_items, from_checkpoint_items
+from pretrain.step.state import (COUNTER_FIELDS, checkpoint_items, from_checkpoint_items,
+                                 merge_variables)
 from tests.helpers import max_tree_diff, mesh, read_metrics, run_train, step_builder
 
 ALIGN = ['--config.model.image_size=16', '--config.data.resize=19', '--config.batch_size=16',
          '--config.optim.warmup_steps=1', '--config.log_every=1', '--config.eval.zeroshot=',
          '--config.checkpoint_every=2', '--config.total_steps=4']
-
-
-def _merged(params: dict, stats: dict) -> dict:
-  """One nested dict holding the leaves of both (the legacy `params` item)."""
-  out = dict(params)
-  for key, value in stats.items():
-    out[key] = _merged(params.get(key, {}), value) if isinstance(value, dict) else value
-  return out
 
 
 class _DataPosition:
@@ -49,7 +42,7 @@ def _write_legacy_copy(new, old, builder, step: int) -> int:
   restored = manager.restore(step, args=ocp.args.Composite(**items, data=ocp.args.JsonRestore()))
   manager.close()
   state = jax.device_get(from_checkpoint_items(restored))
-  old_params = _merged(state.params, state.batch_stats)
+  old_params = merge_variables(state.params, state.batch_stats)
   # The legacy optimizer state: the same moments, plus (arbitrary, to be dropped) ones for the
   # running averages.
   moments = named_leaves(state.opt_state)

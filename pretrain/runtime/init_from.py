@@ -9,17 +9,20 @@ from jax.sharding import PartitionSpec as P
 
 from data.errors import ConfigError
 from pretrain.config.cli import load_saved_config
-from pretrain.runtime.checkpoint import from_named, named_leaves, param_name, restore_params
+from pretrain.runtime.checkpoint import from_named, named_leaves, param_name, restore_model
 from pretrain.step.freeze import matching_mask
-from pretrain.step.train_step import model_graphdef_and_shapes
+from pretrain.step.state import merge_variables, split_variables
+from pretrain.step.train_step import model_graphdef_and_variables
 
 
 def init_from(config, params: Any, shardings: Any, mesh) -> Any:
-  """`params` with the leaves `config.init_from_include` names taken from `config.init_from`'s
-  newest checkpoint, placed in `shardings`; shapes must agree."""
+  """`params` (the model's variables: parameters and any BatchNorm running averages, as one tree
+  by `merge_variables`) with the leaves `config.init_from_include` names taken from
+  `config.init_from`'s newest checkpoint, placed in `shardings`; shapes must agree."""
   source = config.init_from
-  _, source_shapes = model_graphdef_and_shapes(
+  _, source_params, source_stats = model_graphdef_and_variables(
       load_saved_config(os.path.join(source, 'config.json')))
+  source_shapes = merge_variables(source_params, source_stats)
   take = named_leaves(matching_mask(params, config.init_from_include, 'init_from_include'))
   ours, our_shardings = named_leaves(params), named_leaves(shardings)
   theirs = named_leaves(source_shapes)
@@ -41,8 +44,9 @@ def init_from(config, params: Any, shardings: Any, mesh) -> Any:
                                 sharding=our_shardings[name] if same else replicated)
 
   abstract = jax.tree_util.tree_map_with_path(placed, source_shapes)
-  step, restored = restore_params(source, None, abstract)
-  restored = named_leaves(restored)
+  step, restored_params, restored_stats = restore_model(
+      source, None, *split_variables(abstract, source_stats))
+  restored = named_leaves(merge_variables(restored_params, restored_stats))
   flat = {name: restored[name] if take[name] else leaf for name, leaf in ours.items()}
   if jax.process_index() == 0:
     print(f'init_from {source} (step {step}): {sum(take.values())} of {len(take)} parameter '

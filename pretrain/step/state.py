@@ -48,3 +48,25 @@ def from_checkpoint_items(items: dict[str, Any]) -> TrainState:
   """Inverse of `checkpoint_items` (a missing array item is {})."""
   return TrainState(**{name: items.get(name, {}) for name in ARRAY_ITEMS},
                     **items[COUNTERS_ITEM])
+
+
+def merge_variables(params: dict, batch_stats: dict) -> dict:
+  """The model's variables as one nested dict (their paths are disjoint), as legacy checkpoints'
+  `params` held them and `config.init_from_include` names them."""
+  out = dict(params)
+  for key, value in batch_stats.items():
+    out[key] = merge_variables(params.get(key, {}), value) if isinstance(value, dict) else value
+  return out
+
+
+def split_variables(variables: dict, stats_like: dict) -> tuple[dict, dict]:
+  """Inverse of `merge_variables`: (params, batch_stats), the latter at the paths of `stats_like`."""
+  params, stats = {}, {}
+  for key, value in variables.items():
+    if key not in stats_like:
+      params[key] = value
+    elif isinstance(value, dict):
+      params[key], stats[key] = split_variables(value, stats_like[key])
+    else:
+      stats[key] = value
+  return params, stats
