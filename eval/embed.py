@@ -22,16 +22,16 @@ class Embedder:
   """Jitted image and text encoders of a model, batch-sharded in, replicated out."""
 
   def __init__(self, graphdef: nnx.GraphDef, params: Any, mesh: Mesh, batch_stats: Any = None):
-    # (parameters, BatchNorm running averages); {} for models without BatchNorm.
-    self.variables, self.mesh = (params, batch_stats or {}), mesh
-    in_shardings = (None, sharding.batch_sharding(mesh))
+    # batch_stats: BatchNorm running averages; {} for models without BatchNorm.
+    self.params, self.batch_stats, self.mesh = params, batch_stats or {}, mesh
+    in_shardings = (None, None, sharding.batch_sharding(mesh))
     out = sharding.replicated(mesh)
 
-    def images(variables, x):
-      return merge_model(graphdef, *variables).embed_images(x)
+    def images(p, s, x):
+      return merge_model(graphdef, p, s).embed_images(x)
 
-    def texts(variables, x):
-      return merge_model(graphdef, *variables).embed_texts(x)
+    def texts(p, s, x):
+      return merge_model(graphdef, p, s).embed_texts(x)
 
     self._images = jax.jit(images, in_shardings=in_shardings, out_shardings=out)
     self._texts = jax.jit(texts, in_shardings=in_shardings, out_shardings=out)
@@ -53,7 +53,7 @@ class Embedder:
       valid = index < count
       rows = read_rows(np.where(valid, index, 0)[first:first + local])
       batch = jax.make_array_from_process_local_data(sharding.batch_sharding(self.mesh), rows)
-      out.append(np.asarray(fn(self.variables, batch))[valid])
+      out.append(np.asarray(fn(self.params, self.batch_stats, batch))[valid])
     if not out:
       return np.zeros((0, 0), np.float32)
     return np.concatenate(out)
