@@ -91,8 +91,8 @@ def apply_override(config: ml_collections.ConfigDict, field: str, text: str) -> 
     node[leaf] = _parse_value(text, current, field)
 
 
-def parse_args(argv: list[str], required: tuple[str, ...] = ('config', 'workdir')
-               ) -> tuple[ml_collections.ConfigDict, dict[str, str]]:
+def parse_args(argv: list[str], required: tuple[str, ...] = ('config', 'workdir'),
+               optional: tuple[str, ...] = ()) -> tuple[ml_collections.ConfigDict, dict[str, str]]:
   """-> (config with overrides applied, the other --flags as strings); any other flag is an error."""
   flags, overrides = {}, []
   args = list(argv)
@@ -114,10 +114,11 @@ def parse_args(argv: list[str], required: tuple[str, ...] = ('config', 'workdir'
   for name in required:
     if name not in flags:
       raise ConfigError(f'--{name} is required')
-  unknown = sorted(set(flags) - set(required))
+  unknown = sorted(set(flags) - set(required) - set(optional))
   if unknown:
     raise ConfigError(f'unknown flag --{unknown[0]}; expected '
-                      + ', '.join(f'--{name}' for name in required) + ', --config.FIELD=VALUE')
+                      + ', '.join(f'--{name}' for name in required + optional)
+                      + ', --config.FIELD=VALUE')
   config = load_config_file(flags['config'])
   for field, value in overrides:
     apply_override(config, field, value)
