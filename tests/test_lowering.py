@@ -5,7 +5,7 @@ unrolled layers, remat policy, loss, gradient caching, mesh) and lowers it for t
 (pretrain/step/lowering.py). Every case must lower, donate the whole old state, and hold no host
 callback and no custom call its platform cannot run. The demo config takes a pairwise covering of
 those settings (every pair of values of any two settings appears in some case); every other config
-file variant is lowered as written and with its levers pulled.
+file variant is lowered in tests/test_lowering_configs.py.
 """
 
 import itertools
@@ -15,13 +15,13 @@ import sys
 
 import pytest
 
-from configs.common import base_config
 from data.errors import ConfigError
 from pretrain.config import validate
-from pretrain.config.cli import load_config_file, save_config
+from pretrain.config.cli import load_config_file
 from pretrain.parallel import sharding
 from pretrain.step.lowering import PLATFORMS, lower_step
 from tests.helpers import ROOT
+from tests.lowering_cases import case_config, lit_base  # noqa: F401  (a fixture)
 
 SETTINGS = {
     'dtype': ('float32', 'bfloat16'),
@@ -52,19 +52,7 @@ def pairwise_cases(settings: dict) -> list[dict]:
 
 
 PAIRWISE = pairwise_cases(SETTINGS)
-# ViT configs other than the demo: as written, then with every lever pulled.
-LEVERS = dict(dtype='bfloat16', scan=True, remat='full', loss=('sigmoid', 'ring'), accum=2,
-              mesh=(4, 2))
-# BatchNorm (EfficientNet) towers take neither scan, remat nor gradient caching (validate refuses).
-BATCHNORM_LEVERS = dict(dtype='bfloat16', loss=('softmax', 'tiled'))
-CASES = (
-    [('configs/demo.py', case) for case in PAIRWISE]
-    + [(spec, case) for spec in ('configs/demo.py:tiny', 'configs/clip_vit_b32.py',
-                                 'configs/clip_vit_b32.py:shapes', 'lit')
-       for case in ({}, LEVERS)]
-    + [(spec, case) for spec in ('configs/align.py:tiny', 'configs/align.py:b7',
-                                 'configs/align.py:l2') for case in ({}, BATCHNORM_LEVERS)]
-)
+CASES = [('configs/demo.py', case) for case in PAIRWISE]
 
 
 def test_pairwise_cases_cover_every_pair_and_the_bf16_scan_combination():
@@ -74,32 +62,6 @@ def test_pairwise_cases_cover_every_pair_and_the_bf16_scan_combination():
   assert len(PAIRWISE) < 20  # against 144 for every combination
   # The combination the README recommends for accelerators (and that once failed to build).
   assert any(c['dtype'] == 'bfloat16' and c['scan'] for c in PAIRWISE)
-
-
-@pytest.fixture(scope='module')
-def lit_base(tmp_path_factory) -> str:
-  """A pretrained workdir for configs/lit.py: the demo model's config.json."""
-  workdir = tmp_path_factory.mktemp('pretrained')
-  save_config(base_config(), str(workdir / 'config.json'))
-  return str(workdir)
-
-
-def case_config(spec: str, case: dict, lit_base: str):
-  """The config file's config with the case's settings, a batch small enough to trace quickly."""
-  config = load_config_file(f'configs/lit.py:{lit_base}' if spec == 'lit' else spec)
-  if 'dtype' in case:
-    config.model.dtype = case['dtype']
-  if 'scan' in case:
-    config.model.scan_layers = case['scan']
-    config.model.image_remat = config.model.text_remat = case['remat']
-    config.accum_steps = case['accum']
-  if 'loss' in case:
-    config.loss.name, config.loss.impl = case['loss']
-  data, fsdp = case.get('mesh', (8, 1))
-  config.mesh.update(dict(data=data, fsdp=fsdp))
-  # Two examples per device and micro-batch: the graph, not the batch, is under test.
-  config.batch_size = 16 * config.accum_steps
-  return config
 
 
 @pytest.mark.parametrize('spec,case', CASES, ids=[f'{spec}-{case}' for spec, case in CASES])
