@@ -6,10 +6,10 @@ Items are saved separately so eval jobs can restore `params` alone onto any mesh
 import os
 from typing import Any
 
-import jax
 import orbax.checkpoint as ocp
 
 from data.errors import ConfigError
+from pretrain.models.param_paths import named_leaves
 
 
 # Small host-side parts of the train state, saved together as the `train` item.
@@ -96,21 +96,6 @@ class Checkpointer:
     """Waits for saves, then releases the manager."""
     self.wait()
     self.manager.close()
-
-
-def param_name(path: tuple) -> str:
-  """A pytree path as the '/'-joined name parameters go by ('img/encoder/ln_final/scale')."""
-  return '/'.join(str(getattr(k, 'key', getattr(k, 'idx', k))) for k in path)
-
-
-def named_leaves(tree: Any) -> dict[str, Any]:
-  """{param_name: leaf} of every leaf of a tree."""
-  return {param_name(path): leaf for path, leaf in jax.tree_util.tree_leaves_with_path(tree)}
-
-
-def from_named(named: dict[str, Any], like: Any) -> Any:
-  """A tree with `like`'s structure whose leaves are `named[param_name]`; inverse of named_leaves."""
-  return jax.tree.unflatten(jax.tree.structure(like), [named[n] for n in named_leaves(like)])
 
 
 def check_shapes(directory, step: int, abstract_params: Any) -> None:
