@@ -21,6 +21,15 @@ def checkpoint_dir(workdir: str) -> str:
   return os.path.join(os.path.abspath(workdir), 'checkpoints')
 
 
+def complete_steps(workdir: str) -> list[int]:
+  """Steps of checkpoints whose writing has finished (orbax renames them into place when done)."""
+  folder = checkpoint_dir(workdir)
+  if not os.path.isdir(folder):
+    return []
+  return sorted(int(name) for name in os.listdir(folder)
+                if name.isdigit() and os.path.isdir(os.path.join(folder, name)))
+
+
 class CheckpointWriteError(RuntimeError):
   """A checkpoint could not be written (disk full, read-only, ...); older ones are untouched."""
 
@@ -43,7 +52,7 @@ class Checkpointer:
     options = ocp.CheckpointManagerOptions(max_to_keep=keep, create=True,
                                            enable_async_checkpointing=True,
                                            cleanup_tmp_directories=True)
-    self.directory = checkpoint_dir(workdir)
+    self.workdir, self.directory = workdir, checkpoint_dir(workdir)
     self.manager = ocp.CheckpointManager(self.directory, options=options)
     self._pending = None  # step of the save in flight
 
@@ -69,7 +78,7 @@ class Checkpointer:
       action()
     except Exception as e:  # orbax surfaces write errors with many types, often from a thread.
       failed = self._pending if self._pending is not None else step  # async errors surface late
-      complete = sorted(int(n) for n in os.listdir(self.directory) if n.isdigit())
+      complete = complete_steps(self.workdir)
       raise CheckpointWriteError(
           f'writing checkpoint {failed} to {self.directory} failed: {_root_cause(e)}; '
           f'the complete checkpoints {complete} are intact') from None
