@@ -36,8 +36,11 @@ def read_file(path: str, source: str, key: str) -> bytes:
     raise BadRecord('missing_file', source, key, f'image file {path} does not exist') from None
 
 
-def _to_rgb(image: Image.Image) -> Image.Image:
-  """Any Pillow mode -> RGB: alpha composited on white, 16/32-bit greyscale scaled to 8 bits."""
+def to_rgb(image: Image.Image | np.ndarray) -> Image.Image:
+  """A PIL image of any mode, or an array Pillow reads, -> RGB: alpha composited on white,
+  16/32-bit greyscale scaled to 8 bits. Every source's pixels pass through here."""
+  if isinstance(image, np.ndarray):
+    image = Image.fromarray(image)
   if image.mode in ('I;16', 'I;16B', 'I;16L', 'I', 'F'):
     values = np.asarray(image, np.float64)
     top = 65535.0 if image.mode.startswith('I;16') else max(values.max(), 1.0)
@@ -71,7 +74,7 @@ def decode_image(data: bytes, source: str, key: str, max_pixels: int) -> Image.I
     image.load()
   except (OSError, SyntaxError, ValueError) as e:
     raise BadRecord('truncated_image', source, key, f'image cannot be decoded: {e}') from None
-  return _to_rgb(image)
+  return to_rgb(image)
 
 
 def decode_caption(value, source: str, key: str) -> str:
