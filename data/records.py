@@ -9,10 +9,18 @@ import io
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
+from data.errors import require
+
 BAD_KINDS = ('truncated_image', 'empty_file', 'not_an_image', 'missing_file', 'missing_caption',
              'bad_utf8', 'too_many_pixels', 'truncated_shard', 'bad_csv_row', 'bad_json_line')
 BAD_POLICIES = ('skip', 'error')
 DEFAULT_MAX_PIXELS = 89_478_485  # Pillow's own decompression-bomb threshold.
+
+
+def check_bad_policy(policy: str) -> None:
+  """`data.on_bad_record` is one of BAD_POLICIES (ConfigError otherwise)."""
+  require(policy in BAD_POLICIES,
+          f'unknown data.on_bad_record {policy!r}; known: {", ".join(BAD_POLICIES)}')
 
 
 class BadRecord(Exception):
