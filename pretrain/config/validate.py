@@ -3,7 +3,6 @@
 import os
 import re
 
-from data.pipeline import check_process_split
 from data.records import check_bad_policy
 from data.sources import check_spec
 from data.errors import ConfigError, require
@@ -86,6 +85,8 @@ def check_training(config, num_devices: int, num_processes: int) -> dict[str, in
           f'tower_batch_chunks {chunks} does not divide the per-device batch {per_device} '
           f'(batch_size {config.batch_size} / data-parallel size {ways} / accum_steps '
           f'{config.accum_steps})')
+  # Imported here: the pipeline pulls in grain, which weight import (check_model) does not need.
+  from data.pipeline import check_process_split
   check_process_split(config.batch_size, num_processes)
   return shape
 
