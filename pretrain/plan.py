@@ -23,6 +23,7 @@ import sys
 
 from pretrain.config.cli import parse_args
 from data.errors import ConfigError
+from pretrain.parallel.sharding import MESH_AXES
 
 GIB = 2 ** 30
 
@@ -35,10 +36,11 @@ def parse_mesh(text: str) -> dict[str, int]:
     if not eq or not value.strip().isdigit() or int(value) < 1:
       raise ConfigError(f'--mesh {text!r}: write positive sizes as data=N,fsdp=M')
     sizes[name.strip()] = int(value)
-  unknown = set(sizes) - {'data', 'fsdp'}
+  unknown = set(sizes) - set(MESH_AXES)
   if unknown:
-    raise ConfigError(f'--mesh {text!r}: unknown axes {sorted(unknown)}; the axes are data, fsdp')
-  return {'data': sizes.get('data', 1), 'fsdp': sizes.get('fsdp', 1)}
+    raise ConfigError(f'--mesh {text!r}: unknown axes {sorted(unknown)}; the axes are '
+                      + ', '.join(MESH_AXES))
+  return {axis: sizes.get(axis, 1) for axis in MESH_AXES}
 
 
 def per_device_bytes(abstract_tree, shardings) -> int:
