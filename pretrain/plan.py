@@ -21,8 +21,8 @@ import math
 import os
 import sys
 
-from pretrain.config.cli import parse_args
 from data.errors import ConfigError
+from pretrain.config.cli import parse_args
 from pretrain.parallel.sharding import MESH_AXES
 
 GIB = 2 ** 30
