@@ -193,7 +193,8 @@ def lower_for(config, sizes: dict[str, int], platforms: tuple[str, ...]) -> int:
 def main(argv: list[str]) -> int:
   """Command-line entry point; bad flags or configs print one line and exit 2."""
   try:
-    config, flags = parse_args(argv, required=('config', 'mesh'), optional=('lower_for',))
+    config, flags = parse_args(argv, required=('config', 'mesh'), optional=('lower_for',),
+                               usage=__doc__)
     sizes = parse_mesh(flags['mesh'])
     platforms = parse_platforms(flags['lower_for']) if 'lower_for' in flags else ()
     import jax

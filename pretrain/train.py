@@ -1,6 +1,12 @@
 """Trains a dual encoder from a config file; re-running the same command resumes.
 
   python -m pretrain.train --config PATH[:ARG] --workdir DIR [--config.FIELD=VALUE ...]
+
+  --config PATH[:ARG]    a config file's get_config(ARG), e.g. configs/demo.py or configs/demo.py:tiny
+  --workdir DIR          the run's folder: config, tokenizer, checkpoints, metrics (resumed if present)
+  --config.FIELD=VALUE   overrides a config field, e.g. --config.batch_size=4096
+
+SIGTERM or Ctrl-C checkpoints the current step and exits; a second Ctrl-C exits at once.
 """
 
 from pretrain.backends.cpu import host_memory
@@ -130,7 +136,7 @@ def final_eval(config, builder, params, tokenizer, mesh) -> dict | None:
 def main(argv: list[str]) -> int:
   """Command-line entry point; configuration errors print one line and exit 2."""
   try:
-    config, flags = parse_args(argv)
+    config, flags = parse_args(argv, usage=__doc__)
     quiet_background_errors()
     distributed.maybe_initialize()
     train(config, flags['workdir'])
@@ -145,6 +151,9 @@ def main(argv: list[str]) -> int:
   except (BadRecord, NonFiniteError) as e:  # data.on_bad_record='error'; a diverged run
     print(f'error: {e}', file=sys.stderr)
     return 1
+  except KeyboardInterrupt:  # Before the loop's handler: nothing trained since the last checkpoint.
+    print('\ninterrupted before training started; nothing to checkpoint', file=sys.stderr)
+    return 130
   return 0
 
 

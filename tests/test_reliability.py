@@ -126,6 +126,42 @@ def test_sigterm_checkpoints_and_exits_and_a_second_trainer_is_refused(tmp_path)
   assert resumed.returncode == 0 and f'resumed from {tmp_path}/checkpoints/{step}' in resumed.stdout
 
 
+def test_ctrl_c_checkpoints_like_sigterm_and_a_second_one_exits_at_once(tmp_path):
+  trainer = _start(tmp_path, '--config.total_steps=100000', '--config.checkpoint_every=100000')
+  try:
+    _wait_for_rows(tmp_path, 3, trainer)
+    trainer.send_signal(signal.SIGINT)
+    out, err = trainer.communicate(timeout=60)
+  finally:
+    trainer.kill()
+  assert trainer.returncode == 0 and 'Traceback' not in err, err[-2000:]
+  step = int(out.split('SIGINT: checkpointed step ')[1].split()[0])
+  assert os.listdir(tmp_path / 'checkpoints') == [str(step)]
+  # Twice: out at once, no traceback, no new checkpoint; the last one still resumes.
+  trainer = _start(tmp_path, '--config.total_steps=100000', '--config.checkpoint_every=100000')
+  try:
+    _wait_for_rows(tmp_path, step + 3, trainer)
+    trainer.send_signal(signal.SIGINT)
+    time.sleep(0.05)
+    trainer.send_signal(signal.SIGINT)
+    _, err = trainer.communicate(timeout=60)
+  finally:
+    trainer.kill()
+  assert trainer.returncode == 130 and 'second Ctrl-C' in err and 'Traceback' not in err, err
+  assert os.listdir(tmp_path / 'checkpoints') == [str(step)]
+
+
+@pytest.mark.parametrize('module', ['pretrain.train', 'pretrain.plan'])
+def test_help_lists_the_flags_and_where_fields_are_documented(module):
+  env = dict(os.environ, PYTHONPATH=ROOT)
+  for flag in ('-h', '--help'):
+    result = subprocess.run([sys.executable, '-m', module, flag], cwd=ROOT, env=env,
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0 and result.stderr == '', result.stderr
+    assert '--config PATH[:ARG]' in result.stdout and '--config.FIELD=VALUE' in result.stdout
+    assert 'configs/common.py' in result.stdout
+
+
 def test_checkpoint_of_another_model_names_the_parameter(tmp_path):
   assert run_train(tmp_path, *FAST, '--config.total_steps=2').returncode == 0
   result = run_train(tmp_path, *FAST, '--config.total_steps=4', '--config.model.variant=tiny')

@@ -91,9 +91,21 @@ def apply_override(config: ml_collections.ConfigDict, field: str, text: str) -> 
     node[leaf] = _parse_value(text, current, field)
 
 
+FIELDS_HELP = ('Every config field, with its meaning and default: configs/common.py; a config file '
+               'sets its own values (e.g. configs/demo.py).')
+
+
 def parse_args(argv: list[str], required: tuple[str, ...] = ('config', 'workdir'),
-               optional: tuple[str, ...] = ()) -> tuple[ml_collections.ConfigDict, dict[str, str]]:
-  """-> (config with overrides applied, the other --flags as strings); any other flag is an error."""
+               optional: tuple[str, ...] = (), usage: str = ''
+               ) -> tuple[ml_collections.ConfigDict, dict[str, str]]:
+  """-> (config with overrides applied, the other --flags as strings); any other flag is an error.
+
+  -h/--help prints `usage` (the entry point's docstring) and where the fields are documented, and
+  exits 0.
+  """
+  if '-h' in argv or '--help' in argv:
+    print(f'{usage.strip()}\n\n{FIELDS_HELP}')
+    raise SystemExit(0)
   flags, overrides = {}, []
   args = list(argv)
   while args:

@@ -68,6 +68,9 @@ def check_training(config, num_devices: int, num_processes: int) -> dict[str, in
           f'(total_steps {config.total_steps})')
   require(config.log_every > 0 and config.checkpoint_every > 0,
           'log_every and checkpoint_every must be positive')
+  require(config.keep_checkpoints >= 1,
+          f'keep_checkpoints must be at least 1, got {config.keep_checkpoints}: the newest '
+          'checkpoint is what re-running the command resumes from')
   check_patterns(config)
   shape = resolve_mesh_shape(dict(config.mesh), num_devices)
   ways = batch_ways(shape)
