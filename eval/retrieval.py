@@ -16,6 +16,7 @@ import numpy as np
 from data.sources import open_source
 from eval.embed import Embedder
 from eval.job import Outputs, add_common_flags, cli, dataset_name, timed_evaluator
+from eval.provenance import eval_settings
 from eval.retrieval_lib import retrieval_metrics
 from eval.run_model import RunModel
 
@@ -47,7 +48,9 @@ def make_job(args: argparse.Namespace):
   """(outputs, evaluate) for the run and dataset the flags name."""
   run = RunModel(args.workdir)
   source = open_source(args.dataset, run.config.model.image_size, run.config.seed)
-  outputs = Outputs(args.workdir, 'retrieval', dataset_name(source, args.dataset))
+  outputs = Outputs(args.workdir, 'retrieval', dataset_name(source, args.dataset),
+                    eval_settings(args.dataset, source, run.config.model),
+                    {'dataset': args.dataset})
 
   def compute(embedder):
     metrics = evaluate_retrieval(embedder, run.tokenizer, source,

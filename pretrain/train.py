@@ -32,6 +32,7 @@ from pretrain.parallel import sharding
 from pretrain.runtime import distributed
 from pretrain.runtime.checkpoint import Checkpointer, CheckpointWriteError
 from pretrain.runtime.init_from import init_from
+from pretrain.runtime.logger import MetricsLogger
 from pretrain.runtime.loop import NonFiniteError, run_loop
 from pretrain.runtime.run_control import WorkdirLock, quiet_background_errors
 from pretrain.step.optim import make_optimizer
@@ -119,14 +120,15 @@ def train(config, workdir: str, allow_config_change: bool = False) -> dict | Non
     ckpt.close()
     if not finished:
       return None
-    return final_eval(config, builder, state['params'], tokenizer, mesh)
+    return final_eval(config, builder, state['params'], tokenizer, mesh, workdir)
   finally:
     if lock:
       lock.release()
 
 
-def final_eval(config, builder, params, tokenizer, mesh) -> dict | None:
-  """Zero-shot accuracy of the final parameters on `config.eval.zeroshot`, if set."""
+def final_eval(config, builder, params, tokenizer, mesh, workdir: str | None = None) -> dict | None:
+  """Zero-shot accuracy of the final parameters on `config.eval.zeroshot`, if set; also a row of
+  WORKDIR/metrics.jsonl and TensorBoard at the final step, tagged as the eval job tags it."""
   if not config.eval.zeroshot:
     return None
   from eval.embed import Embedder
@@ -144,6 +146,13 @@ def final_eval(config, builder, params, tokenizer, mesh) -> dict | None:
           f'mean_per_class_recall {metrics["mean_per_class_recall"]:.4f}  '
           f'({metrics["num_examples"]} images, {len(source.classnames)} classes, '
           f'chance {chance:.4f}, {time.perf_counter() - start:.1f}s)', flush=True)
+  if workdir is not None:
+    from eval.job import dataset_name
+    logger = MetricsLogger(workdir, config.total_steps, enabled=jax.process_index() == 0)
+    tag = f'zeroshot/{dataset_name(source, config.eval.zeroshot)}'
+    logger.write(config.total_steps, {f'{tag}/{k}': v for k, v in metrics.items()
+                                      if k != 'confusion'})
+    logger.close()
   return metrics
 
 
