@@ -34,7 +34,7 @@ def train(workdir: str, dtype: str, log_every: int, smoke: bool) -> tuple[dict, 
     last_line = (result.stderr.strip().splitlines() or ['killed'])[-1]
     raise SystemExit(f'{dtype} run failed: {last_line}')
   with open(os.path.join(workdir, 'metrics.jsonl')) as f:
-    losses = {row['step']: row['loss'] for row in map(json.loads, f)}
+    losses = {row['step']: row['loss'] for row in map(json.loads, f) if 'loss' in row}
   found = re.search(r'zero-shot \S+: acc1 ([0-9.]+)', result.stdout)
   acc1 = float(found.group(1)) if found else None
   return losses, acc1

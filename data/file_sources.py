@@ -107,7 +107,11 @@ class JsonlSource:
 
 
 class ImageFolderSource:
-  """DIR/<class>/<image>: labels from sorted folder names; names from classnames.txt if present."""
+  """DIR/<class>/<image>: labels from sorted folder names; names from classnames.txt if present.
+
+  `label_names` keeps the folder names (label i is the i-th in sorted order) beside `classnames`,
+  so names given later can be matched to labels by name.
+  """
 
   def __init__(self, root: str, max_pixels: int = DEFAULT_MAX_PIXELS):
     if not os.path.isdir(root):
@@ -117,6 +121,7 @@ class ImageFolderSource:
     folders = sorted(d for d in os.listdir(root) if os.path.isdir(os.path.join(root, d)))
     if not folders:
       raise ConfigError(f'imagefolder {root} has no class folders')
+    self.label_names = folders
     self.classnames = [d.replace('_', ' ') for d in folders]
     names_file = os.path.join(root, 'classnames.txt')
     if os.path.isfile(names_file):

@@ -32,6 +32,7 @@ TEMPLATES = (
 )
 SPLITS = {'train': (0, 200_000), 'zeroshot': (1, 960), 'retrieval': (2, 500)}
 CAPTIONS_PER_RETRIEVAL_IMAGE = 5
+NUM_CLASSES = len(COLOURS) * len(SHAPES)  # labels never depend on names a caller assigns
 
 
 def classnames() -> list[str]:
@@ -105,7 +106,7 @@ class ShapesSource:
     """Labels of the zeroshot split without rendering (it cycles through the classes)."""
     if self.split != 'zeroshot':
       return [self[i]['label'] for i in range(len(self))]
-    return [i % len(self.classnames) for i in range(len(self))]
+    return [i % NUM_CLASSES for i in range(len(self))]
 
   def text(self, index: int) -> list[str]:
     """The caption(s) of record `index` (rendering is cheap here, so this reuses it)."""
@@ -117,7 +118,7 @@ class ShapesSource:
       raise IndexError(index)
     rng = np.random.default_rng((self.seed, self._code, int(index)))
     if self.split == 'zeroshot':  # Balanced classes: index cycles through them.
-      label = int(index) % len(self.classnames)
+      label = int(index) % NUM_CLASSES
       colour, shape = list(COLOURS)[label // len(SHAPES)], SHAPES[label % len(SHAPES)]
     else:
       colour = list(COLOURS)[rng.integers(len(COLOURS))]

@@ -1,8 +1,8 @@
 """What every offline eval job shares: flags, which checkpoints to evaluate, and the outputs.
 
 `--step N` evaluates that checkpoint, `--once` the newest, `--watch` follows the run: each complete
-checkpoint exactly once, oldest first, results kept in RUN/eval so a restarted job skips finished
-steps, until the run's final step is done.
+checkpoint exactly once, oldest first, results kept in RUN/eval so a restarted job with the same
+settings skips finished steps, until the run's final step is done.
 """
 
 import argparse
@@ -15,9 +15,10 @@ from typing import Callable
 import jax
 import numpy as np
 
-from data.records import BadRecord
-from pretrain.runtime.checkpoint import checkpoint_dir
 from data.errors import ConfigError
+from data.records import BadRecord
+from eval.provenance import settings_hash
+from pretrain.runtime.checkpoint import checkpoint_dir, complete_steps
 
 Evaluate = Callable[[int | None], tuple[int, dict]]  # step (None: newest) -> (step, metrics)
 
@@ -41,22 +42,38 @@ def dataset_name(source, spec: str) -> str:
 
 
 class Outputs:
-  """RUN/eval/<kind>/<dataset>/step_<N>.json, TensorBoard scalars, one summary line."""
+  """RUN/eval/<kind>/<dataset>-<hash>/step_<N>.json, TensorBoard scalars, one summary line.
 
-  def __init__(self, workdir: str, kind: str, dataset: str):
-    self.kind, self.dataset = kind, dataset
-    self.folder = os.path.join(workdir, 'eval', kind, dataset)
+  <hash> is eval.provenance.settings_hash of `settings` (what produced the numbers), so jobs with
+  other class names, templates or data never share a folder; settings.json in the folder and
+  every result file record the settings themselves, and `given`: the flags as typed (spec,
+  file names), which the hash leaves out. Folders of older versions, named <dataset> alone, are
+  left as they are and not read.
+  """
+
+  def __init__(self, workdir: str, kind: str, dataset: str, settings: dict,
+               given: dict | None = None):
+    self.kind, self.dataset, self.settings = kind, dataset, settings
+    self.given, self.settings_hash = given or {}, settings_hash(settings)
+    self.folder = os.path.join(workdir, 'eval', kind, f'{dataset}-{self.settings_hash}')
     self.is_main = jax.process_index() == 0
     if self.is_main:
       os.makedirs(self.folder, exist_ok=True)
+      _write_json(os.path.join(self.folder, 'settings.json'),
+                  {'settings_hash': self.settings_hash, 'given': self.given, **settings})
+      print(f'{kind} {dataset}: results in {self.folder}', flush=True)
 
   def path(self, step: int) -> str:
     """Where the metrics of `step` go."""
     return os.path.join(self.folder, f'step_{step}.json')
 
   def done(self, step: int) -> bool:
-    """Whether `step` was already evaluated (by this job or an earlier one)."""
-    return os.path.isfile(self.path(step))
+    """Whether `step` was already evaluated with these settings (by this job or an earlier one)."""
+    try:
+      with open(self.path(step)) as f:
+        return json.load(f).get('settings_hash') == self.settings_hash
+    except (OSError, ValueError):
+      return False
 
   def write(self, step: int, metrics: dict, extras: dict[str, np.ndarray]) -> None:
     """Writes the JSON (atomically), arrays beside it, TB scalars, and prints the summary."""
@@ -65,9 +82,9 @@ class Outputs:
     for name, array in extras.items():
       with open(os.path.join(self.folder, f'step_{step}_{name}.json'), 'w') as f:
         json.dump(np.asarray(array).tolist(), f)
-    with open(self.path(step) + '.tmp', 'w') as f:
-      json.dump({'step': step, 'dataset': self.dataset, **metrics}, f, indent=2)
-    os.replace(self.path(step) + '.tmp', self.path(step))
+    _write_json(self.path(step), {'step': step, 'dataset': self.dataset, **metrics,
+                                  'settings_hash': self.settings_hash, 'given': self.given,
+                                  'settings': self.settings})
     try:
       from tensorboardX import SummaryWriter
       with SummaryWriter(self.folder) as tb:
@@ -83,13 +100,11 @@ class Outputs:
           flush=True)
 
 
-def complete_steps(workdir: str) -> list[int]:
-  """Steps of checkpoints whose writing has finished (orbax renames them into place when done)."""
-  folder = checkpoint_dir(workdir)
-  if not os.path.isdir(folder):
-    return []
-  return sorted(int(name) for name in os.listdir(folder)
-                if name.isdigit() and os.path.isdir(os.path.join(folder, name)))
+def _write_json(path: str, obj: dict) -> None:
+  """Atomically: a reader never sees half a file."""
+  with open(path + '.tmp', 'w') as f:
+    json.dump(obj, f, indent=2)
+  os.replace(path + '.tmp', path)
 
 
 def final_step(workdir: str) -> int:

@@ -10,27 +10,25 @@ if __name__ == '__main__':  # first, before jax loads: the malloc the trainer ru
   host_memory.restart_with_huge_page_malloc()
 
 import argparse
+import os
 import sys
 
 from data.sources import open_source
+from eval.classnames import resolve_classnames
 from eval.job import Outputs, add_common_flags, cli, dataset_name, timed_evaluator
+from eval.provenance import eval_settings
 from eval.run_model import RunModel
 from eval.templates import load_templates
 from eval.zeroshot_lib import evaluate_zeroshot
-from data.errors import ConfigError
-
-
-def read_classnames(path: str) -> list[str]:
-  """One class name per line."""
-  with open(path) as f:
-    return [line.strip() for line in f if line.strip()]
 
 
 def parse(argv: list[str]) -> argparse.Namespace:
   """The job's flags."""
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   add_common_flags(parser)
-  parser.add_argument('--classnames', default=None, help='file with one class name per line')
+  parser.add_argument('--classnames', default=None,
+                      help='file with one class name per line, in label order (or every class '
+                           'of a set with named labels once, in any order: matched by name)')
   parser.add_argument('--templates', default='clip80', help='built-in set name or a file')
   return parser.parse_args(argv)
 
@@ -40,16 +38,17 @@ def make_job(args: argparse.Namespace):
   run = RunModel(args.workdir)
   templates = load_templates(args.templates)
   source = open_source(args.dataset, run.config.model.image_size, run.config.seed)
-  if args.classnames:
-    source.classnames = read_classnames(args.classnames)
-  if not getattr(source, 'classnames', None):
-    raise ConfigError(f'{args.dataset} has no class names: pass --classnames FILE')
-  outputs = Outputs(args.workdir, 'zeroshot', dataset_name(source, args.dataset))
+  classnames = resolve_classnames(source, args.dataset, args.classnames)
+  settings = eval_settings(args.dataset, source, run.config.model, classnames, templates)
+  given = {'dataset': args.dataset, 'templates': args.templates,
+           'classnames': args.classnames and os.path.abspath(args.classnames)}
+  outputs = Outputs(args.workdir, 'zeroshot', dataset_name(source, args.dataset), settings, given)
 
   def compute(embedder):
     metrics = evaluate_zeroshot(
         embedder, run.tokenizer, source, templates, image_size=run.config.model.image_size,
-        context_length=run.config.model.context_length, batch_size=args.batch_size)
+        context_length=run.config.model.context_length, batch_size=args.batch_size,
+        classnames=classnames)
     return metrics, {'confusion': metrics.pop('confusion')}
 
   return outputs, timed_evaluator(run, outputs, compute)

@@ -2,8 +2,8 @@
 
 import numpy as np
 
+from data.errors import ConfigError
 from data.tokenizer import Tokenizer
-from data.transforms import eval_transform
 from eval.embed import Embedder
 
 
@@ -48,16 +48,19 @@ def source_labels(source) -> np.ndarray:
 
 
 def evaluate_zeroshot(embedder: Embedder, tokenizer: Tokenizer, source, templates: list[str], *,
-                      image_size: int, context_length: int, batch_size: int) -> dict:
-  """Embeds every image of a labelled source once and scores it against its class names."""
-  def read_images(index: np.ndarray) -> np.ndarray:
-    return np.stack([eval_transform(source[int(i)]['image'], image_size) for i in index])
-
+                      image_size: int, context_length: int, batch_size: int,
+                      classnames: list[str] | None = None) -> dict:
+  """Embeds every image of a labelled source once and scores it against its class names
+  (`classnames`, default the source's own: one per label)."""
   count = len(source)
-  image_emb = embedder.embed('images', read_images, count, batch_size)
+  classnames = list(source.classnames if classnames is None else classnames)
   labels = source_labels(source)
-  class_emb = class_embeddings(embedder, tokenizer, list(source.classnames), templates,
-                               context_length, batch_size)
+  if len(labels) and not 0 <= labels.min() <= labels.max() < len(classnames):
+    raise ConfigError(f'{len(classnames)} class names for labels {labels.min()}..{labels.max()} '
+                      f'of {getattr(source, "name", "the set")}: give one name per class')
+  image_emb = embedder.embed_images(source, image_size, batch_size)
+  class_emb = class_embeddings(embedder, tokenizer, classnames, templates, context_length,
+                               batch_size)
   metrics = zeroshot_metrics(image_emb, labels, class_emb)
   metrics['num_examples'] = count
   return metrics

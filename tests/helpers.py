@@ -80,10 +80,33 @@ def run_train(workdir, *overrides, config='configs/demo.py', devices=8, timeout=
   return subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout)
 
 
-def read_metrics(workdir) -> list[dict]:
-  """The rows of WORKDIR/metrics.jsonl."""
+def read_metrics(workdir, evals: bool = False) -> list[dict]:
+  """The training rows of WORKDIR/metrics.jsonl (those with a loss); `evals`: the others (the
+  final zero-shot eval's)."""
   with open(os.path.join(workdir, 'metrics.jsonl')) as f:
-    return [json.loads(line) for line in f]
+    rows = [json.loads(line) for line in f]
+  return [r for r in rows if ('loss' in r) != evals]
+
+
+def tb_events(folder) -> list[tuple[int, str, float | str]]:
+  """(step, tag, value) of every TensorBoard summary under `folder`: scalars as written (float32),
+  text as its string."""
+  import struct
+  from tensorboardX.proto import event_pb2
+  found = []
+  for name in sorted(os.listdir(folder)):
+    with open(os.path.join(folder, name), 'rb') as f:
+      data = f.read()
+    at = 0
+    while at < len(data):  # TFRecord: u64 length, u32 crc, payload, u32 crc
+      (length,) = struct.unpack('<Q', data[at:at + 8])
+      event = event_pb2.Event.FromString(data[at + 12:at + 12 + length])
+      at += 12 + length + 4
+      for v in event.summary.value:
+        text = v.metadata.plugin_data.plugin_name == 'text'
+        found.append((event.step, v.tag, v.tensor.string_val[0].decode() if text
+                      else v.simple_value))
+  return found
 
 
 def resident_bytes() -> int:

@@ -19,7 +19,7 @@ from pretrain.models.efficientnet import EfficientNetTower, MBConv
 from pretrain.models.towers import TextTower
 from pretrain.step.optim import make_optimizer
 from pretrain.parallel.sharding import batch_sharding
-from pretrain.runtime.checkpoint import named_leaves
+from pretrain.models.param_paths import named_leaves
 from pretrain.runtime.loop import nonfinite_step
 from pretrain.config.validate import check_training
 from tests.helpers import (ROOT, max_tree_diff, mesh, random_batch, read_metrics, run_train,

@@ -11,12 +11,14 @@ import numpy as np
 import pytest
 
 from data.shapes import ShapesSource
-from eval import zeroshot
+from data.errors import ConfigError
+from eval import retrieval, zeroshot
 from eval.embed import Embedder
-from eval.job import complete_steps, watch
+from eval.job import cli, watch
 from eval.run_model import RunModel
 from eval.templates import load_templates
 from eval.zeroshot_lib import evaluate_zeroshot
+from pretrain.runtime.checkpoint import complete_steps
 from tests.helpers import ROOT, mesh, run_train
 
 
@@ -29,6 +31,12 @@ def run_dir(tmp_path_factory):
                      '--config.optim.warmup_steps=1', '--config.eval.zeroshot=')
   assert result.returncode == 0, result.stderr[-2000:]
   return workdir
+
+
+def result_file(workdir, kind: str, name: str, step: int):
+  """The one step_<step>.json of RUN/eval/<kind>/<name>-<hash>/ (asserting there is one)."""
+  [found] = (workdir / 'eval' / kind).glob(f'{name}-*/step_{step}.json')
+  return found
 
 
 def test_zeroshot_on_8_devices_equals_1_device_and_counts_each_example_once(run_dir):
@@ -77,9 +85,9 @@ def test_watch_handles_new_deleted_and_restart(run_dir, tmp_path):
 
   evaluated = watch(str(workdir), outputs, evaluate_and_move_things, poll_seconds=0.01, max_polls=5)
   assert evaluated == [2, 6] and calls == [2, 4, 6]
-  result = json.loads((workdir / 'eval/zeroshot/shapes_zeroshot/step_6.json').read_text())
+  result = json.loads(result_file(workdir, 'zeroshot', 'shapes_zeroshot', 6).read_text())
   assert result['step'] == 6 and result['num_examples'] == 960 and 0 <= result['acc1'] <= 1
-  assert (workdir / 'eval/zeroshot/shapes_zeroshot/step_6_confusion.json').is_file()
+  assert os.path.isfile(os.path.join(outputs.folder, 'step_6_confusion.json'))
   # A restarted job finds everything done and exits without evaluating again.
   assert watch(str(workdir), outputs, evaluate_and_move_things, poll_seconds=0.01,
                max_polls=5) == []
@@ -98,7 +106,7 @@ def test_cli_writes_metrics_and_summary(run_dir, module, dataset, key):
   assert result.returncode == 0, result.stderr[-2000:]
   kind = module.split('.')[1]
   name = dataset.replace(':', '_')
-  metrics = json.loads((run_dir / 'eval' / kind / name / 'step_6.json').read_text())
+  metrics = json.loads(result_file(run_dir, kind, name, 6).read_text())
   assert 0.0 <= metrics[key] <= 1.0
   assert f'{kind} {name} step 6:' in result.stdout
 
@@ -120,7 +128,7 @@ def test_cli_on_file_formats(run_dir, tmp_path, fmt, module, key):
   from data.sources import open_source
   from eval.job import dataset_name
   name = dataset_name(open_source(spec), spec)
-  metrics = json.loads((run_dir / 'eval' / module.split('.')[1] / name / 'step_4.json').read_text())
+  metrics = json.loads(result_file(run_dir, module.split('.')[1], name, 4).read_text())
   assert metrics['num_examples'] == 53 and key in metrics and metrics['dataset'] == name
   if split == 'retrieval':
     assert metrics['num_captions'] == 53 * 5
@@ -133,3 +141,97 @@ def test_cli_errors_are_one_line(tmp_path):
   result = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
   assert result.returncode == 2 and result.stderr.strip().startswith('error: ')
   assert 'config.json does not exist' in result.stderr
+
+
+@pytest.fixture
+def run_copy(run_dir, tmp_path):
+  """A copy of the run without its eval results, so settings tried here see only their own."""
+  workdir = tmp_path / 'run'
+  shutil.copytree(run_dir, workdir, ignore=shutil.ignore_patterns('eval'))
+  return workdir
+
+
+def _zeroshot_job(workdir, dataset, *flags):
+  args = zeroshot.parse(['--workdir', str(workdir), '--dataset', dataset, '--step', '6',
+                         '--batch_size', '64', *flags])
+  return zeroshot.make_job(args)
+
+
+def test_classnames_must_give_one_name_per_class(run_copy, tmp_path, capsys):
+  names = tmp_path / 'names.txt'
+  names.write_text(''.join(f'class {i}\n' for i in range(40)))
+  code = cli(zeroshot.parse, zeroshot.make_job, [
+      '--workdir', str(run_copy), '--dataset', 'shapes:zeroshot', '--classnames', str(names),
+      '--step', '6'])
+  err = capsys.readouterr().err
+  assert code == 2 and err.count('\n') == 1, err
+  assert '40 names for the 48 classes of shapes:zeroshot' in err
+  assert not (run_copy / 'eval').exists()
+
+
+def test_classnames_of_a_folder_set_map_by_name_or_are_refused(run_copy, tmp_path):
+  from data.make_corpus import write_corpus
+  spec = write_corpus('imagefolder', str(tmp_path / 'folders'), 96, 'zeroshot', 16)
+  folders = sorted(os.listdir(tmp_path / 'folders'))
+
+  def evaluate(*flags):
+    outputs, evaluate = _zeroshot_job(run_copy, spec, '--templates', 'shapes', *flags)
+    metrics = evaluate(6)[1]
+    with open(os.path.join(outputs.folder, 'step_6_confusion.json')) as f:
+      return metrics, np.array(json.load(f))
+
+  own, own_confusion = evaluate()
+  shuffled = tmp_path / 'shuffled.txt'  # every class name once, not in label order
+  names = [f.replace('_', ' ') for f in folders]
+  shuffled.write_text('\n'.join(names[1::2] + names[::2]))
+  by_name, by_name_confusion = evaluate('--classnames', str(shuffled))
+  np.testing.assert_array_equal(by_name_confusion, own_confusion)
+  assert by_name['acc1'] == own['acc1'] and by_name['num_examples'] == 96
+  contradiction = tmp_path / 'contradiction.txt'
+  contradiction.write_text('\n'.join([folders[1], folders[0]] + [f'x{i}' for i in range(46)]))
+  with pytest.raises(ConfigError, match=f'{folders[1]!r} on line 1, but it is class 1'):
+    _zeroshot_job(run_copy, spec, '--classnames', str(contradiction))
+
+
+def test_results_record_their_settings_and_never_share_a_folder(run_copy, tmp_path):
+  legacy = run_copy / 'eval' / 'zeroshot' / 'shapes_zeroshot'  # an older version's result
+  legacy.mkdir(parents=True)
+  (legacy / 'step_6.json').write_text('{"step": 6, "acc1": 0.5}')
+  shapes, evaluate = _zeroshot_job(run_copy, 'shapes:zeroshot', '--templates', 'shapes')
+  short, _ = _zeroshot_job(run_copy, 'shapes:zeroshot', '--templates', 'short')
+  assert shapes.folder != short.folder and not shapes.done(6)
+  evaluate(6)
+  assert shapes.done(6) and not short.done(6)
+  record = json.loads(open(shapes.path(6)).read())
+  settings = record['settings']
+  assert settings['templates']['count'] == 4 and settings['classnames']['count'] == 48
+  assert settings['dims'] == {'image_size': 16, 'context_length': 12}
+  assert settings['image_transform']['mean'] == [0.5, 0.5, 0.5]
+  assert settings['dataset']['records'] == 960 and record['given']['templates'] == 'shapes'
+  assert os.path.basename(shapes.folder) == f'shapes_zeroshot-{record["settings_hash"]}'
+  # The same settings, however they are typed, find the result: a restarted --watch skips it.
+  names = tmp_path / 'names.txt'
+  names.write_text('\n'.join(ShapesSource('zeroshot').classnames))
+  again, _ = _zeroshot_job(run_copy, 'shapes:zeroshot', '--templates', 'shapes',
+                           '--classnames', str(names))
+  assert again.folder == shapes.folder and again.done(6)
+  # A result whose recorded settings are not these is not taken as done.
+  with open(shapes.path(6), 'w') as f:
+    json.dump(dict(record, settings_hash='00000000'), f)
+  assert not shapes.done(6)
+
+
+def test_two_files_of_one_name_get_two_folders(run_copy, tmp_path, monkeypatch):
+  from data.make_corpus import write_corpus
+  a = write_corpus('csv', str(tmp_path / 'a'), 5, 'retrieval', 16)
+  b = write_corpus('csv', str(tmp_path / 'b'), 7, 'retrieval', 16)
+
+  def folder(spec):
+    args = retrieval.parse(['--workdir', str(run_copy), '--dataset', spec, '--step', '6'])
+    return retrieval.make_job(args)[0].folder
+
+  assert os.path.basename(a) == os.path.basename(b)
+  fa, fb = folder(a), folder(b)
+  assert fa != fb and os.path.basename(fa).split('-')[0] == os.path.basename(fb).split('-')[0]
+  monkeypatch.chdir(tmp_path)
+  assert folder(a.replace(str(tmp_path) + '/', '')) == fa  # a relative path to the same file

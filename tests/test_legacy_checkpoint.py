@@ -14,8 +14,8 @@ import numpy as np
 import orbax.checkpoint as ocp
 
 from pretrain.config.cli import load_saved_config
-from pretrain.runtime.checkpoint import (Checkpointer, checkpoint_dir, named_leaves, param_name,
-                                         restore_model, restore_params)
+from pretrain.models.param_paths import named_leaves, param_name
+from pretrain.runtime.checkpoint import Checkpointer, checkpoint_dir, restore_model, restore_params
 from pretrain.step.state import (COUNTER_FIELDS, checkpoint_items, from_checkpoint_items,
                                  merge_variables)
 from tests.helpers import max_tree_diff, mesh, read_metrics, run_train, step_builder

@@ -13,7 +13,9 @@ from data.pipeline import train_dataset
 from data.records import BAD_KINDS, BadRecord, decode_image
 from data.shapes import ShapesSource
 from data.sources import open_source
+from data.tfds_source import array_to_image
 from data.tokenizer import get_tokenizer
+from data.transforms import eval_transform
 from tests import corpora
 
 COUNT = 24  # records per format; epochs of 3 global batches of 8
@@ -169,3 +171,75 @@ def test_every_image_mode_decodes_to_rgb(mode):
     buffer = io.BytesIO()
     transparent.save(buffer, format='PNG')
     assert np.all(np.asarray(decode_image(buffer.getvalue(), 't', 'k', 10**6)) == 255)
+
+
+def test_arrays_and_decoded_files_share_one_rgb_conversion():
+  # A transparent RGBA array (a source's pixels, or a TFDS image) composites on white exactly as a
+  # transparent PNG file does, whichever way it reaches the transforms.
+  rgba = np.random.default_rng(0).integers(0, 256, (10, 12, 4), np.uint8)
+  rgba[..., 3] = 0
+  assert np.all(eval_transform(rgba, 8) == 255)
+  assert np.all(np.asarray(array_to_image(rgba)) == 255)
+  grey = np.arange(120, dtype=np.uint8).reshape(10, 12, 1)
+  assert np.array_equal(np.asarray(array_to_image(grey)), np.repeat(grey, 3, axis=-1))
+
+
+DIGITS = ('zero', 'one', 'two', 'three', 'four', 'five', 'six', 'seven', 'eight', 'nine')
+
+
+@pytest.fixture
+def digit_folders(tmp_path):
+  for name in DIGITS:
+    (tmp_path / 'digits' / name).mkdir(parents=True)
+  return open_source(f'imagefolder:{tmp_path / "digits"}')
+
+
+def _names_file(tmp_path, names):
+  path = tmp_path / 'names.txt'
+  path.write_text('\n'.join(names) + '\n')
+  return str(path)
+
+
+def test_imagefolder_labels_follow_sorted_folders_and_keep_their_names(digit_folders):
+  assert digit_folders.label_names == sorted(DIGITS)
+  assert digit_folders.classnames == sorted(DIGITS)
+
+
+def test_classnames_listing_the_folders_in_another_order_map_by_name(digit_folders, tmp_path):
+  from eval.classnames import resolve_classnames
+  # The issue's case: zero..nine for folders sorted eight, five, four, ...: by position every
+  # label would get another digit's name.
+  names = resolve_classnames(digit_folders, 'digits', _names_file(tmp_path, DIGITS))
+  assert names == sorted(DIGITS)
+  spelled = [f'  {n.upper()}  ' for n in DIGITS]  # case and spaces do not matter
+  assert resolve_classnames(digit_folders, 'digits', _names_file(tmp_path, spelled)) == [
+      n.strip() for n in sorted(spelled, key=str.casefold)]
+
+
+def test_classnames_that_rename_in_label_order_are_taken_by_position(digit_folders, tmp_path):
+  from eval.classnames import resolve_classnames
+  renamed = [f'the digit {d}' for d in sorted(DIGITS)]
+  assert resolve_classnames(digit_folders, 'digits', _names_file(tmp_path, renamed)) == renamed
+  # Names that agree with the folders where they overlap are a renaming too.
+  partly = [n if i % 2 else f'digit {n}' for i, n in enumerate(sorted(DIGITS))]
+  assert resolve_classnames(digit_folders, 'digits', _names_file(tmp_path, partly)) == partly
+
+
+@pytest.mark.parametrize('names, message', [
+    (['one', 'zero', *[f'x{i}' for i in range(8)]], "'one' on line 1, but it is class 4 of digits"),
+    (DIGITS[:9], '9 names for the 10 classes of digits'),
+    ([*DIGITS, 'ten'], '11 names for the 10 classes of digits'),
+])
+def test_classnames_against_the_labels_are_refused_in_one_line(digit_folders, tmp_path, names,
+                                                               message):
+  from data.errors import ConfigError
+  from eval.classnames import resolve_classnames
+  with pytest.raises(ConfigError, match=message) as error:
+    resolve_classnames(digit_folders, 'digits', _names_file(tmp_path, names))
+  assert '\n' not in str(error.value)
+
+
+def test_shapes_labels_do_not_follow_assigned_names():
+  source = ShapesSource('zeroshot', 16, size=96)
+  source.classnames = source.classnames[:40]
+  assert source.labels()[40:48] == list(range(40, 48)) and source[47]['label'] == 47

@@ -11,7 +11,8 @@ from jax.sharding import PartitionSpec as P
 from pretrain.runtime.checkpoint import restore_params
 from pretrain.config.cli import load_saved_config
 from pretrain.step.train_step import model_graphdef_and_shapes
-from tests.helpers import read_metrics, run_train
+from pretrain.runtime.logger import MetricsLogger
+from tests.helpers import read_metrics, run_train, tb_events
 
 FAST = ['--config.model.image_size=16', '--config.model.context_length=12',
         '--config.batch_size=32', '--config.optim.warmup_steps=2', '--config.log_every=1']
@@ -58,6 +59,26 @@ def test_demo_config_learns(tmp_path):
   line = [l for l in result.stdout.splitlines() if l.startswith('zero-shot')][0]
   acc1 = float(line.split('acc1 ')[1].split()[0])
   assert acc1 > 3 / 48, line  # 48 classes: chance is 0.021
+  # The final zero-shot is a row of metrics.jsonl and TensorBoard scalars, tagged as the eval job's.
+  [row] = read_metrics(tmp_path, evals=True)
+  assert row['step'] == 36 and round(row['zeroshot/shapes_zeroshot/acc1'], 4) == acc1, row
+  assert row['zeroshot/shapes_zeroshot/num_examples'] == 960
+  tb = {(step, tag): value for step, tag, value in tb_events(tmp_path / 'tb')}
+  assert tb[36, 'zeroshot/shapes_zeroshot/acc1'] == np.float32(row['zeroshot/shapes_zeroshot/acc1'])
+
+
+def test_batch_crc32_reaches_tensorboard_exactly(tmp_path):
+  # float32 holds 1622306901 as 1622306944: a checksum logged as a scalar would be wrong.
+  logger = MetricsLogger(str(tmp_path), total_steps=10)
+  logger.write(3, {'loss': 1.5, 'batch_crc32': 1622306901, 'skipped_updates': 0})
+  logger.close()
+  assert read_metrics(tmp_path) == [
+      {'step': 3, 'loss': 1.5, 'batch_crc32': 1622306901, 'skipped_updates': 0}]
+  events = tb_events(tmp_path / 'tb')
+  assert (3, 'batch_crc32/text_summary', '1622306901') in events
+  assert [tag for _, tag, _ in events if tag.startswith('batch_crc32')] == [
+      'batch_crc32/text_summary']
+  assert (3, 'loss', 1.5) in events and (3, 'skipped_updates', 0.0) in events
 
 
 @pytest.mark.parametrize('override, message', [
@@ -74,6 +95,7 @@ def test_demo_config_learns(tmp_path):
     ('--config.loss.impl=ring', "unknown loss.impl 'ring' for softmax"),
     ('--config.data.train=csv:/no/such/file.csv', 'csv data path /no/such/file.csv does not exist'),
     ('--config.data.on_bad_record=ignore', "unknown data.on_bad_record 'ignore'"),
+    ('--config.keep_checkpoints=0', 'keep_checkpoints must be at least 1, got 0'),
 ])
 def test_bad_config_is_one_line_before_compiling(tmp_path, override, message):
   result = run_train(tmp_path / 'w', override)

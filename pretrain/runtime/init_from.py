@@ -9,7 +9,8 @@ from jax.sharding import PartitionSpec as P
 
 from data.errors import ConfigError
 from pretrain.config.cli import load_saved_config
-from pretrain.runtime.checkpoint import from_named, named_leaves, param_name, restore_model
+from pretrain.models.param_paths import from_named, named_leaves, param_name
+from pretrain.runtime.checkpoint import restore_model
 from pretrain.step.freeze import matching_mask
 from pretrain.step.state import merge_variables, split_variables
 from pretrain.step.train_step import model_graphdef_and_variables

@@ -6,6 +6,12 @@ import time
 
 import numpy as np
 
+# Values that identify rather than measure. TensorBoard scalars are float32 (tensorboardX's
+# simple_value), exact for integers up to 2**24 only (crc 1622306901 would show as 1622306944), and
+# a checksum is compared, not plotted: TensorBoard gets these as text, digit for digit, every
+# step. metrics.jsonl holds them exactly as well (JSON numbers read as float64).
+IDENTIFIERS = frozenset({'batch_crc32'})
+
 
 def _fmt_duration(seconds: float) -> str:
   seconds = int(seconds)
@@ -35,7 +41,11 @@ class MetricsLogger:
     self._jsonl.flush()
     if self._tb is not None:
       for key, value in row.items():
-        if key != 'step':
+        if key == 'step':
+          continue
+        if key in IDENTIFIERS:
+          self._tb.add_text(key, str(int(value)), step)
+        else:
           self._tb.add_scalar(key, value, step)
       self._tb.flush()
 

@@ -4,7 +4,7 @@ import dataclasses
 from typing import Any
 
 import jax
-from flax import struct
+from flax import nnx, struct
 
 
 @struct.dataclass
@@ -70,3 +70,8 @@ def split_variables(variables: dict, stats_like: dict) -> tuple[dict, dict]:
     else:
       stats[key] = value
   return params, stats
+
+
+def merge_model(graphdef: nnx.GraphDef, params: Any, batch_stats: Any = None) -> nnx.Module:
+  """The model of `graphdef` holding these parameters and running averages (None: no BatchNorm)."""
+  return nnx.merge(graphdef, params, batch_stats or {})

@@ -13,7 +13,7 @@ from pretrain.step import freeze
 from pretrain.parallel import sharding
 from pretrain.backends.cpu.tower_slices import map_over_chunks, resolve_chunks
 from pretrain.step.grad_cache import cached_loss_and_grads
-from pretrain.step.state import ARRAY_ITEMS, COUNTER_FIELDS, TrainState
+from pretrain.step.state import ARRAY_ITEMS, COUNTER_FIELDS, TrainState, merge_model
 from pretrain.losses import make_loss
 from pretrain.models import build_model
 from pretrain.parallel.activations import activations_split_over
@@ -43,11 +43,6 @@ def init_variables(config, seed: int) -> tuple[Any, Any]:
 def init_params(config, seed: int) -> Any:
   """Fresh model parameters as a pure dict (call under jit to create them sharded)."""
   return init_variables(config, seed)[0]
-
-
-def merge_model(graphdef: nnx.GraphDef, params: Any, batch_stats: Any = None) -> nnx.Module:
-  """The model of `graphdef` holding these parameters and running averages (None: no BatchNorm)."""
-  return nnx.merge(graphdef, params, batch_stats or {})
 
 
 def state_shardings(abstract: TrainState, mesh: Mesh, rule: str) -> TrainState:

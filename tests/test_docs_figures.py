@@ -1,0 +1,77 @@
+"""Figures the README quotes are regenerated and compared, so documentation cannot drift silently.
+
+The README's plan table (CLIP B/32 at batch 32,768 on 32 x 8 devices) is produced by
+`python -m pretrain.plan`; each row is re-planned here and must agree within TOLERANCE. On drift the
+failure prints the regenerated table to paste into the README.
+"""
+
+import os
+import re
+import subprocess
+import sys
+
+import pytest
+
+from tests.helpers import ROOT
+
+TOLERANCE = 0.05  # relative: XLA's buffer assignment moves a little between versions
+HEADER = '| variant (`--config.` overrides) | peak temporaries | estimated peak | model TFLOP / step |'
+# README row label -> the overrides it stands for.
+ROWS = {
+    'the recipe as written (fp32, unrolled, no remat)': [],
+    '`model.scan_layers=True model.image_remat=full model.text_remat=full`': [
+        '--config.model.scan_layers=True', '--config.model.image_remat=full',
+        '--config.model.text_remat=full'],
+    '`... scan + remat=dots + model.dtype=bfloat16`': [
+        '--config.model.scan_layers=True', '--config.model.image_remat=dots',
+        '--config.model.text_remat=dots', '--config.model.dtype=bfloat16'],
+    '`accum_steps=4 model.scan_layers=True`': [
+        '--config.accum_steps=4', '--config.model.scan_layers=True'],
+    '`batch_size=131072 loss.impl=tiled` + scan + remat full': [
+        '--config.batch_size=131072', '--config.loss.impl=tiled', '--config.model.scan_layers=True',
+        '--config.model.image_remat=full', '--config.model.text_remat=full'],
+}
+
+
+def readme_table() -> dict[str, tuple[float, float, float]]:
+  """Row label -> (peak temporaries GiB, estimated peak GiB, TFLOP) as the README states them."""
+  with open(os.path.join(ROOT, 'README.md')) as f:
+    text = f.read()
+  start = text.index(HEADER)
+  rows = {}
+  for line in text[start:].splitlines()[2:]:
+    if not line.startswith('|'):
+      break
+    label, temps, peak, tflop = (cell.strip() for cell in line.strip('|').split('|'))
+    rows[label] = (float(temps.split()[0]), float(peak.split()[0]), float(tflop))
+  return rows
+
+
+def planned(overrides: list[str]) -> tuple[float, float, float]:
+  """(peak temporaries GiB, estimated peak GiB, TFLOP per step) from `pretrain.plan`."""
+  env = dict(os.environ, PYTHONPATH=ROOT)
+  result = subprocess.run(
+      [sys.executable, '-m', 'pretrain.plan', '--config', 'configs/clip_vit_b32.py',
+       '--mesh', 'data=32,fsdp=8', *overrides], cwd=ROOT, env=env, capture_output=True,
+      text=True, timeout=900)
+  assert result.returncode == 0, result.stderr[-2000:]
+  find = lambda pattern: float(re.search(pattern, result.stdout).group(1))
+  return (find(r'peak temporaries\s+([\d.]+) GiB'), find(r'estimated peak\s+([\d.]+) GiB'),
+          find(r'model FLOPs/step\s+([\d.]+) TFLOP'))
+
+
+def test_readme_plan_table_has_the_rows_this_test_regenerates():
+  assert list(readme_table()) == list(ROWS)
+
+
+@pytest.mark.slow
+def test_readme_plan_table_matches_what_plan_prints():
+  documented = readme_table()
+  fresh = {label: planned(overrides) for label, overrides in ROWS.items()}
+  table = '\n'.join(f'| {label} | {t:.2f} GiB | {p:.2f} GiB | {f:.2f} |'
+                    for label, (t, p, f) in fresh.items())
+  for label, values in fresh.items():
+    for name, now, then in zip(('temporaries', 'peak', 'TFLOP'), values, documented[label]):
+      assert abs(now - then) <= TOLERANCE * then, (
+          f'README plan table drifted ({label}: {name} {then} documented, {now} now); '
+          f'regenerated rows:\n{table}')
