@@ -72,7 +72,8 @@ def run_loop(config, workdir, builder, mesh, ckpt, data_iter, state, problems):
       if step_fn is None:
         step_fn = builder.jit_step().lower(state, batch).compile()
         host_memory.release_freed_memory()
-        prefault = for_compiled_step(step_fn, config.prefault_step_memory)
+        # The builder's config is resolved for its platform: False on GPU and TPU.
+        prefault = for_compiled_step(step_fn, builder.config.prefault_step_memory)
       attempt += 1
       if attempt in poison_at:
         state, metrics = poisoned(state, batch)
