@@ -57,9 +57,10 @@ def source_config(source: str, arch_path: str):
 
 
 def default_tokenizer(source: str, arch_path: str) -> str:
-  """HF: the tokenizer.json next to config.json; OpenCLIP: none, the user must name one."""
+  """The tokenizer.json beside the architecture file (HF's, or one of our OpenCLIP exports);
+  else the user must name one."""
   beside = os.path.join(os.path.dirname(os.path.abspath(arch_path)), 'tokenizer.json')
-  if source == 'hf' and os.path.isfile(beside):
+  if os.path.isfile(beside):
     return f'hf:{beside}'
   raise ConfigError('--tokenizer is required here: clip_bpe:PATH/bpe_simple_vocab_16e6.txt.gz '
                     '(it ships inside the open_clip_torch package) or hf:PATH/tokenizer.json')
@@ -133,7 +134,7 @@ def main(argv: list[str]) -> int:
   parser.add_argument('--arch', required=True,
                       help="OpenCLIP's model config (or open_clip_config.json), or HF's config.json")
   parser.add_argument('--workdir', required=True)
-  parser.add_argument('--tokenizer', help='clip_bpe:PATH or hf:PATH (HF default: the '
+  parser.add_argument('--tokenizer', help='clip_bpe:PATH or hf:PATH (default: the '
                       'tokenizer.json beside --arch)')
   args = parser.parse_args(argv)
   try:
