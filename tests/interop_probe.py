@@ -40,10 +40,21 @@ def probe_config():
   return config
 
 
-def demo_config():
-  """The demo's model and tokenizer (`shapes`, end-of-text id 2), with the LayerNorm HF needs."""
+# Captions to train a small sentencepiece model on (tests and `main`).
+SP_CAPTIONS = [f'a {size} {color} {shape} {where} a {color2} {shape2}' for size in ('small', 'large')
+               for color in ('red', 'green', 'blue') for shape in ('square', 'circle', 'triangle')
+               for where in ('above', 'left of') for color2 in ('yellow', 'red')
+               for shape2 in ('circle', 'star')]
+
+
+def demo_config(tokenizer: str = 'shapes'):
+  """The demo's model and tokenizer (`shapes`, end-of-text id 2), with the LayerNorm HF needs;
+  or another tokenizer (a `bytes` run gets the 259 rows it needs)."""
   config = base_config()
   config.model.image_ln_pre = True
+  config.data.tokenizer = tokenizer
+  if tokenizer == 'bytes':
+    config.model.vocab_size = 264
   return config
 
 
@@ -111,8 +122,16 @@ def check_refs(folder: str) -> None:
 
 
 def main(out: str) -> None:
-  """The probe (CLIP's BPE) in OUT and the demo's model and tokenizer in OUT/demo."""
-  for folder, config in ((out, probe_config()), (os.path.join(out, 'demo'), demo_config())):
+  """The probe (CLIP's BPE) in OUT, the demo's model and tokenizer in OUT/demo, and the demo's
+  model with the bytes and a sentencepiece tokenizer in OUT/bytes, OUT/sentencepiece."""
+  from data.tokenizer import train_sentencepiece
+  os.makedirs(out, exist_ok=True)
+  train_sentencepiece(SP_CAPTIONS, 60, os.path.join(out, 'sp.model'))
+  runs = ((out, probe_config()), (os.path.join(out, 'demo'), demo_config()),
+          (os.path.join(out, 'bytes'), demo_config('bytes')),
+          (os.path.join(out, 'sentencepiece'),
+           demo_config(f'sentencepiece:{os.path.join(out, "sp.model")}')))
+  for folder, config in runs:
     config, params = make_probe_workdir(os.path.join(folder, 'workdir'), config=config)
     images, tokens = probe_inputs(config)
     ours = embeddings(config, params, images, tokens)

@@ -71,7 +71,7 @@ def library_tokenizer(json_text: str, tokenizer: Tokenizer, lowercase: bool,
 
   `swap` exchanges two ids (HF cannot pool at an end-of-text id 2; the exporter moves it)."""
   import tokenizers
-  from tokenizers import normalizers, processors
+  from tokenizers import Regex, normalizers, processors
   data = json.loads(json_text)
   if swap:
     data = swap_ids(data, *swap)
@@ -80,10 +80,13 @@ def library_tokenizer(json_text: str, tokenizer: Tokenizer, lowercase: bool,
   eos_id = remap(tokenizer.eos_id)
   bos_id = None if tokenizer.bos_id is None else remap(tokenizer.bos_id)
   eos, bos = _token(tok, eos_id), None if bos_id is None else _token(tok, bos_id)
+  # Ours collapses whitespace runs and strips, then lower-cases (data.tokenizer.clean_text), in
+  # Python before the tokenizer; the export does both first in its normalizer (transformers has
+  # no Python-side cleaning; OpenCLIP's is the same, so idempotent).
+  steps = [normalizers.Replace(Regex(r'\s+'), ' '), normalizers.Strip()]
   if lowercase and 'Lowercase' not in json.dumps(data.get('normalizer')):
-    # Ours lower-cases before the tokenizer: so does the export's first normalizer.
-    steps = [normalizers.Lowercase()] + ([tok.normalizer] if tok.normalizer else [])
-    tok.normalizer = normalizers.Sequence(steps)
+    steps.append(normalizers.Lowercase())
+  tok.normalizer = normalizers.Sequence(steps + ([tok.normalizer] if tok.normalizer else []))
   specials = [(eos, eos_id)] if bos is None else [(bos, bos_id), (eos, eos_id)]
   tok.add_special_tokens([name for name, _ in specials])
   start = '' if bos is None else f'{bos} '
