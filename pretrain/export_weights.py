@@ -137,13 +137,11 @@ def _readable(folder: str, names: list[str]) -> None:
     os.chmod(os.path.join(folder, name), 0o666 & ~umask)
 
 
-def export_tokenizer(run, out: str, swap: tuple[int, int] | None) -> list[str]:
-  """The run's tokenizer as the libraries load it; returns the file names written."""
+def library_tokenizer_files(run, swap: tuple[int, int] | None) -> tuple[str, dict]:
+  """The run's tokenizer as the libraries load it (tokenizer.json text, tokenizer_config.json)."""
   config = run.config
   json_text = run_tokenizer_json(config.data.tokenizer, run.workdir)
-  text, tokenizer_config = library_tokenizer(json_text, run.tokenizer, config.data.lowercase, swap)
-  write_tokenizer(out, text, tokenizer_config, config.model.context_length)
-  return list(TOKENIZER_FILES)
+  return library_tokenizer(json_text, run.tokenizer, config.data.lowercase, swap)
 
 
 def export_weights(workdir: str, step: int | None, target: str, out: str) -> int:
@@ -151,11 +149,12 @@ def export_weights(workdir: str, step: int | None, target: str, out: str) -> int
   require(target in ('openclip', 'hf'), f'--to {target!r}: expected openclip or hf')
   run = RunModel(workdir)
   check_expressible(run.config, target)
+  swap = hf_eos_swap(run.config, run.tokenizer) if target == 'hf' else None
+  tokenizer_text, tokenizer_config = library_tokenizer_files(run, swap)  # Fails before writing.
   step, params = restore_params(workdir, step, run.abstract_params)
   flat = {k: np.asarray(v, np.float32) for k, v in named_leaves(params).items()}
   flat = fold_patch_bias(unstack_scanned(flat, run.config))
   os.makedirs(out, exist_ok=True)
-  swap = None
   if target == 'openclip':
     tensors, arch = openclip_files(run.config, flat, run.tokenizer)
     arch['model_cfg']['text_cfg'].update(openclip_text_cfg(run.config.data.tokenizer, out))
@@ -164,14 +163,13 @@ def export_weights(workdir: str, step: int | None, target: str, out: str) -> int
     _write_json(arch, os.path.join(out, names[1]))
     _write_json(arch['model_cfg'], os.path.join(out, names[2]))
   else:
-    swap = hf_eos_swap(run.config, run.tokenizer)
     tensors, arch, preprocessor = hf_files(run.config, flat, run.tokenizer, swap)
     names = ['model.safetensors', 'config.json', 'preprocessor_config.json']
     write_safetensors(tensors, os.path.join(out, names[0]))
     _write_json(arch, os.path.join(out, names[1]))
     _write_json(preprocessor, os.path.join(out, names[2]))
-  names += export_tokenizer(run, out, swap)
-  _readable(out, names)
+  write_tokenizer(out, tokenizer_text, tokenizer_config, run.config.model.context_length)
+  _readable(out, names + list(TOKENIZER_FILES))
   return step
 
 
