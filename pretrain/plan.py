@@ -44,21 +44,21 @@ def per_device_bytes(abstract_tree, shardings) -> int:
   return total
 
 
-def compile_step(config, mesh):
-  """(StepBuilder, the train step compiled ahead of time on abstract state and batch)."""
+def compile_step(config, mesh, platform: str = 'tpu'):
+  """(StepBuilder, the train step compiled ahead of time on abstract state and batch).
+
+  The step is built for `platform`, the pod's (backend choices resolved for it: stock ops, whole
+  batches; pretrain.backends.resolve_for_platform), and compiled on this process's devices.
+  """
   import jax
 
   from data.records import BAD_KINDS
   from pretrain.parallel import sharding
-  from pretrain.backends.cpu.tower_slices import AUTO
   from pretrain.step.optim import make_optimizer
   from pretrain.step.train_step import StepBuilder
 
-  if config.tower_batch_chunks == AUTO:  # Auto means one slice on the pod's accelerators.
-    config = config.copy_and_resolve_references()
-    config.tower_batch_chunks = 1
   tx, schedule = make_optimizer(config.optim, config.total_steps)
-  builder = StepBuilder(config, mesh, tx, schedule)
+  builder = StepBuilder(config, mesh, tx, schedule, platform=platform)
   rows = sharding.batch_sharding(mesh)
   n, size, ctx = config.batch_size, config.model.image_size, config.model.context_length
   batch = {'image': jax.ShapeDtypeStruct((n, size, size, 3), 'uint8', sharding=rows),

@@ -7,6 +7,7 @@ import re
 from data.records import BAD_POLICIES
 from data.sources import check_spec
 from data.errors import ConfigError, require
+from pretrain.backends import OPS
 from pretrain.losses import LOSS_IMPLS
 from pretrain.models.layers import ACTIVATIONS, REMAT_POLICIES
 from pretrain.models.towers import IMAGE_POOLS, TEXT_POOLS
@@ -32,6 +33,7 @@ def check_model(model) -> None:
   require(model.text_pool in TEXT_POOLS,
           f'unknown model.text_pool {model.text_pool!r}; known: {", ".join(TEXT_POOLS)}')
   require(model.dtype in DTYPES, f'unknown model.dtype {model.dtype!r}; known: {", ".join(DTYPES)}')
+  require(model.ops in OPS, f'unknown model.ops {model.ops!r}; known: {", ".join(OPS)}')
   for tower in ('image', 'text'):
     policy = model[f'{tower}_remat']
     require(policy in REMAT_POLICIES, f'unknown model.{tower}_remat {policy!r}; '

@@ -13,7 +13,8 @@ The linear layer's backward runs its two matmuls in the compute dtype, as its fo
 import jax
 import jax.numpy as jnp
 import numpy as np
-from flax import nnx
+
+from pretrain.models import ops as stock
 
 Array = jax.Array
 _SQRT_HALF = np.sqrt(0.5)
@@ -102,19 +103,12 @@ layer_norm = jax.custom_vjp(_layer_norm, nondiff_argnums=(3,))
 layer_norm.defvjp(_layer_norm_fwd, _layer_norm_bwd)
 
 
-class LayerNorm(nnx.Module):
-  """LayerNorm with parameters `scale` and `bias` (nnx.LayerNorm's names, so checkpoints match).
+class LayerNorm(stock.LayerNorm):
+  """The stock LayerNorm's module (parameters `scale`, `bias`; fp32 output) over `layer_norm`.
 
-  Its output stays fp32 under bf16 compute too: every consumer is a dense layer that rounds its
-  input to the compute dtype itself, and an fp32 output keeps the gradient coming back from that
+  Its fp32 output under bf16 compute also keeps the gradient coming back from the next dense
   layer in fp32, instead of rounding it to bf16 and converting it back (two passes per LayerNorm).
   """
-
-  def __init__(self, width: int, *, epsilon: float, rngs: nnx.Rngs | None = None):
-    del rngs  # Deterministic init; accepted for the same call signature as nnx.LayerNorm.
-    self.scale = nnx.Param(jnp.ones((width,), jnp.float32))
-    self.bias = nnx.Param(jnp.zeros((width,), jnp.float32))
-    self.epsilon = epsilon
 
   def __call__(self, x: Array) -> Array:
     return layer_norm(x, self.scale[...], self.bias[...], self.epsilon)
@@ -235,17 +229,13 @@ linear = jax.custom_vjp(_linear, nondiff_argnums=(3,))
 linear.defvjp(_linear_fwd, _linear_bwd)
 
 
-class Linear(nnx.Module):
-  """A dense layer with fp32 `kernel` [in, out] and `bias` (nnx.Linear's names and init order)."""
-
-  def __init__(self, d_in: int, d_out: int, *, dtype, kernel_init, use_bias: bool = True,
-               rngs: nnx.Rngs):
-    self.kernel = nnx.Param(kernel_init(rngs.params(), (d_in, d_out), jnp.float32))
-    self.bias = nnx.Param(jnp.zeros((d_out,), jnp.float32)) if use_bias else nnx.data(None)
-    if use_bias:
-      rngs.params()  # nnx.Linear draws a bias key: keep the same stream, so inits stay the same.
-    self.dtype = dtype
+class Linear(stock.Linear):
+  """The stock dense layer's module (fp32 `kernel` [in, out] and `bias`) over `linear`."""
 
   def __call__(self, x: Array) -> Array:
     bias = None if self.bias is None else self.bias[...]
     return linear(x, self.kernel[...], bias, self.dtype)
+
+
+CPU_OPS = stock.OpSet(name='cpu', linear=Linear, layer_norm=LayerNorm,
+                      activations={'gelu': gelu, 'quick_gelu': quick_gelu}, attention=attention)

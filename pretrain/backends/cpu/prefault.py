@@ -19,8 +19,6 @@ import errno
 import sys
 import time
 
-import jax
-
 MADV_POPULATE_WRITE = 23  # linux/mman.h, Linux 5.14+
 # glibc serves blocks under its mmap threshold (at most 32 MiB) from its heap, where they are
 # reused instead of faulted afresh: only larger temporaries are looked for.
@@ -111,7 +109,10 @@ class TempBlockPrefaulter:
 
 
 def for_compiled_step(compiled, wanted: bool) -> TempBlockPrefaulter:
-  """The prefaulter of a compiled step's temporaries: on where wanted and the backend is the CPU."""
+  """The prefaulter of a compiled step's temporaries, on where `wanted`: the config resolved for
+  the step's platform (pretrain.backends.resolve_for_platform), False off the CPU."""
+  if not wanted:
+    return TempBlockPrefaulter(0, enabled=False)
   analysis = compiled.memory_analysis()
   temp_bytes = analysis.temp_size_in_bytes if analysis is not None else 0
-  return TempBlockPrefaulter(temp_bytes, enabled=wanted and jax.default_backend() == 'cpu')
+  return TempBlockPrefaulter(temp_bytes)
