@@ -13,6 +13,7 @@ from flax import nnx
 
 from configs.align import get_config
 from data.errors import ConfigError
+from pretrain.backends.cpu.ops import CPU_OPS
 from pretrain.models import build_model, get_variant
 from pretrain.models.efficientnet import EfficientNetTower, MBConv
 from pretrain.models.towers import TextTower
@@ -121,7 +122,7 @@ def test_bert_style_text_tower_ignores_padding():
     return TextTower(vocab_size=64, context_length=context_length, width=size['text_width'],
                      depth=size['text_depth'], heads=size['text_heads'], mlp_dim=size['text_mlp'],
                      embed_dim=size['embed_dim'], causal=False, pool='cls', dtype=jnp.float32,
-                     rngs=nnx.Rngs(0))
+                     rngs=nnx.Rngs(0), ops=CPU_OPS)
 
   tower = text_tower(8)
   tokens = jnp.asarray([[5, 6, 7, 2, 0, 0, 0, 0], [9, 2, 0, 0, 0, 0, 0, 0]])

@@ -19,7 +19,8 @@ from data.errors import ConfigError
 
 CPU = 'cpu'
 OPS = ('auto', 'stock', 'cpu')  # `model.ops`; 'auto': 'cpu' on the CPU platform, 'stock' elsewhere.
-AUTO_CHUNKS = 0  # `tower_batch_chunks = 0`: the CPU rule (backends/cpu/tower_slices.py), 1 elsewhere.
+# `tower_batch_chunks = 0`: the CPU rule (backends/cpu/tower_slices.py) on the CPU, 1 elsewhere.
+AUTO_CHUNKS = 0
 # Accelerator plugins of jax (CUDA, ROCm) and the TPU runtime: installed where jax will use them.
 ACCELERATOR_MODULES = ('jax_cuda12_plugin', 'jax_cuda13_plugin', 'jax_rocm60_plugin',
                        'jax_rocm7_plugin', 'libtpu')

@@ -62,7 +62,8 @@ class LayerNorm(nnx.Module):
   def __call__(self, x: Array) -> Array:
     x = x.astype(jnp.float32)
     mean = jnp.mean(x, axis=-1, keepdims=True)
-    var = jnp.mean(jnp.square(x - mean), axis=-1, keepdims=True)
+    # E[x^2] - E[x]^2, clipped at 0: nnx.LayerNorm's default (use_fast_variance) and the CPU set's.
+    var = jnp.maximum(jnp.mean(x * x, axis=-1, keepdims=True) - mean * mean, 0.0)
     return (x - mean) * jax.lax.rsqrt(var + self.epsilon) * self.scale[...] + self.bias[...]
 
 

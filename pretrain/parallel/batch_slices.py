@@ -6,7 +6,8 @@ import jax
 
 def split_rows(x: jax.Array, pieces: int, shards: int) -> jax.Array:
   """[B, ...] -> [pieces, B/pieces, ...]: piece j holds rows j*m:(j+1)*m of each of the `shards`
-  devices' parts of axis 0 (shard-major, as the batch sharding lays it out; m = B/(shards*pieces))."""
+  devices' parts of axis 0 (shard-major, as the batch sharding lays them out; m = B/shards/pieces).
+  """
   size, rest = x.shape[0], x.shape[1:]
   per_piece = size // (shards * pieces)
   if per_piece * shards * pieces != size:

@@ -1,15 +1,16 @@
-"""Pre-faulting the block XLA:CPU maps for a step's temporaries, while the step runs.
+"""Pre-faulting the block XLA:CPU maps for a step's temporaries, while the step runs (CPU only:
+`prefault_step_memory`, resolved to False off the CPU by pretrain.backends).
 
 XLA:CPU allocates a step's temporaries as one block when the step starts and frees it when the step
 ends; glibc maps a block that large afresh every time, and the step's operations then fault its
 pages in as they first write them, spread over the whole step. On a virtual machine that hands
 freed memory back to its hypervisor (Linux free page reporting) those late faults cost several
-times more than faulting the same pages right after they were freed (`benchmarks.refault`; the
-`b32` step spent 1.4 s per step in the kernel). So right after dispatching a step, the train loop -
+times more than faulting the same pages right after they were freed (`benchmarks.refault`;
+figures in benchmarks/README.md). So right after dispatching a step, the train loop -
 idle until the step ends - finds the block's new mapping in /proc/self/maps and has the kernel
 populate it at once (madvise MADV_POPULATE_WRITE, Linux 5.14+): the same zero-filled pages the step
 would have faulted in, only sooner. Values are untouched (a neighbouring anonymous mapping the
-kernel merged with the block is made resident too; `b32`'s peak RSS did not move). Where it cannot
+kernel merged with the block is made resident too; the peak RSS does not move). Where it cannot
 work (not Linux, an older kernel, temporaries too small to be mapped on their own, a block never
 found) it switches itself off.
 """
