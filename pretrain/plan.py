@@ -7,8 +7,10 @@ accum_steps, dtype and FSDP placement) for N x M simulated CPU devices, on abstr
 is allocated), and prints per device: parameter and optimizer-state bytes (from their shardings),
 XLA's argument / temporary / output sizes (its memory analysis), model FLOPs per step (its cost
 analysis of the same model unrolled: see `model_flops_config`), and the global and per-device
-batch. XLA:CPU's fusion and scheduling differ from TPU/GPU, so treat the bytes as an estimate to
-within tens of percent, and compare variants with each other.
+batch. The step is the one the pod would run: built for an accelerator platform (stock ops, whole
+batches; pretrain.backends.resolve_for_platform), compiled here. XLA:CPU's fusion and scheduling
+differ from TPU/GPU, so treat the bytes as an estimate to within tens of percent, and compare
+variants with each other.
 """
 
 import math

@@ -60,7 +60,7 @@ def build_model(model_cfg, loss_cfg, rngs: nnx.Rngs) -> DualEncoder:
     image = EfficientNetTower(
         scale=image_tower_kind(size), embed_dim=size['embed_dim'],
         mean=tuple(model_cfg.image_mean), std=tuple(model_cfg.image_std), dtype=dtype, rngs=rngs,
-        drop_path=model_cfg.image_drop_path, bn_momentum=model_cfg.image_bn_momentum)
+        ops=ops, drop_path=model_cfg.image_drop_path, bn_momentum=model_cfg.image_bn_momentum)
   else:
     image = ImageTower(
         image_size=model_cfg.image_size, patch=size['patch'], width=size['image_width'],
