@@ -11,7 +11,7 @@ import pytest
 from flax import nnx
 
 from benchmarks.profile_step import fused_ops, parse_hlo
-from pretrain.backends.cpu import ops as lean_ops
+from pretrain.backends.cpu import ops as cpu_ops
 from pretrain.models import layers, variants
 from pretrain.models import ops as stock_ops
 from tests.helpers import (loss_and_grads, loss_and_grads_temp_bytes, max_tree_diff, mesh,
@@ -32,10 +32,10 @@ def _step_with_ops(config, the_mesh, batch, params, ops: str):
 
 def test_activations_equal_jax_values_and_derivatives():
   x = jnp.linspace(-8.0, 8.0, 4001)
-  np.testing.assert_allclose(lean_ops.gelu(x), jax.nn.gelu(x, approximate=False), rtol=0, atol=1e-6)
-  np.testing.assert_array_equal(lean_ops.quick_gelu(x), x * jax.nn.sigmoid(1.702 * x))
-  for lean, reference in ((lean_ops.gelu, lambda v: jax.nn.gelu(v, approximate=False)),
-                          (lean_ops.quick_gelu, lambda v: v * jax.nn.sigmoid(1.702 * v))):
+  np.testing.assert_allclose(cpu_ops.gelu(x), jax.nn.gelu(x, approximate=False), rtol=0, atol=1e-6)
+  np.testing.assert_array_equal(cpu_ops.quick_gelu(x), x * jax.nn.sigmoid(1.702 * x))
+  for lean, reference in ((cpu_ops.gelu, lambda v: jax.nn.gelu(v, approximate=False)),
+                          (cpu_ops.quick_gelu, lambda v: v * jax.nn.sigmoid(1.702 * v))):
     d_lean = jax.vmap(jax.grad(lean))(x)
     d_reference = jax.vmap(jax.grad(reference))(x)
     assert float(jnp.max(jnp.abs(d_lean - d_reference))) <= 1e-6
@@ -45,15 +45,15 @@ def test_gelu_is_within_float32_rounding_of_the_exact_function():
   x = np.linspace(-10.0, 10.0, 20001, dtype=np.float32)
   x64 = x.astype(np.float64)
   cdf = 0.5 * (1.0 + np.vectorize(math.erf)(x64 / math.sqrt(2.0)))
-  value = np.asarray(lean_ops.gelu(jnp.asarray(x)), np.float64)
-  slope = np.asarray(jax.vmap(jax.grad(lean_ops.gelu))(jnp.asarray(x)), np.float64)
+  value = np.asarray(cpu_ops.gelu(jnp.asarray(x)), np.float64)
+  slope = np.asarray(jax.vmap(jax.grad(cpu_ops.gelu))(jnp.asarray(x)), np.float64)
   exact_slope = cdf + x64 * np.exp(-0.5 * x64 ** 2) / math.sqrt(2.0 * math.pi)
   # A few ulps of max(1, |GELU(x)|): ~1.2e-7 relative per ulp in float32.
   assert np.max(np.abs(value - x64 * cdf) / np.maximum(1.0, np.abs(x64 * cdf))) <= 1e-6
   assert np.max(np.abs(slope - exact_slope)) <= 5e-7
 
 
-@pytest.mark.parametrize('op_set', [lean_ops.CPU_OPS, stock_ops.STOCK_OPS], ids=['cpu', 'stock'])
+@pytest.mark.parametrize('op_set', [cpu_ops.CPU_OPS, stock_ops.STOCK_OPS], ids=['cpu', 'stock'])
 def test_layer_norm_equals_nnx_values_and_gradients(op_set):
   x = 3.0 + 2.0 * jax.random.normal(jax.random.key(0), (4, 5, 32))
   scale, bias = jax.random.normal(jax.random.key(1), (32,)), jax.random.normal(jax.random.key(2), (32,))
@@ -127,12 +127,12 @@ def test_cpu_ops_need_less_temporary_memory():
 
 def test_layer_norm_gradient_has_the_input_dtype():
   x = jax.random.normal(jax.random.key(0), (2, 3, 8), jnp.bfloat16)
-  grad = jax.grad(lambda x: jnp.sum(lean_ops.layer_norm(x, jnp.ones(8), jnp.zeros(8), 1e-5) ** 2))(x)
+  grad = jax.grad(lambda x: jnp.sum(cpu_ops.layer_norm(x, jnp.ones(8), jnp.zeros(8), 1e-5) ** 2))(x)
   assert grad.dtype == jnp.bfloat16
 
 
 @pytest.mark.parametrize('masking', ['none', 'padding', 'causal', 'both'])
-@pytest.mark.parametrize('op_set', [lean_ops.CPU_OPS, stock_ops.STOCK_OPS], ids=['cpu', 'stock'])
+@pytest.mark.parametrize('op_set', [cpu_ops.CPU_OPS, stock_ops.STOCK_OPS], ids=['cpu', 'stock'])
 def test_attention_equals_jax_values_and_gradients(masking, op_set):
   keys = jax.random.split(jax.random.key(0), 4)
   q, k, v, g = (jax.random.normal(key, (3, 7, 2, 8)) for key in keys)
@@ -152,7 +152,7 @@ def test_attention_equals_jax_values_and_gradients(masking, op_set):
   assert max_tree_diff(d_lean, d_reference) <= 1e-5
 
 
-@pytest.mark.parametrize('op_set', [lean_ops.CPU_OPS, stock_ops.STOCK_OPS], ids=['cpu', 'stock'])
+@pytest.mark.parametrize('op_set', [cpu_ops.CPU_OPS, stock_ops.STOCK_OPS], ids=['cpu', 'stock'])
 @pytest.mark.parametrize('shape, d_out', [((6, 24), 16), ((2, 3, 16), 24), ((2, 3, 24), 16)])
 def test_linear_equals_nnx_linear_values_and_gradients(shape, d_out, op_set):
   """Both weight-gradient orientations (narrow input, narrow output) and 2-d / 3-d inputs."""
@@ -173,7 +173,7 @@ def test_bf16_linear_backward_is_the_bf16_product_with_fp32_accumulation():
   """Under bf16 compute, dx and dW are fp32-accumulated products of bf16-rounded operands."""
   x = jax.random.normal(jax.random.key(0), (2, 5, 24))
   kernel, g = jax.random.normal(jax.random.key(1), (24, 8)), jax.random.normal(jax.random.key(2), (2, 5, 8))
-  _, vjp = jax.vjp(lambda x, kernel: lean_ops.linear(x, kernel, None, jnp.bfloat16), x, kernel)
+  _, vjp = jax.vjp(lambda x, kernel: cpu_ops.linear(x, kernel, None, jnp.bfloat16), x, kernel)
   d_x, d_kernel = vjp(g)
   rounded = lambda a: np.asarray(a.astype(jnp.bfloat16).astype(jnp.float32), np.float64)
   np.testing.assert_allclose(d_x, rounded(g) @ rounded(kernel).T, rtol=1e-6, atol=1e-6)
@@ -213,7 +213,7 @@ def test_layer_norm_scales_are_not_materialised_at_activation_size():
 def test_bf16_gradient_into_layer_norm_is_not_rounded_to_bf16():
   """LayerNorm -> bf16 dense: the dense layer's fp32-accumulated input gradient reaches the
   LayerNorm backward as it is (rounding it to bf16 would err by ~1e-3 relative)."""
-  cpu = lean_ops.CPU_OPS
+  cpu = cpu_ops.CPU_OPS
   norm = layers.layer_norm(24, rngs=nnx.Rngs(0), ops=cpu)
   fc = layers.dense(24, 16, dtype=jnp.bfloat16, rngs=nnx.Rngs(0), ops=cpu)
   x = jax.random.normal(jax.random.key(0), (2, 5, 24))
@@ -221,7 +221,7 @@ def test_bf16_gradient_into_layer_norm_is_not_rounded_to_bf16():
   d_x = jax.grad(lambda x: jnp.sum(fc(norm(x)) * g))(x)
   rounded = lambda a: np.asarray(a.astype(jnp.bfloat16).astype(jnp.float32), np.float64)
   d_normed_out = rounded(g) @ rounded(fc.kernel[...]).T  # exact fp32-accumulated dense backward
-  _, norm_vjp = jax.vjp(lambda x: lean_ops.layer_norm(x, norm.scale[...], norm.bias[...], 1e-5), x)
+  _, norm_vjp = jax.vjp(lambda x: cpu_ops.layer_norm(x, norm.scale[...], norm.bias[...], 1e-5), x)
   expected = norm_vjp(jnp.asarray(d_normed_out, jnp.float32))[0]
   assert norm(x).dtype == jnp.float32
   np.testing.assert_allclose(d_x, expected, rtol=1e-5, atol=1e-5)
