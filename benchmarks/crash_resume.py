@@ -20,6 +20,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 
 from benchmarks.common import ROOT, child_env, print_table, write_json
+from pretrain.runtime.checkpoint import complete_steps
 
 
 
@@ -102,7 +103,7 @@ def run(kills: int, seed: int, total_steps: int, root: str) -> dict:
     resumes = f.read().count('resumed from')
   a, b = read_checkpoint(reference, total_steps), read_checkpoint(crashed, total_steps)
   identical = all(jax.tree.leaves(jax.tree.map(np.array_equal, a, b)))
-  steps = sorted(int(n) for n in os.listdir(os.path.join(crashed, 'checkpoints')) if n.isdigit())
+  steps = complete_steps(crashed)
   unreadable = 0
   for step in steps:
     try:

@@ -14,7 +14,8 @@ import threading
 import grain
 import numpy as np
 
-from data.records import BAD_KINDS, BAD_POLICIES, BadRecord
+from data.errors import require
+from data.records import BAD_KINDS, BadRecord, check_bad_policy
 from data.tokenizer import Tokenizer
 from data.transforms import train_transform
 
@@ -43,13 +44,18 @@ class BadRecordLog:
     print(f'warning: skipping {error}', file=sys.stderr, flush=True)
 
 
+def check_process_split(global_batch: int, process_count: int) -> None:
+  """The global batch splits evenly over processes, each reading one contiguous block of rows."""
+  require(global_batch % process_count == 0,
+          f'batch_size {global_batch} is not divisible by the {process_count} processes')
+
+
 class ProcessSlice:
   """Random-access view of one process's rows of the global stream: i -> (position, index)."""
 
   def __init__(self, order: grain.MapDataset, global_batch: int, process_index: int,
                process_count: int):
-    if global_batch % process_count:
-      raise ValueError(f'global batch {global_batch} not divisible by {process_count} processes')
+    check_process_split(global_batch, process_count)
     self._order = order
     self._global, self._local = global_batch, global_batch // process_count
     self._offset = process_index * self._local
@@ -110,8 +116,7 @@ def train_dataset(source, tokenizer: Tokenizer, data_cfg, *, image_size: int, co
                   global_batch: int, seed: int, process_index: int,
                   process_count: int) -> grain.IterDataset:
   """This process's batches of the infinite, per-epoch shuffled training stream."""
-  if data_cfg.on_bad_record not in BAD_POLICIES:
-    raise ValueError(f'data.on_bad_record must be one of {BAD_POLICIES}')
+  check_bad_policy(data_cfg.on_bad_record)
   order = grain.MapDataset.range(len(source)).shuffle(seed=seed).repeat(None)
   prepare = PrepareExample(source, tokenizer, image_size, data_cfg.resize or image_size,
                            data_cfg.flip, context_length, seed, data_cfg.on_bad_record)

@@ -9,10 +9,18 @@ import io
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
+from data.errors import require
+
 BAD_KINDS = ('truncated_image', 'empty_file', 'not_an_image', 'missing_file', 'missing_caption',
              'bad_utf8', 'too_many_pixels', 'truncated_shard', 'bad_csv_row', 'bad_json_line')
 BAD_POLICIES = ('skip', 'error')
 DEFAULT_MAX_PIXELS = 89_478_485  # Pillow's own decompression-bomb threshold.
+
+
+def check_bad_policy(policy: str) -> None:
+  """`data.on_bad_record` is one of BAD_POLICIES (ConfigError otherwise)."""
+  require(policy in BAD_POLICIES,
+          f'unknown data.on_bad_record {policy!r}; known: {", ".join(BAD_POLICIES)}')
 
 
 class BadRecord(Exception):
@@ -36,8 +44,11 @@ def read_file(path: str, source: str, key: str) -> bytes:
     raise BadRecord('missing_file', source, key, f'image file {path} does not exist') from None
 
 
-def _to_rgb(image: Image.Image) -> Image.Image:
-  """Any Pillow mode -> RGB: alpha composited on white, 16/32-bit greyscale scaled to 8 bits."""
+def to_rgb(image: Image.Image | np.ndarray) -> Image.Image:
+  """A PIL image of any mode, or an array Pillow reads, -> RGB: alpha composited on white,
+  16/32-bit greyscale scaled to 8 bits. Every source's pixels pass through here."""
+  if isinstance(image, np.ndarray):
+    image = Image.fromarray(image)
   if image.mode in ('I;16', 'I;16B', 'I;16L', 'I', 'F'):
     values = np.asarray(image, np.float64)
     top = 65535.0 if image.mode.startswith('I;16') else max(values.max(), 1.0)
@@ -71,7 +82,7 @@ def decode_image(data: bytes, source: str, key: str, max_pixels: int) -> Image.I
     image.load()
   except (OSError, SyntaxError, ValueError) as e:
     raise BadRecord('truncated_image', source, key, f'image cannot be decoded: {e}') from None
-  return _to_rgb(image)
+  return to_rgb(image)
 
 
 def decode_caption(value, source: str, key: str) -> str:

@@ -3,7 +3,7 @@
 import numpy as np
 from PIL import Image
 
-from data.records import DEFAULT_MAX_PIXELS, BadRecord, decode_caption, decode_image
+from data.records import DEFAULT_MAX_PIXELS, BadRecord, decode_caption, decode_image, to_rgb
 from data.errors import ConfigError
 
 
@@ -12,8 +12,7 @@ def array_to_image(array: np.ndarray) -> Image.Image:
   array = np.asarray(array)
   if array.ndim == 3 and array.shape[-1] == 1:
     array = array[..., 0]
-  image = Image.fromarray(array.astype(np.uint8))
-  return image if image.mode == 'RGB' else image.convert('RGB')
+  return to_rgb(array.astype(np.uint8))
 
 
 class TfdsSource:

@@ -3,12 +3,7 @@
 import numpy as np
 from PIL import Image
 
-
-def to_rgb_image(image) -> Image.Image:
-  """A PIL RGB image from a uint8 array or a PIL image of any mode."""
-  if isinstance(image, np.ndarray):
-    image = Image.fromarray(image)
-  return image if image.mode == 'RGB' else image.convert('RGB')
+from data.records import to_rgb
 
 
 def _resize_shorter(image: Image.Image, size: int) -> Image.Image:
@@ -21,7 +16,7 @@ def _resize_shorter(image: Image.Image, size: int) -> Image.Image:
 
 def eval_transform(image, size: int) -> np.ndarray:
   """Resize the shorter side to `size`, then centre crop to `size` x `size`."""
-  image = _resize_shorter(to_rgb_image(image), size)
+  image = _resize_shorter(to_rgb(image), size)
   w, h = image.size
   left, top = (w - size) // 2, (h - size) // 2
   return np.asarray(image.crop((left, top, left + size, top + size)))
@@ -29,7 +24,7 @@ def eval_transform(image, size: int) -> np.ndarray:
 
 def train_transform(image, size: int, resize: int, flip: bool, rng: np.random.Generator) -> np.ndarray:
   """Resize the shorter side to `resize` (>= size), random crop `size`, optional horizontal flip."""
-  image = _resize_shorter(to_rgb_image(image), max(resize, size))
+  image = _resize_shorter(to_rgb(image), max(resize, size))
   w, h = image.size
   left, top = rng.integers(0, w - size + 1), rng.integers(0, h - size + 1)
   out = np.asarray(image.crop((left, top, left + size, top + size)))

@@ -12,6 +12,7 @@ import numpy as np
 from flax import nnx
 from jax.sharding import Mesh
 
+from data.transforms import eval_transform
 from pretrain.parallel import sharding
 
 ReadRows = Callable[[np.ndarray], np.ndarray]  # record indices -> model inputs for those rows
@@ -55,6 +56,12 @@ class Embedder:
     if not out:
       return np.zeros((0, 0), np.float32)
     return np.concatenate(out)
+
+  def embed_images(self, source, image_size: int, batch_size: int) -> np.ndarray:
+    """Embeddings of every image of a source, each read and eval-transformed by one process."""
+    def read_images(index: np.ndarray) -> np.ndarray:
+      return np.stack([eval_transform(source[int(i)]['image'], image_size) for i in index])
+    return self.embed('images', read_images, len(source), batch_size)
 
   def embed_texts(self, tokens: np.ndarray, batch_size: int) -> np.ndarray:
     """Embeddings of already tokenised texts (every process holds all of them)."""

@@ -16,7 +16,7 @@ import jax
 import numpy as np
 
 from data.records import BadRecord
-from pretrain.runtime.checkpoint import checkpoint_dir
+from pretrain.runtime.checkpoint import checkpoint_dir, complete_steps
 from data.errors import ConfigError
 
 Evaluate = Callable[[int | None], tuple[int, dict]]  # step (None: newest) -> (step, metrics)
@@ -81,15 +81,6 @@ class Outputs:
     print(f'{self.kind} {self.dataset} step {step}: {shown}  '
           f'({metrics.get("num_examples", "?")} examples, {metrics.get("wall_s", 0):.1f}s)',
           flush=True)
-
-
-def complete_steps(workdir: str) -> list[int]:
-  """Steps of checkpoints whose writing has finished (orbax renames them into place when done)."""
-  folder = checkpoint_dir(workdir)
-  if not os.path.isdir(folder):
-    return []
-  return sorted(int(name) for name in os.listdir(folder)
-                if name.isdigit() and os.path.isdir(os.path.join(folder, name)))
 
 
 def final_step(workdir: str) -> int:

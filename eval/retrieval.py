@@ -14,7 +14,6 @@ import sys
 import numpy as np
 
 from data.sources import open_source
-from data.transforms import eval_transform
 from eval.embed import Embedder
 from eval.job import Outputs, add_common_flags, cli, dataset_name, timed_evaluator
 from eval.retrieval_lib import retrieval_metrics
@@ -30,10 +29,7 @@ def evaluate_retrieval(embedder: Embedder, tokenizer, source, *, image_size: int
     captions.extend(texts)
     owner.extend([i] * len(texts))
 
-  def read_images(index: np.ndarray) -> np.ndarray:
-    return np.stack([eval_transform(source[int(i)]['image'], image_size) for i in index])
-
-  image_emb = embedder.embed('images', read_images, len(source), batch_size)
+  image_emb = embedder.embed_images(source, image_size, batch_size)
   text_emb = embedder.embed_texts(tokenizer.encode(captions, context_length), batch_size)
   metrics = retrieval_metrics(image_emb, text_emb, np.asarray(owner))
   metrics.update(num_examples=len(source), num_captions=len(captions))

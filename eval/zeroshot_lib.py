@@ -3,7 +3,6 @@
 import numpy as np
 
 from data.tokenizer import Tokenizer
-from data.transforms import eval_transform
 from eval.embed import Embedder
 
 
@@ -50,11 +49,8 @@ def source_labels(source) -> np.ndarray:
 def evaluate_zeroshot(embedder: Embedder, tokenizer: Tokenizer, source, templates: list[str], *,
                       image_size: int, context_length: int, batch_size: int) -> dict:
   """Embeds every image of a labelled source once and scores it against its class names."""
-  def read_images(index: np.ndarray) -> np.ndarray:
-    return np.stack([eval_transform(source[int(i)]['image'], image_size) for i in index])
-
   count = len(source)
-  image_emb = embedder.embed('images', read_images, count, batch_size)
+  image_emb = embedder.embed_images(source, image_size, batch_size)
   labels = source_labels(source)
   class_emb = class_embeddings(embedder, tokenizer, list(source.classnames), templates,
                                context_length, batch_size)

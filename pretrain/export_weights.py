@@ -21,7 +21,8 @@ import numpy as np
 
 from data.tokenizer import Tokenizer
 from eval.run_model import RunModel
-from pretrain.runtime.checkpoint import named_leaves, restore_params
+from pretrain.models.param_paths import named_leaves
+from pretrain.runtime.checkpoint import restore_params
 from data.errors import ConfigError, require
 from pretrain.interop import hf, openclip
 from pretrain.interop.common import apply_export, write_safetensors

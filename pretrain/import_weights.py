@@ -21,7 +21,8 @@ import orbax.checkpoint as ocp
 
 from data.tokenizer import get_tokenizer, save_to_workdir
 from pretrain.config import validate
-from pretrain.runtime.checkpoint import checkpoint_dir, from_named, named_leaves
+from pretrain.models.param_paths import from_named, named_leaves
+from pretrain.runtime.checkpoint import checkpoint_dir
 from pretrain.config.cli import save_config
 from data.errors import ConfigError, require
 from pretrain.interop import hf, openclip

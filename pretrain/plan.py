@@ -1,24 +1,29 @@
 """Plans a pod run without the pod: compiles the train step ahead of time for a simulated mesh.
 
   python -m pretrain.plan --config PATH[:ARG] --mesh data=N,fsdp=M [--config.FIELD=VALUE ...]
+  python -m pretrain.plan ... --lower_for cuda,tpu    # does the step build for these platforms?
 
 Lowers and compiles the real train step (the config's model, loss, optimizer, remat, scan,
 accum_steps, dtype and FSDP placement) for N x M simulated CPU devices, on abstract arrays (nothing
 is allocated), and prints per device: parameter and optimizer-state bytes (from their shardings),
 XLA's argument / temporary / output sizes (its memory analysis), model FLOPs per step (its cost
 analysis of the same model unrolled: see `model_flops_config`), and the global and per-device
-batch. The step is the one the pod would run: built for an accelerator platform (stock ops, whole
-batches; pretrain.backends.resolve_for_platform), compiled here. XLA:CPU's fusion and scheduling
-differ from TPU/GPU, so treat the bytes as an estimate to within tens of percent, and compare
-variants with each other.
+batch. XLA:CPU's fusion and scheduling differ from TPU/GPU, so treat the bytes as an estimate to
+within tens of percent, and compare variants with each other.
+
+With `--lower_for`, the step is instead lowered for each named platform (cpu, cuda, tpu) with the
+op set and mechanisms that platform gets (pretrain/backends), without its hardware, and checked
+(pretrain/step/lowering.py): one line per platform, exit status 1 when one does not lower or fails
+a check.
 """
 
 import math
 import os
 import sys
 
-from pretrain.config.cli import parse_args
 from data.errors import ConfigError
+from pretrain.config.cli import parse_args
+from pretrain.parallel.sharding import MESH_AXES
 
 GIB = 2 ** 30
 
@@ -31,10 +36,11 @@ def parse_mesh(text: str) -> dict[str, int]:
     if not eq or not value.strip().isdigit() or int(value) < 1:
       raise ConfigError(f'--mesh {text!r}: write positive sizes as data=N,fsdp=M')
     sizes[name.strip()] = int(value)
-  unknown = set(sizes) - {'data', 'fsdp'}
+  unknown = set(sizes) - set(MESH_AXES)
   if unknown:
-    raise ConfigError(f'--mesh {text!r}: unknown axes {sorted(unknown)}; the axes are data, fsdp')
-  return {'data': sizes.get('data', 1), 'fsdp': sizes.get('fsdp', 1)}
+    raise ConfigError(f'--mesh {text!r}: unknown axes {sorted(unknown)}; the axes are '
+                      + ', '.join(MESH_AXES))
+  return {axis: sizes.get(axis, 1) for axis in MESH_AXES}
 
 
 def per_device_bytes(abstract_tree, shardings) -> int:
@@ -49,24 +55,15 @@ def per_device_bytes(abstract_tree, shardings) -> int:
 def compile_step(config, mesh, platform: str = 'tpu'):
   """(StepBuilder, the train step compiled ahead of time on abstract state and batch).
 
-  The step is built for `platform`, the pod's (backend choices resolved for it: stock ops, whole
-  batches; pretrain.backends.resolve_for_platform), and compiled on this process's devices.
+  The step is built as `platform` runs it (op set, no CPU-only mechanisms: a pod's accelerators),
+  and compiled by XLA:CPU, the compiler this host has.
   """
-  import jax
+  from pretrain.step.lowering import abstract_batch, step_builder
 
-  from data.records import BAD_KINDS
-  from pretrain.parallel import sharding
-  from pretrain.step.optim import make_optimizer
-  from pretrain.step.train_step import StepBuilder
-
-  tx, schedule = make_optimizer(config.optim, config.total_steps)
-  builder = StepBuilder(config, mesh, tx, schedule, platform=platform)
-  rows = sharding.batch_sharding(mesh)
-  n, size, ctx = config.batch_size, config.model.image_size, config.model.context_length
-  batch = {'image': jax.ShapeDtypeStruct((n, size, size, 3), 'uint8', sharding=rows),
-           'text': jax.ShapeDtypeStruct((n, ctx), 'int32', sharding=rows),
-           'bad': jax.ShapeDtypeStruct((n, len(BAD_KINDS)), 'int32', sharding=rows)}
-  return builder, builder.jit_step().lower(builder.abstract_state, batch).compile()
+  builder = step_builder(config, mesh, platform)
+  batch = abstract_batch(config, mesh)
+  return builder, builder.jit_step().trace(builder.abstract_state, batch).lower(
+      lowering_platforms=('cpu',)).compile()
 
 
 def model_flops_config(config):
@@ -152,14 +149,59 @@ def report(figures: dict, config) -> str:
   return '\n'.join(lines)
 
 
+def parse_platforms(text: str) -> tuple[str, ...]:
+  """'cuda,tpu' -> ('cuda', 'tpu'), with one-line errors."""
+  from pretrain.step.lowering import PLATFORMS
+  names = tuple(name.strip() for name in text.split(',') if name.strip())
+  unknown = [name for name in names if name not in PLATFORMS]
+  if not names or unknown:
+    raise ConfigError(f'--lower_for {text!r}: name platforms among {", ".join(PLATFORMS)}')
+  return names
+
+
+def lower_for(config, sizes: dict[str, int], platforms: tuple[str, ...]) -> int:
+  """Prints one line per platform; 0 when every platform lowers and passes the checks."""
+  import jax
+
+  from pretrain.config import validate
+  from pretrain.parallel import sharding
+  from pretrain.step.lowering import lower_step
+
+  with config.unlocked():
+    config.mesh.update(sizes)
+  validate.check_training(config, jax.device_count(), 1)
+  mesh = sharding.make_mesh(sizes)
+  status = 0
+  for platform in platforms:
+    try:
+      (lowered,) = lower_step(config, mesh, (platform,))
+    except Exception as e:  # A CPU-only setting, or a lowering rule that refused: one line each.
+      reason = (str(e).strip().splitlines() or [''])[0]
+      print(f'lowered for {platform}: failed ({type(e).__name__}: {reason})', flush=True)
+      status = 1
+      continue
+    problems = lowered.problems()
+    if problems:
+      print(f'lowered for {platform}: failed ({"; ".join(problems)})', flush=True)
+      status = 1
+    else:
+      print(f'lowered for {platform}: ok ({lowered.ops} ops, attention: {lowered.attention})',
+            flush=True)
+  return status
+
+
 def main(argv: list[str]) -> int:
   """Command-line entry point; bad flags or configs print one line and exit 2."""
   try:
-    config, flags = parse_args(argv, required=('config', 'mesh'))
+    config, flags = parse_args(argv, required=('config', 'mesh'), optional=('lower_for',),
+                               usage=__doc__)
     sizes = parse_mesh(flags['mesh'])
+    platforms = parse_platforms(flags['lower_for']) if 'lower_for' in flags else ()
     import jax
     jax.config.update('jax_platforms', 'cpu')
     jax.config.update('jax_num_cpu_devices', math.prod(sizes.values()))
+    if platforms:
+      return lower_for(config, sizes, platforms)
     figures = plan(config, sizes)
   except ConfigError as e:
     print(f'error: {e}', file=sys.stderr)

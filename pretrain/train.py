@@ -1,6 +1,14 @@
 """Trains a dual encoder from a config file; re-running the same command resumes.
 
   python -m pretrain.train --config PATH[:ARG] --workdir DIR [--config.FIELD=VALUE ...]
+
+  --config PATH[:ARG]    a config file's get_config(ARG), e.g. configs/demo.py or configs/demo.py:tiny
+  --workdir DIR          the run's folder: config, tokenizer, checkpoints, metrics (resumed if present)
+  --config.FIELD=VALUE   overrides a config field, e.g. --config.batch_size=4096
+  --allow_config_change  resume even though fields that define the run (model, loss, optimizer,
+                         data, batch) differ from the workdir's config.json (recorded)
+
+SIGTERM or Ctrl-C checkpoints the current step and exits; a second Ctrl-C exits at once.
 """
 
 from pretrain.backends.cpu import host_memory
@@ -18,7 +26,7 @@ from data.errors import ConfigError
 from data.records import BadRecord
 from data.sources import index_cache_dir, open_source
 from data.tokenizer import get_tokenizer, save_to_workdir
-from pretrain.config import validate
+from pretrain.config import identity, validate
 from pretrain.config.cli import parse_args, save_config
 from pretrain.parallel import sharding
 from pretrain.runtime import distributed
@@ -30,12 +38,13 @@ from pretrain.step.optim import make_optimizer
 from pretrain.step.train_step import StepBuilder
 
 
-def prepare_run(config, workdir: str):
-  """Validates, locks the workdir, writes config.json and the tokenizer, builds the dataset."""
+def prepare_run(config, workdir: str, allow_config_change: bool):
+  """Validates, locks the workdir, checks the run's identity, builds the dataset."""
   shape = validate.check_training(config, jax.device_count(), jax.process_count())
   validate.check_workdir(workdir)
   # Taken before anything in the workdir is written, so a second trainer changes nothing.
   lock = WorkdirLock(workdir) if jax.process_index() == 0 else None
+  changes = identity.check_resume(workdir, config, allow_config_change)
   tokenizer = get_tokenizer(config.data.tokenizer, config.data.lowercase)
   validate.check_vocab(tokenizer.vocab_size, config.model.vocab_size, config.data.tokenizer)
   source = open_source(config.data.train, config.model.image_size, config.seed,
@@ -48,15 +57,24 @@ def prepare_run(config, workdir: str):
   if config.data.workers > 0:  # grain's worker processes read absl flags.
     from absl import flags
     flags.FLAGS.mark_as_parsed()
-  if jax.process_index() == 0:
-    save_config(config, os.path.join(workdir, 'config.json'))
-    save_to_workdir(config.data.tokenizer, workdir)
   from data.pipeline import train_dataset
   dataset = train_dataset(source, tokenizer, config.data, image_size=config.model.image_size,
                           context_length=config.model.context_length,
                           global_batch=config.batch_size, seed=config.seed,
                           process_index=jax.process_index(), process_count=jax.process_count())
-  return shape, tokenizer, dataset, problems, lock
+  return shape, tokenizer, dataset, problems, lock, changes
+
+
+def record_run_config(config, workdir: str, changes: dict, step: int | None,
+                      allowed: bool) -> None:
+  """config.json, the tokenizer and the config history, once the state restored (or was made):
+  a run refused for a changed model or a shape mismatch leaves its workdir as it was."""
+  if jax.process_index() != 0:
+    return
+  identity.record_changes(workdir, changes, step, allowed and any(
+      not identity.may_change(name) for name in changes))
+  save_config(config, os.path.join(workdir, 'config.json'))
+  save_to_workdir(config.data.tokenizer, workdir)
 
 
 def restore_or_init(ckpt: Checkpointer, latest: int | None, builder: StepBuilder, data_iter,
@@ -78,9 +96,10 @@ def restore_or_init(ckpt: Checkpointer, latest: int | None, builder: StepBuilder
   return state
 
 
-def train(config, workdir: str) -> dict | None:
+def train(config, workdir: str, allow_config_change: bool = False) -> dict | None:
   """Runs (or resumes) training to `config.total_steps`; returns the final eval metrics."""
-  shape, tokenizer, dataset, problems, lock = prepare_run(config, workdir)
+  shape, tokenizer, dataset, problems, lock, changes = prepare_run(config, workdir,
+                                                                   allow_config_change)
   try:
     ckpt = Checkpointer(workdir, config.keep_checkpoints)
     latest = ckpt.latest_step()
@@ -95,6 +114,7 @@ def train(config, workdir: str) -> dict | None:
     builder = StepBuilder(config, mesh, tx, schedule)
     data_iter = iter(dataset)
     state = restore_or_init(ckpt, latest, builder, data_iter, workdir)
+    record_run_config(config, workdir, changes, latest, allow_config_change)
     state, finished = run_loop(config, workdir, builder, mesh, ckpt, data_iter, state, problems)
     ckpt.close()
     if not finished:
@@ -130,10 +150,10 @@ def final_eval(config, builder, params, tokenizer, mesh) -> dict | None:
 def main(argv: list[str]) -> int:
   """Command-line entry point; configuration errors print one line and exit 2."""
   try:
-    config, flags = parse_args(argv)
+    config, flags = parse_args(argv, usage=__doc__, switches=('allow_config_change',))
     quiet_background_errors()
     distributed.maybe_initialize()
-    train(config, flags['workdir'])
+    train(config, flags['workdir'], flags.get('allow_config_change') == 'true')
   except ConfigError as e:
     print(f'error: {e}', file=sys.stderr)
     return 2
@@ -145,6 +165,9 @@ def main(argv: list[str]) -> int:
   except (BadRecord, NonFiniteError) as e:  # data.on_bad_record='error'; a diverged run
     print(f'error: {e}', file=sys.stderr)
     return 1
+  except KeyboardInterrupt:  # Before the loop's handler: nothing trained since the last checkpoint.
+    print('\ninterrupted before training started; nothing to checkpoint', file=sys.stderr)
+    return 130
   return 0
 
 

@@ -53,6 +53,12 @@ def test_missing_config_file_and_variant():
     ('--config.tower_batch_chunks=3', 'tower_batch_chunks 3 does not divide the per-device batch '
                                       '16 (batch_size 128 / data-parallel size 8 / accum_steps 1)'),
     ('--config.tower_batch_chunks=-1', 'tower_batch_chunks must be >= 0 (0 = auto), got -1'),
+    ('--config.batch_size=12', "batch_size 12 is not divisible by the data-parallel size 8 "
+                               "(mesh {'data': 8, 'fsdp': 1})"),
+    ('--config.model.image_pool=avg', "unknown model.image_pool 'avg'; known: cls, gap, map"),
+    ('--config.model.text_pool=last',
+     "unknown model.text_pool 'last'; known: eot, cls, argmax, eos_id"),
+    ('--config.data.on_bad_record=ignore', "unknown data.on_bad_record 'ignore'; known: skip, error"),
 ])
 def test_scale_fields_are_checked_in_one_line(override, message):
   from pretrain.config.validate import check_training

@@ -41,6 +41,17 @@ def test_process_slices_are_disjoint_and_cover_each_epoch():
   assert first_epoch != second_epoch  # reshuffled every epoch
 
 
+def test_pipeline_refuses_what_the_config_check_refuses_in_the_same_words():
+  # The rules live once (data/), so a pipeline built without the config check fails the same way.
+  from data.errors import ConfigError
+  with pytest.raises(ConfigError, match=r'^batch_size 10 is not divisible by the 4 processes$'):
+    _dataset(ShapesSource('train', 16, size=64), process_count=4, global_batch=10)
+  bad_policy = ml_collections.ConfigDict({**DATA_CFG.to_dict(), 'on_bad_record': 'ignore'})
+  with pytest.raises(ConfigError, match=r"^unknown data.on_bad_record 'ignore'; known: skip, error$"):
+    train_dataset(ShapesSource('train', 16, size=64), get_tokenizer('shapes'), bad_policy,
+                  image_size=16, context_length=12, global_batch=8, seed=3, process_index=0,
+                  process_count=1)
+
 def test_global_batch_is_the_same_for_any_process_count():
   source = ShapesSource('train', 16, size=64)
   single = iter(_dataset(source))

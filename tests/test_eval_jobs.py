@@ -13,10 +13,11 @@ import pytest
 from data.shapes import ShapesSource
 from eval import zeroshot
 from eval.embed import Embedder
-from eval.job import complete_steps, watch
+from eval.job import watch
 from eval.run_model import RunModel
 from eval.templates import load_templates
 from eval.zeroshot_lib import evaluate_zeroshot
+from pretrain.runtime.checkpoint import complete_steps
 from tests.helpers import ROOT, mesh, run_train
 
 

@@ -24,6 +24,15 @@ def test_image_tower_pools_give_unit_embeddings(pool):
   np.testing.assert_allclose(np.linalg.norm(np.asarray(emb), axis=1), 1.0, rtol=1e-5)
 
 
+def test_an_unknown_pool_is_refused_by_the_tower_as_by_the_config_check():
+  from data.errors import ConfigError
+  with pytest.raises(ConfigError, match=r"^unknown model.text_pool 'last'; known: eot, cls, "):
+    _text_tower(True, 'last')
+  config = tiny_config()
+  config.model.image_pool = 'avg'
+  with pytest.raises(ConfigError, match=r"^unknown model.image_pool 'avg'; known: cls, gap, map$"):
+    build_model(config.model, config.loss, nnx.Rngs(0))
+
 def test_patchify_matches_strided_conv_layout():
   x = jnp.arange(2 * 4 * 4 * 3).reshape(2, 4, 4, 3)
   p = patchify(x, 2)

@@ -1,6 +1,7 @@
 """Non-finite updates, SIGTERM, the workdir lock, mismatched checkpoints, no pickle."""
 
 import ast
+import json
 import os
 import pathlib
 import re
@@ -17,6 +18,7 @@ from data.records import BAD_KINDS
 from pretrain.step.optim import make_optimizer
 from pretrain.parallel.sharding import batch_sharding
 from pretrain.step.train_step import StepBuilder
+from pretrain.config.cli import load_saved_config
 from tests.helpers import ROOT, mesh, read_metrics, run_train, tiny_config
 
 FAST = ['--config.model.image_size=16', '--config.model.context_length=12',
@@ -126,12 +128,75 @@ def test_sigterm_checkpoints_and_exits_and_a_second_trainer_is_refused(tmp_path)
   assert resumed.returncode == 0 and f'resumed from {tmp_path}/checkpoints/{step}' in resumed.stdout
 
 
-def test_checkpoint_of_another_model_names_the_parameter(tmp_path):
+def test_ctrl_c_checkpoints_like_sigterm_and_a_second_one_exits_at_once(tmp_path):
+  trainer = _start(tmp_path, '--config.total_steps=100000', '--config.checkpoint_every=100000')
+  try:
+    _wait_for_rows(tmp_path, 3, trainer)
+    trainer.send_signal(signal.SIGINT)
+    out, err = trainer.communicate(timeout=60)
+  finally:
+    trainer.kill()
+  assert trainer.returncode == 0 and 'Traceback' not in err, err[-2000:]
+  step = int(out.split('SIGINT: checkpointed step ')[1].split()[0])
+  assert os.listdir(tmp_path / 'checkpoints') == [str(step)]
+  # Twice: out at once, no traceback, no new checkpoint; the last one still resumes.
+  trainer = _start(tmp_path, '--config.total_steps=100000', '--config.checkpoint_every=100000')
+  try:
+    _wait_for_rows(tmp_path, step + 3, trainer)
+    trainer.send_signal(signal.SIGINT)
+    time.sleep(0.05)
+    trainer.send_signal(signal.SIGINT)
+    _, err = trainer.communicate(timeout=60)
+  finally:
+    trainer.kill()
+  assert trainer.returncode == 130 and 'second Ctrl-C' in err and 'Traceback' not in err, err
+  assert os.listdir(tmp_path / 'checkpoints') == [str(step)]
+
+
+@pytest.mark.parametrize('module', ['pretrain.train', 'pretrain.plan'])
+def test_help_lists_the_flags_and_where_fields_are_documented(module):
+  env = dict(os.environ, PYTHONPATH=ROOT)
+  for flag in ('-h', '--help'):
+    result = subprocess.run([sys.executable, '-m', module, flag], cwd=ROOT, env=env,
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0 and result.stderr == '', result.stderr
+    assert '--config PATH[:ARG]' in result.stdout and '--config.FIELD=VALUE' in result.stdout
+    assert 'configs/common.py' in result.stdout
+
+
+def test_a_resume_keeps_the_runs_identity(tmp_path):
   assert run_train(tmp_path, *FAST, '--config.total_steps=2').returncode == 0
-  result = run_train(tmp_path, *FAST, '--config.total_steps=4', '--config.model.variant=tiny')
-  lines = [l for l in result.stderr.splitlines() if l.startswith('error: ')]
-  assert result.returncode == 2 and len(lines) == 1
+  first = (tmp_path / 'config.json').read_text()
+  # Fields that define the run: refused in one line naming them; nothing in the workdir changes.
+  changed = run_train(tmp_path, *FAST, '--config.total_steps=4', '--config.batch_size=64',
+                      '--config.optim.lr=0.01')
+  lines = [l for l in changed.stderr.splitlines() if l.startswith('error: ')]
+  assert changed.returncode == 2 and len(lines) == 1, changed.stderr[-2000:]
+  assert 'batch_size (16 -> 64), optim.lr (0.001 -> 0.01)' in lines[0]
+  assert '--allow_config_change' in lines[0]
+  assert (tmp_path / 'config.json').read_text() == first
+  assert not (tmp_path / 'config_history.jsonl').exists()
+  # Another model even with the override: the shape check names the parameter, config.json stays.
+  other = run_train(tmp_path, *FAST, '--config.total_steps=4', '--config.model.variant=tiny',
+                    '--allow_config_change')
+  lines = [l for l in other.stderr.splitlines() if l.startswith('error: ')]
+  assert other.returncode == 2 and len(lines) == 1
   assert 'parameter img/cls_token has shape (1, 1, 128) but the config makes (1, 1, 256)' in lines[0]
+  assert (tmp_path / 'config.json').read_text() == first
+  # Cadence and length may change; each change is recorded with the step it applies from.
+  longer = run_train(tmp_path, *FAST, '--config.total_steps=3', '--config.log_every=3')
+  assert longer.returncode == 0, longer.stderr[-2000:]
+  (entry,) = [json.loads(l) for l in (tmp_path / 'config_history.jsonl').read_text().splitlines()]
+  assert entry['from_step'] == 2 and entry['allow_config_change'] is False
+  assert entry['changes']['total_steps'] == {'was': 2, 'now': 3}
+  assert load_saved_config(str(tmp_path / 'config.json')).total_steps == 3
+  # The override is recorded as such.
+  forced = run_train(tmp_path, *FAST, '--config.total_steps=4', '--config.log_every=3',
+                     '--config.optim.lr=0.002', '--allow_config_change')
+  assert forced.returncode == 0, forced.stderr[-2000:]
+  last = json.loads((tmp_path / 'config_history.jsonl').read_text().splitlines()[-1])
+  assert last['allow_config_change'] is True and last['from_step'] == 3
+  assert last['changes']['optim.lr'] == {'was': 0.001, 'now': 0.002}
 
 
 def test_workdir_that_cannot_be_created(tmp_path):

@@ -13,7 +13,9 @@ from data.pipeline import train_dataset
 from data.records import BAD_KINDS, BadRecord, decode_image
 from data.shapes import ShapesSource
 from data.sources import open_source
+from data.tfds_source import array_to_image
 from data.tokenizer import get_tokenizer
+from data.transforms import eval_transform
 from tests import corpora
 
 COUNT = 24  # records per format; epochs of 3 global batches of 8
@@ -169,3 +171,14 @@ def test_every_image_mode_decodes_to_rgb(mode):
     buffer = io.BytesIO()
     transparent.save(buffer, format='PNG')
     assert np.all(np.asarray(decode_image(buffer.getvalue(), 't', 'k', 10**6)) == 255)
+
+
+def test_arrays_and_decoded_files_share_one_rgb_conversion():
+  # A transparent RGBA array (a source's pixels, or a TFDS image) composites on white exactly as a
+  # transparent PNG file does, whichever way it reaches the transforms.
+  rgba = np.random.default_rng(0).integers(0, 256, (10, 12, 4), np.uint8)
+  rgba[..., 3] = 0
+  assert np.all(eval_transform(rgba, 8) == 255)
+  assert np.all(np.asarray(array_to_image(rgba)) == 255)
+  grey = np.arange(120, dtype=np.uint8).reshape(10, 12, 1)
+  assert np.array_equal(np.asarray(array_to_image(grey)), np.repeat(grey, 3, axis=-1))

@@ -74,6 +74,7 @@ def test_demo_config_learns(tmp_path):
     ('--config.loss.impl=ring', "unknown loss.impl 'ring' for softmax"),
     ('--config.data.train=csv:/no/such/file.csv', 'csv data path /no/such/file.csv does not exist'),
     ('--config.data.on_bad_record=ignore', "unknown data.on_bad_record 'ignore'"),
+    ('--config.keep_checkpoints=0', 'keep_checkpoints must be at least 1, got 0'),
 ])
 def test_bad_config_is_one_line_before_compiling(tmp_path, override, message):
   result = run_train(tmp_path / 'w', override)

@@ -91,9 +91,23 @@ def apply_override(config: ml_collections.ConfigDict, field: str, text: str) -> 
     node[leaf] = _parse_value(text, current, field)
 
 
-def parse_args(argv: list[str], required: tuple[str, ...] = ('config', 'workdir')
+FIELDS_HELP = ('Every config field, with its meaning and default: configs/common.py; a config file '
+               'sets its own values (e.g. configs/demo.py).')
+
+
+def parse_args(argv: list[str], required: tuple[str, ...] = ('config', 'workdir'),
+               optional: tuple[str, ...] = (), usage: str = '', switches: tuple[str, ...] = ()
                ) -> tuple[ml_collections.ConfigDict, dict[str, str]]:
-  """-> (config with overrides applied, the other --flags as strings); any other flag is an error."""
+  """-> (config with overrides applied, the other --flags as strings); any other flag is an error.
+
+  `switches` take no value: present, they read 'true'.
+
+  -h/--help prints `usage` (the entry point's docstring) and where the fields are documented, and
+  exits 0.
+  """
+  if '-h' in argv or '--help' in argv:
+    print(f'{usage.strip()}\n\n{FIELDS_HELP}')
+    raise SystemExit(0)
   flags, overrides = {}, []
   args = list(argv)
   while args:
@@ -106,7 +120,9 @@ def parse_args(argv: list[str], required: tuple[str, ...] = ('config', 'workdir'
         raise ConfigError(f'{arg}: write overrides as --{name}=VALUE')
       overrides.append((name[len('config.'):], value))
       continue
-    if not eq:
+    if not eq and name in switches:
+      value = 'true'
+    elif not eq:
       if not args or args[0].startswith('--'):
         raise ConfigError(f'--{name} needs a value')
       value = args.pop(0)
@@ -114,10 +130,11 @@ def parse_args(argv: list[str], required: tuple[str, ...] = ('config', 'workdir'
   for name in required:
     if name not in flags:
       raise ConfigError(f'--{name} is required')
-  unknown = sorted(set(flags) - set(required))
+  unknown = sorted(set(flags) - set(required) - set(optional) - set(switches))
   if unknown:
     raise ConfigError(f'unknown flag --{unknown[0]}; expected '
-                      + ', '.join(f'--{name}' for name in required) + ', --config.FIELD=VALUE')
+                      + ', '.join(f'--{name}' for name in required + optional + switches)
+                      + ', --config.FIELD=VALUE')
   config = load_config_file(flags['config'])
   for field, value in overrides:
     apply_override(config, field, value)

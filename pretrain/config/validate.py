@@ -1,19 +1,18 @@
 """Checks of a config against the machine it runs on, all before anything is compiled."""
 
-import math
 import os
 import re
 
-from data.records import BAD_POLICIES
+from data.records import check_bad_policy
 from data.sources import check_spec
 from data.errors import ConfigError, require
 from pretrain.backends import OPS
 from pretrain.losses import LOSS_IMPLS
 from pretrain.models.layers import ACTIVATIONS, REMAT_POLICIES
-from pretrain.models.towers import IMAGE_POOLS, TEXT_POOLS
+from pretrain.models.towers import check_pool
 from pretrain.models.variants import image_tower_kind, model_size
 from pretrain.step.optim import OPTIMIZERS, SCHEDULES
-from pretrain.parallel.sharding import resolve_mesh_shape
+from pretrain.parallel.sharding import batch_ways, resolve_mesh_shape
 
 DTYPES = ('float32', 'bfloat16')
 
@@ -28,10 +27,8 @@ def check_model(model) -> None:
           f'unknown model.activation {model.activation!r}; known: {", ".join(ACTIVATIONS)}')
   require(model.text_pool != 'eos_id' or model.text_eos_id >= 0,
           "model.text_pool 'eos_id' needs model.text_eos_id (the end-of-text id to pool at)")
-  require(model.image_pool in IMAGE_POOLS,
-          f'unknown model.image_pool {model.image_pool!r}; known: {", ".join(IMAGE_POOLS)}')
-  require(model.text_pool in TEXT_POOLS,
-          f'unknown model.text_pool {model.text_pool!r}; known: {", ".join(TEXT_POOLS)}')
+  check_pool('image', model.image_pool)
+  check_pool('text', model.text_pool)
   require(model.dtype in DTYPES, f'unknown model.dtype {model.dtype!r}; known: {", ".join(DTYPES)}')
   require(model.ops in OPS, f'unknown model.ops {model.ops!r}; known: {", ".join(OPS)}')
   for tower in ('image', 'text'):
@@ -58,9 +55,7 @@ def check_training(config, num_devices: int, num_processes: int) -> dict[str, in
           f'{config.loss.name}; known: {", ".join(impls)}')
   require(config.loss.tile > 0, f'loss.tile must be positive, got {config.loss.tile}')
   check_spec(config.data.train)
-  require(config.data.on_bad_record in BAD_POLICIES,
-          f'unknown data.on_bad_record {config.data.on_bad_record!r}; '
-          f'known: {", ".join(BAD_POLICIES)}')
+  check_bad_policy(config.data.on_bad_record)
   require(config.total_steps > 0, f'total_steps must be positive, got {config.total_steps}')
   require(config.optim.name in OPTIMIZERS,
           f'unknown optim.name {config.optim.name!r}; known: {", ".join(OPTIMIZERS)}')
@@ -75,9 +70,12 @@ def check_training(config, num_devices: int, num_processes: int) -> dict[str, in
           f'(total_steps {config.total_steps})')
   require(config.log_every > 0 and config.checkpoint_every > 0,
           'log_every and checkpoint_every must be positive')
+  require(config.keep_checkpoints >= 1,
+          f'keep_checkpoints must be at least 1, got {config.keep_checkpoints}: the newest '
+          'checkpoint is what re-running the command resumes from')
   check_patterns(config)
   shape = resolve_mesh_shape(dict(config.mesh), num_devices)
-  ways = math.prod(shape[axis] for axis in ('data', 'fsdp'))
+  ways = batch_ways(shape)
   require(config.batch_size % ways == 0,
           f'batch_size {config.batch_size} is not divisible by the data-parallel size {ways} '
           f'(mesh {shape})')
@@ -92,8 +90,9 @@ def check_training(config, num_devices: int, num_processes: int) -> dict[str, in
           f'tower_batch_chunks {chunks} does not divide the per-device batch {per_device} '
           f'(batch_size {config.batch_size} / data-parallel size {ways} / accum_steps '
           f'{config.accum_steps})')
-  require(config.batch_size % num_processes == 0,
-          f'batch_size {config.batch_size} is not divisible by the {num_processes} processes')
+  # Imported here: the pipeline pulls in grain, which weight import (check_model) does not need.
+  from data.pipeline import check_process_split
+  check_process_split(config.batch_size, num_processes)
   return shape
 
 

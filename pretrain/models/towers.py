@@ -4,6 +4,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from data.errors import require
 from pretrain.models.layers import EMBED_INIT, AttentionPool, Dtype, Encoder, dense, layer_norm
 from pretrain.models.ops import OpSet
 
@@ -13,6 +14,12 @@ IMAGE_POOLS = ('cls', 'gap', 'map')
 # learned [CLS] prepended (BERT); 'argmax': the highest token id (OpenCLIP; HF CLIP with eos id 2);
 # 'eos_id': the first `eos_id` (HF CLIP, OpenCLIP's 'eos').
 TEXT_POOLS = ('eot', 'cls', 'argmax', 'eos_id')
+
+
+def check_pool(tower: str, pool: str) -> None:
+  """`model.<tower>_pool` ('image' or 'text' tower) names a pooling that tower has."""
+  known = IMAGE_POOLS if tower == 'image' else TEXT_POOLS
+  require(pool in known, f'unknown model.{tower}_pool {pool!r}; known: {", ".join(known)}')
 
 
 def l2_normalize(x: Array, eps: float = 1e-6) -> Array:
@@ -42,8 +49,7 @@ class ImageTower(nnx.Module):
                mlp_dim: int, embed_dim: int, pool: str, mean: tuple, std: tuple, dtype: Dtype,
                rngs: nnx.Rngs, ops: OpSet, remat: str = 'none', scan: bool = False,
                activation: str = 'gelu', ln_pre: bool = False):
-    if pool not in IMAGE_POOLS:
-      raise ValueError(f'image pool {pool!r} is not one of {IMAGE_POOLS}')
+    check_pool('image', pool)
     self.patch, self.pool, self.dtype = patch, pool, dtype
     self.mean, self.std = tuple(mean), tuple(std)
     num_tokens = (image_size // patch) ** 2 + (1 if pool == 'cls' else 0)
@@ -88,8 +94,7 @@ class TextTower(nnx.Module):
                rngs: nnx.Rngs, ops: OpSet, remat: str = 'none', scan: bool = False,
                activation: str = 'gelu',
                eos_id: int = -1):
-    if pool not in TEXT_POOLS:
-      raise ValueError(f'text pool {pool!r} is not one of {TEXT_POOLS}')
+    check_pool('text', pool)
     self.causal, self.pool, self.dtype, self.eos_id = causal, pool, dtype, eos_id
     num_tokens = context_length + (1 if pool == 'cls' else 0)
     self.token_embed = nnx.Embed(vocab_size, width, embedding_init=EMBED_INIT, dtype=dtype,

@@ -44,9 +44,14 @@ def make_mesh(sizes: Mapping[str, int], devices: list | None = None) -> Mesh:
                        axis_types=(jax.sharding.AxisType.Auto,) * len(MESH_AXES))
 
 
+def batch_ways(shape: Mapping[str, int]) -> int:
+  """The data-parallel size: how many ways a mesh of `shape` ({axis: size}) splits the batch."""
+  return math.prod(shape[axis] for axis in BATCH_AXES)
+
+
 def batch_parallelism(mesh: Mesh) -> int:
   """How many ways the global batch is split."""
-  return math.prod(mesh.shape[axis] for axis in BATCH_AXES)
+  return batch_ways(mesh.shape)
 
 
 def param_spec(shape: tuple[int, ...], fsdp_size: int, rule: str, min_size: int) -> P:

@@ -6,10 +6,10 @@ Items are saved separately so eval jobs can restore `params` alone onto any mesh
 import os
 from typing import Any
 
-import jax
 import orbax.checkpoint as ocp
 
 from data.errors import ConfigError
+from pretrain.models.param_paths import named_leaves
 
 
 # Small host-side parts of the train state, saved together as the `train` item.
@@ -19,6 +19,15 @@ TRAIN_ITEM_KEYS = ('step', 'rng', 'bad_records', 'skipped_updates', 'consecutive
 def checkpoint_dir(workdir: str) -> str:
   """Where a run's checkpoints live."""
   return os.path.join(os.path.abspath(workdir), 'checkpoints')
+
+
+def complete_steps(workdir: str) -> list[int]:
+  """Steps of checkpoints whose writing has finished (orbax renames them into place when done)."""
+  folder = checkpoint_dir(workdir)
+  if not os.path.isdir(folder):
+    return []
+  return sorted(int(name) for name in os.listdir(folder)
+                if name.isdigit() and os.path.isdir(os.path.join(folder, name)))
 
 
 class CheckpointWriteError(RuntimeError):
@@ -43,7 +52,7 @@ class Checkpointer:
     options = ocp.CheckpointManagerOptions(max_to_keep=keep, create=True,
                                            enable_async_checkpointing=True,
                                            cleanup_tmp_directories=True)
-    self.directory = checkpoint_dir(workdir)
+    self.workdir, self.directory = workdir, checkpoint_dir(workdir)
     self.manager = ocp.CheckpointManager(self.directory, options=options)
     self._pending = None  # step of the save in flight
 
@@ -69,7 +78,7 @@ class Checkpointer:
       action()
     except Exception as e:  # orbax surfaces write errors with many types, often from a thread.
       failed = self._pending if self._pending is not None else step  # async errors surface late
-      complete = sorted(int(n) for n in os.listdir(self.directory) if n.isdigit())
+      complete = complete_steps(self.workdir)
       raise CheckpointWriteError(
           f'writing checkpoint {failed} to {self.directory} failed: {_root_cause(e)}; '
           f'the complete checkpoints {complete} are intact') from None
@@ -96,21 +105,6 @@ class Checkpointer:
     """Waits for saves, then releases the manager."""
     self.wait()
     self.manager.close()
-
-
-def param_name(path: tuple) -> str:
-  """A pytree path as the '/'-joined name parameters go by ('img/encoder/ln_final/scale')."""
-  return '/'.join(str(getattr(k, 'key', getattr(k, 'idx', k))) for k in path)
-
-
-def named_leaves(tree: Any) -> dict[str, Any]:
-  """{param_name: leaf} of every leaf of a tree."""
-  return {param_name(path): leaf for path, leaf in jax.tree_util.tree_leaves_with_path(tree)}
-
-
-def from_named(named: dict[str, Any], like: Any) -> Any:
-  """A tree with `like`'s structure whose leaves are `named[param_name]`; inverse of named_leaves."""
-  return jax.tree.unflatten(jax.tree.structure(like), [named[n] for n in named_leaves(like)])
 
 
 def check_shapes(directory, step: int, abstract_params: Any) -> None:

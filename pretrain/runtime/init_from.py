@@ -9,7 +9,8 @@ from jax.sharding import PartitionSpec as P
 
 from data.errors import ConfigError
 from pretrain.config.cli import load_saved_config
-from pretrain.runtime.checkpoint import from_named, named_leaves, param_name, restore_params
+from pretrain.models.param_paths import from_named, named_leaves, param_name
+from pretrain.runtime.checkpoint import restore_params
 from pretrain.step.freeze import matching_mask
 from pretrain.step.train_step import model_graphdef_and_shapes
 

@@ -65,7 +65,7 @@ def run_loop(config, workdir, builder, mesh, ckpt, data_iter, state, problems):
       if stopping:
         ckpt.wait()
         if is_main:
-          why = 'SIGTERM' if stop.requested else f'exit_after_step={step}'
+          why = stop.signal_name if stop.requested else f'exit_after_step={step}'
           print(f'{why}: checkpointed step {step} and stopped; re-run the same command to resume',
                 flush=True)
         return state, False

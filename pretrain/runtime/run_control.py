@@ -1,4 +1,4 @@
-"""Owning a workdir and stopping cleanly: the workdir lock and the SIGTERM handler."""
+"""Owning a workdir and stopping cleanly: the workdir lock and the SIGTERM/SIGINT handler."""
 
 import fcntl
 import logging
@@ -42,18 +42,32 @@ class WorkdirLock:
 
 
 class StopRequest:
-  """Set by SIGTERM (what TPU/GPU schedulers send before killing): checkpoint and exit."""
+  """Set by SIGTERM (what TPU/GPU schedulers send before killing) or Ctrl-C: checkpoint and exit.
+
+  A second Ctrl-C exits at once, without the checkpoint: the way out of a stuck or slow save.
+  """
+
+  SIGNALS = (signal.SIGTERM, signal.SIGINT)
 
   def __init__(self):
     self.requested = False
-    self._previous = signal.signal(signal.SIGTERM, self._handle)
+    self.signal_name = ''
+    self._previous = {signum: signal.signal(signum, self._handle) for signum in self.SIGNALS}
 
   def _handle(self, signum, frame) -> None:
+    if signum == signal.SIGINT and self.requested:
+      print('\nsecond Ctrl-C: exiting now, without a checkpoint', file=sys.stderr, flush=True)
+      os._exit(130)
+    if signum == signal.SIGINT:
+      print('\nCtrl-C: checkpointing after this step, then stopping (Ctrl-C again to exit now)',
+            file=sys.stderr, flush=True)
     self.requested = True
+    self.signal_name = signal.Signals(signum).name
 
   def restore(self) -> None:
-    """Puts back the previous SIGTERM handler."""
-    signal.signal(signal.SIGTERM, self._previous)
+    """Puts back the previous handlers."""
+    for signum, previous in self._previous.items():
+      signal.signal(signum, previous)
 
 
 def quiet_background_errors() -> None:

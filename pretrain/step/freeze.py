@@ -11,7 +11,7 @@ from typing import Any
 
 import jax
 
-from pretrain.runtime.checkpoint import from_named, named_leaves
+from pretrain.models.param_paths import from_named, named_leaves
 from data.errors import ConfigError
 
 

@@ -5,13 +5,11 @@ from typing import Any
 import jax
 import optax
 
+from pretrain.models.param_paths import path_keys
+
 # Leaves never decayed besides 1-d ones (biases, norm scales): the temperature and the learned
 # positional/class/probe embeddings, as OpenCLIP and big_vision exclude them.
 NO_DECAY_NAMES = ('log_logit_scale', 'pos_embed', 'cls_token', 'probe')
-
-
-def _path_names(path: tuple) -> list[str]:
-  return [str(getattr(key, 'key', getattr(key, 'name', key))) for key in path]
 
 
 # Leaves decayed: weight matrices and convolution kernels ('kernel') and token embeddings
@@ -22,7 +20,7 @@ DECAY_LEAF_NAMES = ('kernel', 'embedding')
 def decay_mask(params: Any) -> Any:
   """True for leaves that get weight decay: kernels and token embeddings, not those listed above."""
   def decays(path, leaf):
-    names = _path_names(path)
+    names = path_keys(path)
     return names[-1] in DECAY_LEAF_NAMES and not any(name in NO_DECAY_NAMES for name in names)
   return jax.tree_util.tree_map_with_path(decays, params)
 
