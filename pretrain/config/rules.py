@@ -81,7 +81,7 @@ BELOW_ONE = _float(low=0.0, below=1.0)
 MESH_AXIS = _int(low=1, also=(-1,), wording='-1 (the rest) or at least 1')
 
 RULES: dict[str, Rule] = {
-    'seed': _int(low=0),
+    'seed': _int(low=0, high=2**32 - 1),  # grain's shuffle takes a uint32
     'total_steps': _int(above=0),
     'batch_size': _int(above=0),
     'accum_steps': _int(low=1, wording='>= 1'),
