@@ -82,7 +82,7 @@ def run(name: str, steps: int, smoke: bool, overrides: list[str]) -> dict:
   temp_bytes = compiled.memory_analysis().temp_size_in_bytes
   flops = step_flops(compiled)
   holder, kernel_seconds = [state], []
-  prefault = for_compiled_step(compiled, config.prefault_step_memory)  # as the trainer's loop does
+  prefault = for_compiled_step(compiled, builder.config.prefault_step_memory)  # as the loop does
 
   def one_step():
     kernel_before = resource.getrusage(resource.RUSAGE_SELF).ru_stime

@@ -18,13 +18,13 @@ def base_config() -> ml_collections.ConfigDict:
   config.keep_checkpoints = 2      # Keep-N: older complete checkpoints are deleted.
   config.exit_after_step = 0       # Checkpoint and exit at this step, as if preempted (drills); 0 = off.
   config.max_consecutive_skips = 10  # Non-finite updates in a row before the run stops.
-  # CPU only: fault in XLA's per-step temporary block right after dispatching the step, instead of
-  # page by page during it (pretrain/backends/cpu/prefault.py; `b32` +9-10% on the development VM).
+  # CPU only (off on GPU/TPU): fault in XLA's per-step temporary block right after dispatching the
+  # step, instead of page by page during it (pretrain/backends/cpu/prefault.py).
   config.prefault_step_memory = True
-  # Slices of each device's batch the towers run on as separate computations (pretrain/
-  # batch_chunks.py; same maths). 0 = auto: 4 (or 2) slices of >= 16 examples on the CPU backend
-  # without FSDP, where XLA runs them side by side (`tiny` +6%); 1 on accelerators. BatchNorm
-  # (EfficientNet) image towers always take the whole batch.
+  # CPU only: slices of each device's batch the towers run on as separate computations (pretrain/
+  # backends/cpu/tower_slices.py; same maths), which XLA:CPU runs side by side. 0 = auto: 4 (or 2)
+  # slices of >= 16 examples on the CPU backend without FSDP; 1 on accelerators, where > 1 is an
+  # error. BatchNorm (EfficientNet) image towers always take the whole batch.
   config.tower_batch_chunks = 0
   # Start from another run's (or an imported model's) parameters instead of random ones: its
   # workdir, and regexes of the parameter paths to take from it (e.g. 'img/.*' for one tower).
@@ -46,6 +46,10 @@ def base_config() -> ml_collections.ConfigDict:
       custom=ml_collections.ConfigDict(),  # Sizes of variant 'custom' (keys: variants.SIZE_KEYS).
       activation='gelu',           # MLP activation: 'gelu' (exact) or 'quick_gelu' (OpenAI CLIP).
       dtype='float32',             # Compute dtype ('float32' or 'bfloat16'); parameters stay fp32.
+      # Op set of dense/LayerNorm/GELU/attention (same parameters, same functions): 'stock' (jax.nn,
+      # autodiff), 'cpu' (hand-written derivatives for XLA:CPU, pretrain/backends/cpu/ops.py; CPU
+      # only) or 'auto' ('cpu' on the CPU backend, 'stock' on GPU/TPU).
+      ops='auto',
       image_remat='none',          # Recompute in backward: 'none' | 'dots' (keep matmuls) | 'full'.
       text_remat='none',           # The same for the text tower.
       scan_layers=False,           # Stack blocks and lax.scan them (one block compiled per tower).

@@ -29,6 +29,17 @@ def byte_symbols() -> list[str]:
   return [chr(c) for c in chars]
 
 
+def byte_symbols_by_byte() -> list[str]:
+  """The printable stand-in of byte b at index b (the byte-level pre-tokenizer's mapping)."""
+  printable = (list(range(ord('!'), ord('~') + 1)) + list(range(ord('¡'), ord('¬') + 1))
+               + list(range(ord('®'), ord('ÿ') + 1)))
+  order = printable + [b for b in range(256) if b not in printable]
+  by_byte = [''] * 256
+  for byte, symbol in zip(order, byte_symbols()):
+    by_byte[byte] = symbol
+  return by_byte
+
+
 def read_merges(path: str) -> list[tuple[str, str]]:
   """The merge pairs CLIP uses from a `bpe_simple_vocab_16e6.txt.gz` file."""
   with gzip.open(path, 'rt', encoding='utf-8') as f:

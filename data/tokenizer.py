@@ -132,6 +132,47 @@ def shapes_tokenizer_json() -> str:
   return tok.to_str()
 
 
+def bytes_tokenizer_json() -> str:
+  """`BytesTokenizer` as `tokenizer.json` text (for libraries): each UTF-8 byte is one symbol."""
+  import tokenizers
+  from tokenizers import decoders, models, pre_tokenizers
+
+  from data import clip_bpe
+  vocab = {'[PAD]': 0, '[UNK]': 1, '[EOS]': 2}
+  vocab.update({symbol: byte + 3 for byte, symbol in enumerate(clip_bpe.byte_symbols_by_byte())})
+  # No merges: a text's byte symbols map one to one onto ids.
+  tok = tokenizers.Tokenizer(models.BPE(vocab, [], unk_token='[UNK]'))
+  tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)
+  tok.decoder = decoders.ByteLevel()
+  return tok.to_str()
+
+
+def sentencepiece_tokenizer_json(path: str) -> str:
+  """A unigram sentencepiece model as `tokenizer.json` text (for libraries), as transformers
+  converts one: its normalisation table, extra spaces removed, '▁' word boundaries."""
+  import tokenizers
+  from sentencepiece import sentencepiece_model_pb2
+  from tokenizers import Regex, decoders, models, normalizers, pre_tokenizers
+  proto = sentencepiece_model_pb2.ModelProto()
+  with open(path, 'rb') as f:
+    proto.ParseFromString(f.read())
+  if proto.trainer_spec.model_type != 1:  # 1 = unigram; data.tokenizer train makes only those.
+    raise ConfigError(f'{path}: only unigram sentencepiece models convert to tokenizer.json')
+  tok = tokenizers.Tokenizer(models.Unigram([(p.piece, p.score) for p in proto.pieces],
+                                            proto.trainer_spec.unk_id,
+                                            proto.trainer_spec.byte_fallback))
+  steps = []
+  if proto.normalizer_spec.precompiled_charsmap:
+    steps.append(normalizers.Precompiled(proto.normalizer_spec.precompiled_charsmap))
+  if proto.normalizer_spec.remove_extra_whitespaces:
+    steps += [normalizers.Replace(Regex(' {2,}'), ' '), normalizers.Strip()]
+  tok.normalizer = normalizers.Sequence(steps)
+  scheme = 'always' if proto.normalizer_spec.add_dummy_prefix else 'never'
+  tok.pre_tokenizer = pre_tokenizers.Metaspace(replacement='▁', prepend_scheme=scheme)
+  tok.decoder = decoders.Metaspace(replacement='▁', prepend_scheme=scheme)
+  return tok.to_str()
+
+
 def _split_spec(spec: str) -> tuple[str, str]:
   kind, _, path = spec.partition(':')
   if kind not in TOKENIZER_KINDS:

@@ -8,13 +8,17 @@ openclip: FOLDER/open_clip_model.safetensors, FOLDER/open_clip_config.json (load
   pretrained='FOLDER/open_clip_model.safetensors')`).
 hf: FOLDER/model.safetensors, config.json, preprocessor_config.json
   (`transformers.CLIPModel.from_pretrained(FOLDER)`).
-Both get the run's tokenizer.json. Models those libraries cannot express get a one-line reason.
+Both get the run's tokenizer as the library loads it (tokenizer.json with its special tokens,
+tokenizer_config.json): `open_clip.get_tokenizer('local-dir:FOLDER')` and
+`transformers.AutoTokenizer.from_pretrained(FOLDER)` give our ids (see pretrain/interop/
+tokenizer_files.py). HF cannot pool at an end-of-text id 2: such a model's id 2 is exchanged with
+the tokenizer's last id in the HF export (embedding rows and tokenizer alike). Files are written with
+the usual modes (0644 under umask 022). Models those libraries cannot express get a one-line reason.
 """
 
 import argparse
 import json
 import os
-import shutil
 import sys
 
 import numpy as np
@@ -26,6 +30,9 @@ from pretrain.runtime.checkpoint import restore_params
 from data.errors import ConfigError, require
 from pretrain.interop import hf, openclip
 from pretrain.interop.common import apply_export, write_safetensors
+from pretrain.interop.tokenizer_files import (TOKENIZER_FILES, library_tokenizer,
+                                              openclip_text_cfg, run_tokenizer_json,
+                                              write_tokenizer)
 from pretrain.models.variants import image_tower_kind, model_size
 
 
@@ -60,18 +67,37 @@ def openclip_files(config, flat: dict, tokenizer: Tokenizer) -> tuple[dict, dict
   return apply_export(openclip.rules(config), flat, model_size(config.model)['patch']), arch
 
 
-def hf_files(config, flat: dict, tokenizer: Tokenizer) -> tuple[dict, dict, dict]:
-  """(state dict, config.json, preprocessor_config.json contents)."""
+def hf_eos_swap(config, tokenizer: Tokenizer) -> tuple[int, int] | None:
+  """HF pools at the highest id when eos_token_id is 2, so a model pooling at end-of-text id 2
+  (every built-in tokenizer's) is exported with that id exchanged for the tokenizer's last one:
+  token embedding rows and tokenizer alike, which leaves every embedding unchanged."""
+  if config.model.text_pool == 'argmax' or end_of_text_id(config, tokenizer) != hf.LEGACY_EOS:
+    return None
+  last = tokenizer.vocab_size - 1
+  require(last > hf.LEGACY_EOS, f'the tokenizer has {tokenizer.vocab_size} ids: too few to move '
+          'end-of-text id 2 for HF; export --to openclip')
+  return hf.LEGACY_EOS, last
+
+
+def hf_files(config, flat: dict, tokenizer: Tokenizer,
+             swap: tuple[int, int] | None = None) -> tuple[dict, dict, dict]:
+  """(state dict, config.json, preprocessor_config.json contents); `swap`: see `hf_eos_swap`."""
+  remap = (lambda i: {swap[0]: swap[1], swap[1]: swap[0]}.get(i, i)) if swap else (lambda i: i)
   if config.model.text_pool == 'argmax':
     eos = hf.LEGACY_EOS  # HF pools at the highest id exactly when eos_token_id is 2.
   else:
-    eos = end_of_text_id(config, tokenizer)
+    eos = remap(end_of_text_id(config, tokenizer))
     require(eos != hf.LEGACY_EOS, 'HF CLIP pools at the highest token id when eos_token_id is 2, '
             'and this model pools at end-of-text id 2: HF cannot express it; export --to openclip')
-  arch, preprocessor = hf.arch_from_config(config, eos, tokenizer.bos_id,
-                                           float(flat['log_logit_scale']))
-  return (apply_export(hf.rules(config), flat, model_size(config.model)['patch']), arch,
-          preprocessor)
+  bos = None if tokenizer.bos_id is None else remap(tokenizer.bos_id)
+  arch, preprocessor = hf.arch_from_config(config, eos, bos, float(flat['log_logit_scale']))
+  tensors = apply_export(hf.rules(config), flat, model_size(config.model)['patch'])
+  if swap:
+    key = 'text_model.embeddings.token_embedding.weight'
+    rows = tensors[key].copy()
+    rows[[swap[0], swap[1]]] = rows[[swap[1], swap[0]]]
+    tensors[key] = rows
+  return tensors, arch, preprocessor
 
 
 def fold_patch_bias(flat: dict) -> dict:
@@ -104,28 +130,47 @@ def _write_json(obj: dict, path: str) -> None:
     json.dump(obj, f, indent=2)
 
 
+def _readable(folder: str, names: list[str]) -> None:
+  """Modes as for any file this user creates (safetensors writes its file 0600)."""
+  umask = os.umask(0)
+  os.umask(umask)
+  for name in names:
+    os.chmod(os.path.join(folder, name), 0o666 & ~umask)
+
+
+def library_tokenizer_files(run, swap: tuple[int, int] | None) -> tuple[str, dict]:
+  """The run's tokenizer as the libraries load it (tokenizer.json text, tokenizer_config.json)."""
+  config = run.config
+  json_text = run_tokenizer_json(config.data.tokenizer, run.workdir)
+  return library_tokenizer(json_text, run.tokenizer, config.data.lowercase, swap)
+
+
 def export_weights(workdir: str, step: int | None, target: str, out: str) -> int:
   """Writes the export; returns the checkpoint step exported."""
   require(target in ('openclip', 'hf'), f'--to {target!r}: expected openclip or hf')
   run = RunModel(workdir)
   check_expressible(run.config, target)
+  swap = hf_eos_swap(run.config, run.tokenizer) if target == 'hf' else None
+  tokenizer_text, tokenizer_config = library_tokenizer_files(run, swap)  # Fails before writing.
   step, params = restore_params(workdir, step, run.abstract_params)
   flat = {k: np.asarray(v, np.float32) for k, v in named_leaves(params).items()}
   flat = fold_patch_bias(unstack_scanned(flat, run.config))
   os.makedirs(out, exist_ok=True)
   if target == 'openclip':
     tensors, arch = openclip_files(run.config, flat, run.tokenizer)
-    write_safetensors(tensors, os.path.join(out, 'open_clip_model.safetensors'))
-    _write_json(arch, os.path.join(out, 'open_clip_config.json'))
-    _write_json(arch['model_cfg'], os.path.join(out, 'exported.json'))
+    arch['model_cfg']['text_cfg'].update(openclip_text_cfg(run.config.data.tokenizer, out))
+    names = ['open_clip_model.safetensors', 'open_clip_config.json', 'exported.json']
+    write_safetensors(tensors, os.path.join(out, names[0]))
+    _write_json(arch, os.path.join(out, names[1]))
+    _write_json(arch['model_cfg'], os.path.join(out, names[2]))
   else:
-    tensors, arch, preprocessor = hf_files(run.config, flat, run.tokenizer)
-    write_safetensors(tensors, os.path.join(out, 'model.safetensors'))
-    _write_json(arch, os.path.join(out, 'config.json'))
-    _write_json(preprocessor, os.path.join(out, 'preprocessor_config.json'))
-  tokenizer_file = os.path.join(workdir, 'tokenizer.json')
-  if os.path.isfile(tokenizer_file):
-    shutil.copyfile(tokenizer_file, os.path.join(out, 'tokenizer.json'))
+    tensors, arch, preprocessor = hf_files(run.config, flat, run.tokenizer, swap)
+    names = ['model.safetensors', 'config.json', 'preprocessor_config.json']
+    write_safetensors(tensors, os.path.join(out, names[0]))
+    _write_json(arch, os.path.join(out, names[1]))
+    _write_json(preprocessor, os.path.join(out, names[2]))
+  write_tokenizer(out, tokenizer_text, tokenizer_config, run.config.model.context_length)
+  _readable(out, names + list(TOKENIZER_FILES))
   return step
 
 

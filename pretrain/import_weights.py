@@ -26,7 +26,7 @@ from pretrain.runtime.checkpoint import checkpoint_dir
 from pretrain.config.cli import save_config
 from data.errors import ConfigError, require
 from pretrain.interop import hf, openclip
-from pretrain.interop.common import apply_import, read_safetensors
+from pretrain.interop.common import apply_import, check_weights_file, read_safetensors
 from pretrain.step.train_step import model_graphdef_and_shapes
 
 FAMILIES = {'openclip': openclip, 'hf': hf}
@@ -42,18 +42,26 @@ def _read_json(path: str) -> dict:
 
 
 def source_config(source: str, arch_path: str):
-  """Our config for the source's architecture JSON (HF: with a preprocessor_config.json beside it)."""
+  """Our config for the source's architecture JSON (HF: with a preprocessor_config.json beside it);
+  every field it reads is checked, and an error names the file and the field."""
   arch = _read_json(arch_path)
-  if source == 'openclip':
-    return openclip.config_from_arch(arch)
-  beside = os.path.join(os.path.dirname(os.path.abspath(arch_path)), 'preprocessor_config.json')
-  return hf.config_from_arch(arch, _read_json(beside) if os.path.isfile(beside) else None)
+  try:
+    if source == 'openclip':
+      return openclip.config_from_arch(arch)
+    beside = os.path.join(os.path.dirname(os.path.abspath(arch_path)), 'preprocessor_config.json')
+    preprocessor = _read_json(beside) if os.path.isfile(beside) else None
+    require(preprocessor is None or isinstance(preprocessor, dict),
+            f'{beside} does not hold a JSON object')
+    return hf.config_from_arch(arch, preprocessor)
+  except ConfigError as e:
+    raise ConfigError(f'{arch_path}: {e}') from None
 
 
 def default_tokenizer(source: str, arch_path: str) -> str:
-  """HF: the tokenizer.json next to config.json; OpenCLIP: none, the user must name one."""
+  """The tokenizer.json beside the architecture file (HF's, or one of our OpenCLIP exports);
+  else the user must name one."""
   beside = os.path.join(os.path.dirname(os.path.abspath(arch_path)), 'tokenizer.json')
-  if source == 'hf' and os.path.isfile(beside):
+  if os.path.isfile(beside):
     return f'hf:{beside}'
   raise ConfigError('--tokenizer is required here: clip_bpe:PATH/bpe_simple_vocab_16e6.txt.gz '
                     '(it ships inside the open_clip_torch package) or hf:PATH/tokenizer.json')
@@ -106,6 +114,7 @@ def import_weights(source: str, weights: str, arch_path: str, workdir: str,
                    tokenizer: str | None = None):
   """Converts and writes; returns our config of the imported model."""
   require(source in FAMILIES, f'--from {source!r}: expected one of {", ".join(FAMILIES)}')
+  check_weights_file(weights)  # First: a pickle is refused before anything else is read.
   config = source_config(source, arch_path)
   config.data.tokenizer = tokenizer or default_tokenizer(source, arch_path)
   vocab = get_tokenizer(config.data.tokenizer, config.data.lowercase).vocab_size
@@ -126,7 +135,7 @@ def main(argv: list[str]) -> int:
   parser.add_argument('--arch', required=True,
                       help="OpenCLIP's model config (or open_clip_config.json), or HF's config.json")
   parser.add_argument('--workdir', required=True)
-  parser.add_argument('--tokenizer', help='clip_bpe:PATH or hf:PATH (HF default: the '
+  parser.add_argument('--tokenizer', help='clip_bpe:PATH or hf:PATH (default: the '
                       'tokenizer.json beside --arch)')
   args = parser.parse_args(argv)
   try:

@@ -13,7 +13,7 @@ SIGTERM or Ctrl-C checkpoints the current step and exits; a second Ctrl-C exits 
 
 from pretrain.backends.cpu import host_memory
 
-if __name__ == '__main__':  # first, before jax loads: restarting the process costs ~50 ms here
+if __name__ == '__main__':  # first, before jax loads: a restart then costs little
   host_memory.restart_with_huge_page_malloc()
 
 import os

@@ -22,7 +22,8 @@ from pretrain.step.train_step import init_params, model_graphdef_and_shapes
 
 BPE = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'data', 'interop',
                    'bpe_simple_vocab_16e6.txt.gz')
-CAPTIONS = ['a photo of a cat', 'hello! two dogs!', 'a red square on a blue circle', '']
+CAPTIONS = ['a photo of a cat', 'hello! two dogs!', 'a red square on a blue circle', '',
+            'A  Red\tSQUARE &amp; a blue circle.', 'a small red square above a large blue circle ' * 4]
 
 
 def probe_config():
@@ -39,9 +40,27 @@ def probe_config():
   return config
 
 
-def make_probe_workdir(workdir: str, seed: int = 0):
+# Captions to train a small sentencepiece model on (tests and `main`).
+SP_CAPTIONS = [f'a {size} {color} {shape} {where} a {color2} {shape2}' for size in ('small', 'large')
+               for color in ('red', 'green', 'blue') for shape in ('square', 'circle', 'triangle')
+               for where in ('above', 'left of') for color2 in ('yellow', 'red')
+               for shape2 in ('circle', 'star')]
+
+
+def demo_config(tokenizer: str = 'shapes'):
+  """The demo's model and tokenizer (`shapes`, end-of-text id 2), with the LayerNorm HF needs;
+  or another tokenizer (a `bytes` run gets the 259 rows it needs)."""
+  config = base_config()
+  config.model.image_ln_pre = True
+  config.data.tokenizer = tokenizer
+  if tokenizer == 'bytes':
+    config.model.vocab_size = 264
+  return config
+
+
+def make_probe_workdir(workdir: str, seed: int = 0, config=None):
   """Random parameters, every leaf perturbed (biases and the patch bias non-zero), written as a run."""
-  config = probe_config()
+  config = config or probe_config()
   params = init_params(config, seed)
   leaves, treedef = jax.tree.flatten(params)
   rng = np.random.default_rng(seed)
@@ -54,8 +73,10 @@ def make_probe_workdir(workdir: str, seed: int = 0):
 
 def probe_inputs(config, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
   """uint8 images and our tokenizer's ids for CAPTIONS."""
-  images = np.random.default_rng(seed).integers(0, 256, (len(CAPTIONS), 32, 32, 3), np.uint8)
-  tokens = get_tokenizer(config.data.tokenizer).encode(CAPTIONS, config.model.context_length)
+  size = config.model.image_size
+  images = np.random.default_rng(seed).integers(0, 256, (len(CAPTIONS), size, size, 3), np.uint8)
+  tokens = get_tokenizer(config.data.tokenizer, config.data.lowercase).encode(
+      CAPTIONS, config.model.context_length)
   return images, tokens
 
 
@@ -101,13 +122,24 @@ def check_refs(folder: str) -> None:
 
 
 def main(out: str) -> None:
-  config, params = make_probe_workdir(os.path.join(out, 'workdir'))
-  images, tokens = probe_inputs(config)
-  ours = embeddings(config, params, images, tokens)
-  for target in ('openclip', 'hf'):
-    export_weights(os.path.join(out, 'workdir'), None, target, os.path.join(out, target))
-  np.savez(os.path.join(out, 'ours.npz'), images=images, tokens=tokens, **ours,
-           mean=np.float32(CLIP_MEAN), std=np.float32(CLIP_STD))
+  """The probe (CLIP's BPE) in OUT, the demo's model and tokenizer in OUT/demo, and the demo's
+  model with the bytes and a sentencepiece tokenizer in OUT/bytes, OUT/sentencepiece."""
+  from data.tokenizer import train_sentencepiece
+  os.makedirs(out, exist_ok=True)
+  train_sentencepiece(SP_CAPTIONS, 60, os.path.join(out, 'sp.model'))
+  runs = ((out, probe_config()), (os.path.join(out, 'demo'), demo_config()),
+          (os.path.join(out, 'bytes'), demo_config('bytes')),
+          (os.path.join(out, 'sentencepiece'),
+           demo_config(f'sentencepiece:{os.path.join(out, "sp.model")}')))
+  for folder, config in runs:
+    config, params = make_probe_workdir(os.path.join(folder, 'workdir'), config=config)
+    images, tokens = probe_inputs(config)
+    ours = embeddings(config, params, images, tokens)
+    for target in ('openclip', 'hf'):
+      export_weights(os.path.join(folder, 'workdir'), None, target, os.path.join(folder, target))
+    np.savez(os.path.join(folder, 'ours.npz'), images=images, tokens=tokens, **ours,
+             mean=np.float32(config.model.image_mean), std=np.float32(config.model.image_std),
+             captions=np.array(CAPTIONS))
   print(f'wrote {out}')
 
 

@@ -13,6 +13,7 @@ from flax import nnx
 
 from configs.align import get_config
 from data.errors import ConfigError
+from pretrain.backends.cpu.ops import CPU_OPS
 from pretrain.models import build_model, get_variant
 from pretrain.models.efficientnet import EfficientNetTower, MBConv
 from pretrain.models.towers import TextTower
@@ -41,7 +42,7 @@ def small_config():
 def test_efficientnet_has_the_published_parameter_count(scale):
   tower = nnx.eval_shape(lambda: EfficientNetTower(
       scale=scale, embed_dim=640, mean=(0.5,) * 3, std=(0.5,) * 3, dtype=jnp.float32,
-      rngs=nnx.Rngs(0)))
+      rngs=nnx.Rngs(0), ops=CPU_OPS))
   count = sum(x.size for x in jax.tree.leaves(nnx.state(tower)))
   with_classifier = count - tower.head_width * 640 + tower.head_width * 1000 + 1000
   assert abs(with_classifier - PUBLISHED[scale]) <= 0.01 * PUBLISHED[scale], with_classifier
@@ -121,7 +122,7 @@ def test_bert_style_text_tower_ignores_padding():
     return TextTower(vocab_size=64, context_length=context_length, width=size['text_width'],
                      depth=size['text_depth'], heads=size['text_heads'], mlp_dim=size['text_mlp'],
                      embed_dim=size['embed_dim'], causal=False, pool='cls', dtype=jnp.float32,
-                     rngs=nnx.Rngs(0))
+                     rngs=nnx.Rngs(0), ops=CPU_OPS)
 
   tower = text_tower(8)
   tokens = jnp.asarray([[5, 6, 7, 2, 0, 0, 0, 0], [9, 2, 0, 0, 0, 0, 0, 0]])

@@ -11,13 +11,13 @@ from pretrain.parallel.sharding import batch_sharding
 from tests.helpers import loss_and_grads, max_tree_diff, mesh, random_batch, step_builder, tiny_config
 
 
-@pytest.mark.parametrize('setting, per_device, platform, fsdp, expected', [
-    (0, 256, 'cpu', False, 4), (0, 32, 'cpu', False, 2), (0, 48, 'cpu', False, 2),
-    (0, 16, 'cpu', False, 1), (8, 256, 'cpu', False, 8), (0, 256, 'gpu', False, 1), (0, 256, 'tpu', False, 1),
-    (0, 256, 'cpu', True, 1), (3, 12, 'gpu', True, 3), (1, 256, 'cpu', False, 1)])
-def test_auto_slices_only_on_cpu_without_fsdp_and_keeps_16_examples_per_slice(
-    setting, per_device, platform, fsdp, expected):
-  assert resolve_chunks(setting, per_device, platform, fsdp) == expected
+@pytest.mark.parametrize('setting, per_device, fsdp, expected', [
+    (0, 256, False, 4), (0, 32, False, 2), (0, 48, False, 2), (0, 16, False, 1), (8, 256, False, 8),
+    (0, 256, True, 1), (3, 12, True, 3), (1, 256, False, 1)])
+def test_auto_slices_only_without_fsdp_and_keeps_16_examples_per_slice(
+    setting, per_device, fsdp, expected):
+  """The CPU rule; off the CPU resolve_for_platform sets one slice (tests/test_backends.py)."""
+  assert resolve_chunks(setting, per_device, fsdp) == expected
 
 
 def test_auto_is_off_where_the_parameters_are_actually_sharded():

@@ -4,6 +4,8 @@ import jax
 import numpy as np
 import pytest
 
+from pretrain.parallel.batch_slices import join_rows, split_rows
+from pretrain.step.grad_cache import join_micro, split_micro
 from tests.helpers import (loss_and_grads, loss_and_grads_temp_bytes, max_tree_diff, mesh,
                            random_batch, tiny_config)
 
@@ -32,3 +34,16 @@ def test_cached_step_needs_less_temporary_memory():
     config.batch_size, config.accum_steps = 256, steps
     temp[steps] = loss_and_grads_temp_bytes(config, mesh(1, 1))
   assert temp[8] < 0.4 * temp[1], temp
+
+
+def test_micro_batches_take_rows_from_every_device_and_the_order_comes_back():
+  """The one slicing helper gradient caching shares with the CPU tower slices."""
+  rows = np.arange(24)  # 4 devices x 6 rows, 3 micro-batches of 2 rows per device
+  expected = [[0, 1, 6, 7, 12, 13, 18, 19], [2, 3, 8, 9, 14, 15, 20, 21],
+              [4, 5, 10, 11, 16, 17, 22, 23]]
+  assert np.asarray(split_rows(rows, 3, 4)).tolist() == expected
+  np.testing.assert_array_equal(join_rows(split_rows(rows, 3, 4), 4), rows)
+  the_mesh = mesh(4, 1)
+  micro = jax.jit(lambda x: split_micro(x, 3, the_mesh))(rows)
+  assert np.asarray(micro).tolist() == expected
+  np.testing.assert_array_equal(jax.jit(lambda x: join_micro(x, the_mesh))(micro), rows)

@@ -79,6 +79,21 @@ def test_entry_point_leaves_a_users_setting_alone(module, error):
   assert result.returncode == 2 and result.stderr.endswith(error + '\n'), result.stderr
 
 
+@pytest.mark.parametrize('module, error', ENTRY_POINTS)
+def test_entry_point_does_not_restart_where_jax_will_run_on_an_accelerator(module, error):
+  """JAX_PLATFORMS naming a GPU/TPU (as a plugin or device node would): no re-exec at all."""
+  result = subprocess.run([sys.executable, '-c', _show_and_run(module)], cwd=ROOT,
+                          env=_env(JAX_PLATFORMS='tpu'), capture_output=True, text=True,
+                          timeout=120)
+  assert result.stdout.split() == ['pid', result.stdout.split()[1], 'None']
+  assert result.returncode == 2 and result.stderr.endswith(error + '\n'), result.stderr
+
+
+def test_restart_applies_only_off_accelerator_hosts():
+  assert not host_memory.huge_page_restart_applies({'JAX_PLATFORMS': 'cuda'})
+  assert host_memory.huge_page_restart_applies({'JAX_PLATFORMS': 'cpu'})
+
+
 _XLA_STEP_FAULTS = '''
 import hashlib, resource, jax, jax.numpy as jnp, numpy as np
 x = jax.random.normal(jax.random.key(0), (256, 65, 1024))  # 68 MB: XLA's output block is

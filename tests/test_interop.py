@@ -90,6 +90,77 @@ def test_torch_pickles_are_refused_in_one_line(name, tmp_path, capsys):
   assert not (tmp_path / 'w').exists()
 
 
+@pytest.mark.parametrize('source', ['openclip', 'hf'])
+def test_the_weights_file_kind_is_checked_before_the_architecture(source, tmp_path, capsys):
+  (tmp_path / 'arch.json').write_text('{}')  # Lacks OpenCLIP's embed_dim: checked only later.
+  (tmp_path / 'model.bin').write_bytes(b'\x80\x02not really a pickle')
+  (tmp_path / 'zip.safetensors').write_bytes(b'PK\x03\x04 torch.save zip format')
+  for name, message in (('model.bin', 'torch pickle'), ('zip.safetensors', 'torch pickle'),
+                        ('missing.safetensors', 'does not exist')):
+    code = import_weights.main(['--from', source, '--weights', str(tmp_path / name), '--arch',
+                                str(tmp_path / 'arch.json'), '--workdir', str(tmp_path / 'w')])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and len(err.splitlines()) == 1 and message in err, err
+  assert not (tmp_path / 'w').exists()
+
+
+# (source, architecture JSON, the field the one-line error names)
+BAD_ARCHS = [
+    ('openclip', {}, 'embed_dim is missing'),
+    ('openclip', {'model_cfg': {}}, 'model_cfg.embed_dim is missing'),
+    ('openclip', [], 'JSON object'),
+    ('openclip', {'embed_dim': True}, 'embed_dim=True must be a positive integer'),
+    ('openclip', {'embed_dim': 8, 'vision_cfg': []}, 'vision_cfg must be a JSON object'),
+    ('openclip', {'embed_dim': 8, 'vision_cfg': {'width': '768'}}, "vision_cfg.width='768'"),
+    ('openclip', {'embed_dim': 8, 'vision_cfg': {'layers': 0}}, 'vision_cfg.layers=0'),
+    ('openclip', {'embed_dim': 8, 'vision_cfg': {'mlp_ratio': -1}}, 'vision_cfg.mlp_ratio=-1'),
+    ('openclip', {'embed_dim': 8, 'vision_cfg': {'head_width': 100}}, 'vision_cfg.head_width=100'),
+    ('openclip', {'embed_dim': 8, 'vision_cfg': {'patch_size': 15}}, 'vision_cfg.patch_size=15'),
+    ('openclip', {'embed_dim': 8, 'vision_cfg': {'image_size': [224, 200]}},
+     'vision_cfg.image_size=[224, 200]'),
+    ('openclip', {'embed_dim': 8, 'vision_cfg': {'no_ln_pre': 'yes'}}, 'vision_cfg.no_ln_pre'),
+    ('openclip', {'embed_dim': 8, 'text_cfg': {'heads': 7}}, 'text_cfg.heads=7'),
+    ('openclip', {'embed_dim': 8, 'text_cfg': {'context_length': None, 'vocab_size': 0}},
+     'text_cfg.vocab_size=0'),
+    ('openclip', {'embed_dim': 8, 'text_cfg': {'pool_type': 'eos', 'eos_id': 50000}},
+     'text_cfg.eos_id=50000'),
+    ('openclip', {'embed_dim': 8, 'quick_gelu': 1}, 'quick_gelu=1'),
+    ('openclip', {'model_cfg': {'embed_dim': 8}, 'preprocess_cfg': {'mean': [1, 2]}},
+     'preprocess_cfg.mean=[1, 2]'),
+    ('openclip', {'model_cfg': {'embed_dim': 8}, 'preprocess_cfg': {'std': [1, 0, 1]}},
+     'preprocess_cfg.std'),
+    ('hf', [], 'JSON object'),
+    ('hf', {'model_type': 7}, 'model_type=7'),
+    ('hf', {'projection_dim': 1.5}, 'projection_dim=1.5'),
+    ('hf', {'text_config': 'x'}, 'text_config must be a JSON object'),
+    ('hf', {'text_config': {'hidden_size': 0}}, 'text_config.hidden_size=0'),
+    ('hf', {'text_config': {'eos_token_id': 'x'}}, "text_config.eos_token_id='x'"),
+    ('hf', {'text_config': {'eos_token_id': 49408}}, 'text_config.eos_token_id=49408'),
+    ('hf', {'text_config': {'num_attention_heads': 7}}, 'text_config.num_attention_heads=7'),
+    ('hf', {'vision_config': {'patch_size': 33}}, 'vision_config.patch_size=33'),
+    ('hf', {'vision_config_dict': {'layer_norm_eps': 'a'}}, "vision_config_dict.layer_norm_eps='a'"),
+]
+
+
+@pytest.mark.parametrize('source, arch, message', BAD_ARCHS)
+def test_every_architecture_field_is_checked_in_one_line(source, arch, message, tmp_path, capsys):
+  weights = os.path.join(REFS, 'hf_eos7', 'model.safetensors')  # A real safetensors file.
+  (tmp_path / 'arch.json').write_text(json.dumps(arch))
+  code = import_weights.main(['--from', source, '--weights', weights, '--arch',
+                              str(tmp_path / 'arch.json'), '--workdir', str(tmp_path / 'w'),
+                              '--tokenizer', 'bytes'])
+  err = capsys.readouterr().err.strip()
+  assert code == 2 and len(err.splitlines()) == 1, err
+  assert err.startswith(f'error: {tmp_path / "arch.json"}: ') and message in err, err
+
+
+def test_hf_preprocessor_fields_are_checked(tmp_path):
+  (tmp_path / 'config.json').write_text('{}')
+  (tmp_path / 'preprocessor_config.json').write_text(json.dumps({'image_mean': 0.5}))
+  with pytest.raises(ConfigError, match=r'preprocessor_config.image_mean=0.5 must be a list of 3'):
+    import_weights.source_config('hf', str(tmp_path / 'config.json'))
+
+
 def test_wrong_arch_and_unsupported_options_are_one_line_errors(tmp_path):
   weights = os.path.join(REFS, 'openclip_quickgelu', 'model.safetensors')
   with pytest.raises(ConfigError, match='has no tensor'):  # HF arch for OpenCLIP weights
@@ -102,10 +173,10 @@ def test_wrong_arch_and_unsupported_options_are_one_line_errors(tmp_path):
     import_weights.import_weights('openclip', weights, str(tmp_path / 'ls.json'),
                                   str(tmp_path / 'b'), 'bytes')
   arch = json.load(open(os.path.join(REFS, 'openclip_quickgelu', 'arch.json')))
-  arch['vision_cfg']['width'] = 64  # Shapes no longer match the weights.
-  (tmp_path / 'w64.json').write_text(json.dumps(arch))
+  arch['vision_cfg']['width'] = 72  # Shapes no longer match the weights (3 heads of 24).
+  (tmp_path / 'w72.json').write_text(json.dumps(arch))
   with pytest.raises(ConfigError, match='visual.conv1.weight makes img/patch_embed/kernel'):
-    import_weights.import_weights('openclip', weights, str(tmp_path / 'w64.json'),
+    import_weights.import_weights('openclip', weights, str(tmp_path / 'w72.json'),
                                   str(tmp_path / 'c'), 'bytes')
 
 
@@ -269,3 +340,4 @@ def test_init_from_checks_names_and_shapes_and_freeze_refuses_grad_cache(probe):
   config.freeze, config.accum_steps = ('img/.*',), 2
   with pytest.raises(ConfigError, match='freeze with accum_steps > 1'):
     validate.check_training(config, 1, 1)
+

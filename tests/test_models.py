@@ -7,6 +7,8 @@ import pytest
 from flax import nnx
 
 from pretrain.models import build_model
+from pretrain.backends.cpu.ops import CPU_OPS
+from pretrain.models.ops import STOCK_OPS
 from pretrain.models.towers import TextTower, patchify
 from tests.helpers import tiny_config
 
@@ -38,15 +40,17 @@ def test_patchify_matches_strided_conv_layout():
   np.testing.assert_array_equal(p[0, 1], x[0, 0:2, 2:4].reshape(-1))  # second patch: top right
 
 
-def _text_tower(causal, pool):
+def _text_tower(causal, pool, ops=CPU_OPS):
   return TextTower(vocab_size=32, context_length=8, width=32, depth=2, heads=4, mlp_dim=64,
-                   embed_dim=16, causal=causal, pool=pool, dtype=jnp.float32, rngs=nnx.Rngs(0))
+                   embed_dim=16, causal=causal, pool=pool, dtype=jnp.float32, rngs=nnx.Rngs(0),
+                   ops=ops)
 
 
+@pytest.mark.parametrize('ops', [CPU_OPS, STOCK_OPS], ids=['cpu', 'stock'])
 @pytest.mark.parametrize('causal, pool', [(True, 'eot'), (False, 'cls'), (False, 'eot')])
-def test_padding_is_ignored(causal, pool):
+def test_padding_is_ignored(causal, pool, ops):
   """Changing the padding embedding (row 0) must not change any embedding: pads are masked."""
-  tower = _text_tower(causal, pool)
+  tower = _text_tower(causal, pool, ops)
   tokens = jnp.array([[5, 6, 7, 2, 0, 0, 0, 0], [9, 2, 0, 0, 0, 0, 0, 0]], jnp.int32)
   before = tower(tokens)
   tower.token_embed.embedding[...] = tower.token_embed.embedding[...].at[0].add(3.0)
@@ -92,14 +96,15 @@ def test_text_pool_positions():
   assert _text_tower(True, 'argmax').pool_index(tokens).tolist() == [2, 1]
   tower = TextTower(vocab_size=32, context_length=8, width=32, depth=2, heads=4, mlp_dim=64,
                     embed_dim=16, causal=True, pool='eos_id', eos_id=2, dtype=jnp.float32,
-                    rngs=nnx.Rngs(0))
+                    rngs=nnx.Rngs(0), ops=CPU_OPS)
   assert tower.pool_index(tokens).tolist() == [3, 4]
 
 
 def test_quick_gelu_and_ln_pre_options():
-  from pretrain.models.layers import ACTIVATIONS
   x = jnp.linspace(-4, 4, 9)
-  np.testing.assert_allclose(ACTIVATIONS['quick_gelu'](x), x / (1 + np.exp(-1.702 * x)), rtol=1e-6)
+  for ops in (CPU_OPS, STOCK_OPS):
+    np.testing.assert_allclose(ops.activations['quick_gelu'](x), x / (1 + np.exp(-1.702 * x)),
+                               rtol=1e-6)
   config = tiny_config()
   config.model.update(dict(activation='quick_gelu', image_ln_pre=True))
   model = build_model(config.model, config.loss, nnx.Rngs(0))

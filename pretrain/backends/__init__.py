@@ -1,1 +1,104 @@
-"""Backend-specific code (CPU mechanisms), selected once from the backend."""
+"""Backend-specific code, selected in this one place from the platform a step runs on.
+
+The XLA:CPU mechanisms (pretrain/backends/cpu/: hand-written-derivative ops, huge-page malloc,
+step-memory prefaulting, tower slices) run only where the platform is the CPU. On a GPU or TPU the
+model runs the stock ops (jax.nn / plain jax.lax, pretrain/models/ops.py), the towers take the
+whole batch, nothing is prefaulted and no process re-executes itself.
+
+This module imports no jax at load time: the re-exec decision (`will_run_on_accelerator`) is taken
+before jax loads.
+"""
+
+import importlib.util
+import os
+from collections.abc import Callable, Mapping
+
+import ml_collections
+
+from data.errors import ConfigError
+
+CPU = 'cpu'
+OPS = ('auto', 'stock', 'cpu')  # `model.ops`; 'auto': 'cpu' on the CPU platform, 'stock' elsewhere.
+# `tower_batch_chunks = 0`: the CPU rule (backends/cpu/tower_slices.py) on the CPU, 1 elsewhere.
+AUTO_CHUNKS = 0
+# Accelerator plugins of jax (CUDA, ROCm) and the TPU runtime: installed where jax will use them.
+ACCELERATOR_MODULES = ('jax_cuda12_plugin', 'jax_cuda13_plugin', 'jax_rocm60_plugin',
+                       'jax_rocm7_plugin', 'libtpu')
+# Device nodes of NVIDIA GPUs, AMD GPUs (ROCm's kernel driver) and TPUs (v2-v4 VMs).
+ACCELERATOR_DEVICES = ('/dev/nvidia0', '/dev/kfd', '/dev/accel0')
+
+
+def resolve_ops(setting: str, platform: str) -> str:
+  """`model.ops` for `platform`: 'stock' or 'cpu'; a one-line ConfigError where it cannot apply."""
+  if setting not in OPS:
+    raise ConfigError(f'unknown model.ops {setting!r}; known: {", ".join(OPS)}')
+  if setting == 'auto':
+    return 'cpu' if platform == CPU else 'stock'
+  if setting == 'cpu' and platform != CPU:
+    raise ConfigError(f"model.ops 'cpu' is the XLA:CPU op set; platform {platform!r} runs "
+                      "'stock' (or 'auto')")
+  return setting
+
+
+def resolve_for_platform(config: ml_collections.ConfigDict,
+                         platform: str) -> ml_collections.ConfigDict:
+  """A copy of `config` with every backend choice made for `platform` ('cpu', 'gpu', 'cuda', 'tpu').
+
+  model.ops: 'auto' -> 'cpu' on the CPU, 'stock' elsewhere. tower_batch_chunks: 0 (auto) stays 0
+  on the CPU, where the number of slices depends on each call's batch and the parameters'
+  shardings (backends/cpu/tower_slices.resolve_chunks), and is 1 elsewhere. prefault_step_memory:
+  False off the CPU. A CPU-only choice made explicitly for an accelerator is a ConfigError.
+  Idempotent: a resolved config resolves to itself for the same platform.
+  """
+  resolved = config.copy_and_resolve_references()
+  with resolved.unlocked():
+    resolved.model.ops = resolve_ops(config.model.get('ops', 'auto'), platform)
+    if platform != CPU:
+      chunks = config.tower_batch_chunks
+      if chunks not in (AUTO_CHUNKS, 1):
+        raise ConfigError(f'tower_batch_chunks {chunks}: tower slices are an XLA:CPU mechanism; '
+                          f'platform {platform!r} runs the whole batch (0 or 1)')
+      resolved.tower_batch_chunks = 1
+      resolved.prefault_step_memory = False
+  return resolved
+
+
+def op_set(name: str):
+  """The op set (pretrain/models/ops.OpSet) of a `model.ops` value; 'auto' for this process's
+  default backend (models built outside a train step: eval jobs, importers)."""
+  if name == 'auto':
+    import jax
+    name = resolve_ops(name, jax.default_backend())
+  if name == 'cpu':
+    from pretrain.backends.cpu.ops import CPU_OPS
+    return CPU_OPS
+  if name == 'stock':
+    from pretrain.models.ops import STOCK_OPS
+    return STOCK_OPS
+  raise ConfigError(f'unknown model.ops {name!r}; known: {", ".join(OPS)}')
+
+
+def will_run_on_accelerator(environ: Mapping[str, str] = os.environ,
+                            find_spec: Callable = importlib.util.find_spec,
+                            exists: Callable[[str], bool] = os.path.exists) -> bool:
+  """Whether jax in this process will (probably) run on a GPU or TPU; decided without importing jax.
+
+  JAX_PLATFORMS, where set, decides: any platform other than 'cpu' named in it means an
+  accelerator. Otherwise an installed accelerator plugin (ACCELERATOR_MODULES) or an accelerator
+  device node (ACCELERATOR_DEVICES) does. It errs towards 'accelerator': what depends on it (the
+  huge-page malloc re-exec) is a CPU speed-up, never needed for correctness, and
+  JAX_PLATFORMS=cpu gets it back on such a host.
+  """
+  platforms = [p.strip() for p in environ.get('JAX_PLATFORMS', '').split(',') if p.strip()]
+  if platforms:
+    return any(p != CPU for p in platforms)
+  if any(_module_installed(name, find_spec) for name in ACCELERATOR_MODULES):
+    return True
+  return any(exists(path) for path in ACCELERATOR_DEVICES)
+
+
+def _module_installed(name: str, find_spec: Callable) -> bool:
+  try:
+    return find_spec(name) is not None
+  except (ImportError, ValueError):
+    return False

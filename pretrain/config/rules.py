@@ -1,9 +1,8 @@
 """Every config field's type, range and shape: one table (field -> Rule), checked before compiling.
 
 The table covers every field of configs/common.py's base_config() (tests/test_config_rules.py fails
-for a field without a rule), so no config value reaches XLA unchecked. Rules for fields another
-version of the config may lack (e.g. `model.ops` before it existed) apply only where the field is.
-Checks that relate fields to each other or to the machine stay in validate.py.
+for a field without a rule), so no config value reaches XLA unchecked. Checks that relate fields to
+each other or to the machine stay in validate.py.
 """
 
 import dataclasses
@@ -14,6 +13,7 @@ import ml_collections
 
 from data.errors import ConfigError
 from data.records import BAD_POLICIES
+from pretrain.backends import OPS
 from pretrain.losses import LOSS_IMPLS
 from pretrain.models.layers import ACTIVATIONS, REMAT_POLICIES
 from pretrain.models.towers import IMAGE_POOLS, TEXT_POOLS
@@ -22,7 +22,6 @@ from pretrain.parallel.sharding import PARAM_RULES
 from pretrain.step.optim import OPTIMIZERS, SCHEDULES
 
 DTYPES = ('float32', 'bfloat16')
-OPS = ('auto', 'stock', 'cpu')
 KINDS = ('int', 'float', 'bool', 'str', 'floats', 'ints', 'strs', 'group')
 
 

@@ -6,6 +6,7 @@ import re
 from data.records import check_bad_policy
 from data.sources import check_spec
 from data.errors import ConfigError, require
+from pretrain.backends import OPS
 from pretrain.config.rules import DTYPES, check_fields
 from pretrain.losses import LOSS_IMPLS
 from pretrain.models.layers import ACTIVATIONS, REMAT_POLICIES
@@ -29,6 +30,7 @@ def check_model(model) -> None:
   check_pool('image', model.image_pool)
   check_pool('text', model.text_pool)
   require(model.dtype in DTYPES, f'unknown model.dtype {model.dtype!r}; known: {", ".join(DTYPES)}')
+  require(model.ops in OPS, f'unknown model.ops {model.ops!r}; known: {", ".join(OPS)}')
   for tower in ('image', 'text'):
     policy = model[f'{tower}_remat']
     require(policy in REMAT_POLICIES, f'unknown model.{tower}_remat {policy!r}; '

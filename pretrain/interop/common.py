@@ -18,16 +18,39 @@ IGNORED_KEYS = ('attn_mask', 'text_model.embeddings.position_ids',
                 'vision_model.embeddings.position_ids')
 
 
-def read_safetensors(path: str) -> dict[str, np.ndarray]:
-  """Every tensor of a .safetensors file as fp32 numpy; refuses torch pickles in one line."""
+# A torch pickle starts with the pickle protocol opcode; torch.save's default zip format with 'PK'.
+PICKLE_MAGIC = (b'\x80', b'PK\x03\x04')
+
+
+def _pickle_message(path: str) -> str:
+  return (f'{path} is a torch pickle, and loading a pickle runs arbitrary code: convert it once '
+          "where you trust it: python -c \"import torch, safetensors.torch as st; "
+          f"st.save_file(torch.load('{path}', weights_only=True), '{os.path.splitext(path)[0]}"
+          ".safetensors')\" (for a full OpenCLIP checkpoint take its 'state_dict')")
+
+
+def check_weights_file(path: str) -> None:
+  """One-line ConfigError unless `path` is a safetensors file (by its name and its first bytes)."""
   if path.endswith(PICKLE_SUFFIXES):
-    raise ConfigError(
-        f'{path} is a torch pickle, and loading a pickle runs arbitrary code: convert it once '
-        "where you trust it: python -c \"import torch, safetensors.torch as st; "
-        f"st.save_file(torch.load('{path}', weights_only=True), '{os.path.splitext(path)[0]}"
-        ".safetensors')\" (for a full OpenCLIP checkpoint take its 'state_dict')")
+    raise ConfigError(_pickle_message(path))
   if not os.path.isfile(path):
     raise ConfigError(f'weights file {path} does not exist')
+  with open(path, 'rb') as f:
+    head = f.read(9)
+  # safetensors: an 8-byte little-endian header length, then the JSON header. Tested first: a
+  # length's first byte may equal a pickle's opcode.
+  header_len = int.from_bytes(head[:8], 'little') if len(head) == 9 else 0
+  if head[8:9] == b'{' and 8 + header_len <= os.path.getsize(path):
+    return
+  if head.startswith(PICKLE_MAGIC):
+    raise ConfigError(_pickle_message(path))
+  raise ConfigError(f'{path} is not a safetensors file (it does not start with a safetensors '
+                    'header); only .safetensors weights are read')
+
+
+def read_safetensors(path: str) -> dict[str, np.ndarray]:
+  """Every tensor of a .safetensors file as fp32 numpy; refuses torch pickles in one line."""
+  check_weights_file(path)
   from safetensors.flax import load_file  # jax arrays: bf16 files load too (numpy has no bf16)
   try:
     tensors = load_file(path)

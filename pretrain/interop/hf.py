@@ -7,7 +7,9 @@ LayerNorm before the vision encoder (`pre_layrnorm`), and text is pooled at the 
 
 from configs.common import CLIP_MEAN, CLIP_STD, base_config
 from data.errors import require
+from pretrain.interop import fields
 from pretrain.interop.common import Rule, layer_norm_rules, linear_rules
+from pretrain.interop.fields import field, section
 from pretrain.models.variants import model_size
 
 # transformers' CLIPTextConfig / CLIPVisionConfig defaults (used where config.json omits a field).
@@ -22,19 +24,43 @@ ACTIVATIONS = {'quick_gelu': 'quick_gelu', 'gelu': 'gelu'}
 LEGACY_EOS = 2  # HF pools at argmax(input_ids) when eos_token_id is 2 (configs before the fix).
 
 
+INT_FIELDS = {'text': ('vocab_size', 'hidden_size', 'intermediate_size', 'num_hidden_layers',
+                         'num_attention_heads', 'max_position_embeddings'),
+              'vision': ('hidden_size', 'intermediate_size', 'num_hidden_layers',
+                         'num_attention_heads', 'num_channels', 'image_size', 'patch_size')}
+
+
+def _tower(arch: dict, name: str) -> dict:
+  """`{name}_config` (or older transformers' `{name}_config_dict`) over the defaults, checked."""
+  key = f'{name}_config' if arch.get(f'{name}_config') is not None else f'{name}_config_dict'
+  where = f'{key}.'
+  given = section(arch, key, '')
+  defaults = TEXT_DEFAULTS if name == 'text' else VISION_DEFAULTS
+  cfg = {field_name: field(given, field_name, where, 'pos_int', defaults[field_name])
+         for field_name in INT_FIELDS[name]}
+  cfg['hidden_act'] = field(given, 'hidden_act', where, 'str', defaults['hidden_act'])
+  require(cfg['hidden_act'] in ACTIVATIONS, f'HF {where}hidden_act={cfg["hidden_act"]!r} is not '
+          f'supported (only {", ".join(ACTIVATIONS)})')
+  eps = field(given, 'layer_norm_eps', where, 'pos_number', defaults['layer_norm_eps'])
+  require(abs(eps - 1e-5) < 1e-12, f'HF {where}layer_norm_eps={eps} is not supported (only 1e-5)')
+  fields.divides(cfg['num_attention_heads'], cfg['hidden_size'], f'{where}num_attention_heads',
+                 f'{where}hidden_size')
+  if name == 'text':
+    cfg['eos_token_id'] = field(given, 'eos_token_id', where, 'int', defaults['eos_token_id'])
+    require(0 <= cfg['eos_token_id'] < cfg['vocab_size'], f'{where}eos_token_id='
+            f'{cfg["eos_token_id"]} is not an id of the vocabulary (vocab_size {cfg["vocab_size"]})')
+  else:
+    fields.divides(cfg['patch_size'], cfg['image_size'], f'{where}patch_size', f'{where}image_size')
+  return cfg
+
+
 def config_from_arch(arch: dict, preprocessor: dict | None = None):
   """Our full config for an HF CLIP `config.json` (and its `preprocessor_config.json`)."""
-  require(arch.get('model_type', 'clip') == 'clip',
-          f'HF model_type {arch.get("model_type")!r} is not supported (only CLIPModel, "clip")')
-  # Older transformers wrote the tower configs as `*_config_dict`.
-  text = {**TEXT_DEFAULTS, **(arch.get('text_config') or arch.get('text_config_dict') or {})}
-  vision = {**VISION_DEFAULTS, **(arch.get('vision_config') or arch.get('vision_config_dict') or {})}
-  for name, cfg in (('text', text), ('vision', vision)):
-    require(cfg['hidden_act'] in ACTIVATIONS,
-            f'HF {name}_config.hidden_act={cfg["hidden_act"]!r} is not supported '
-            f'(only {", ".join(ACTIVATIONS)})')
-    require(abs(cfg['layer_norm_eps'] - 1e-5) < 1e-12,
-            f'HF {name}_config.layer_norm_eps={cfg["layer_norm_eps"]} is not supported (only 1e-5)')
+  require(isinstance(arch, dict), 'an HF config.json holds a JSON object')
+  model_type = field(arch, 'model_type', '', 'str', 'clip')
+  require(model_type == 'clip',
+          f'HF model_type {model_type!r} is not supported (only CLIPModel, "clip")')
+  text, vision = _tower(arch, 'text'), _tower(arch, 'vision')
   require(text['hidden_act'] == vision['hidden_act'],
           f'HF towers use different activations ({text["hidden_act"]} / {vision["hidden_act"]}); '
           'this project has one model.activation')
@@ -47,13 +73,14 @@ def config_from_arch(arch: dict, preprocessor: dict | None = None):
       image_depth=vision['num_hidden_layers'], image_heads=vision['num_attention_heads'],
       image_mlp=vision['intermediate_size'], text_width=text['hidden_size'],
       text_depth=text['num_hidden_layers'], text_heads=text['num_attention_heads'],
-      text_mlp=text['intermediate_size'], embed_dim=arch.get('projection_dim', 512))
+      text_mlp=text['intermediate_size'], embed_dim=field(arch, 'projection_dim', '', 'pos_int', 512))
   model.activation = ACTIVATIONS[vision['hidden_act']]
   model.image_size = vision['image_size']
   model.image_ln_pre = True
   preprocessor = preprocessor or {}
-  model.image_mean = tuple(preprocessor.get('image_mean', CLIP_MEAN))
-  model.image_std = tuple(preprocessor.get('image_std', CLIP_STD))
+  where = 'preprocessor_config.'
+  model.image_mean = tuple(field(preprocessor, 'image_mean', where, 'rgb', CLIP_MEAN))
+  model.image_std = tuple(field(preprocessor, 'image_std', where, 'pos_rgb', CLIP_STD))
   model.vocab_size = text['vocab_size']
   model.context_length = text['max_position_embeddings']
   if text['eos_token_id'] == LEGACY_EOS:

@@ -7,7 +7,9 @@ pooled at the highest token id ('argmax') or at the first `eos_id` ('eos').
 
 from configs.common import CLIP_MEAN, CLIP_STD, base_config
 from data.errors import require
+from pretrain.interop import fields
 from pretrain.interop.common import Rule, layer_norm_rules, linear_rules
+from pretrain.interop.fields import field, section
 from pretrain.models.variants import model_size
 
 # Options of OpenCLIP's vision/text configs our towers do not have, with the value they must keep.
@@ -34,45 +36,68 @@ def _check_supported(cfg: dict, unsupported: dict, tower: str) -> None:
 
 def model_cfg_of(arch: dict) -> dict:
   """The model config inside an `open_clip_config.json`, or the model config itself."""
-  return arch.get('model_cfg', arch)
+  require(isinstance(arch, dict), 'an OpenCLIP architecture file holds a JSON object')
+  return section(arch, 'model_cfg', '') if 'model_cfg' in arch else arch
+
+
+def _image_size(vision: dict, v: str) -> int:
+  """vision_cfg.image_size: an integer or a square [height, width]."""
+  size = vision.get('image_size')
+  if isinstance(size, (list, tuple)):
+    require(len(size) == 2 and size[0] == size[1],
+            f'{v}image_size={size!r}: only square images [n, n] are supported')
+    return field({'image_size': size[0]}, 'image_size', v, 'pos_int')
+  return field(vision, 'image_size', v, 'pos_int', 224)
+
+
+def _tower_sizes(vision: dict, text: dict, v: str, t: str) -> dict:
+  """model.custom from the tower configs, every field checked (OpenCLIP's defaults where absent)."""
+  require(not isinstance(vision.get('layers'), (list, tuple)),
+          f'OpenCLIP ResNet image towers ({v}layers as a list) are not supported')
+  v_width, t_width = field(vision, 'width', v, 'pos_int', 768), field(text, 'width', t, 'pos_int', 512)
+  head_width, heads = field(vision, 'head_width', v, 'pos_int', 64), field(text, 'heads', t, 'pos_int', 8)
+  fields.divides(head_width, v_width, f'{v}head_width', f'{v}width')
+  fields.divides(heads, t_width, f'{t}heads', f'{t}width')
+  return dict(
+      patch=field(vision, 'patch_size', v, 'pos_int', 16), image_width=v_width,
+      image_depth=field(vision, 'layers', v, 'pos_int', 12), image_heads=v_width // head_width,
+      image_mlp=int(v_width * field(vision, 'mlp_ratio', v, 'pos_number', 4.0)),
+      text_width=t_width, text_depth=field(text, 'layers', t, 'pos_int', 12), text_heads=heads,
+      text_mlp=int(t_width * field(text, 'mlp_ratio', t, 'pos_number', 4.0)))
 
 
 def config_from_arch(arch: dict):
   """Our full config for an OpenCLIP model config (or open_clip_config.json)."""
   cfg = model_cfg_of(arch)
-  vision, text = dict(cfg.get('vision_cfg', {})), dict(cfg.get('text_cfg', {}))
-  require(isinstance(vision.get('layers', 12), int),
-          'OpenCLIP ResNet image towers (vision_cfg.layers as a list) are not supported')
+  m = 'model_cfg.' if 'model_cfg' in arch else ''  # Errors name fields as the file nests them.
+  v, t = f'{m}vision_cfg.', f'{m}text_cfg.'
+  vision, text = section(cfg, 'vision_cfg', m), section(cfg, 'text_cfg', m)
   _check_supported(vision, UNSUPPORTED_VISION, 'vision')
   _check_supported(text, UNSUPPORTED_TEXT, 'text')
-  pool = text.get('pool_type', 'argmax')
-  require(pool in TEXT_POOLS, f'OpenCLIP text_cfg.pool_type={pool!r} is not supported '
+  pool = field(text, 'pool_type', t, 'str', 'argmax')
+  require(pool in TEXT_POOLS, f'OpenCLIP {t}pool_type={pool!r} is not supported '
           f'(only {", ".join(TEXT_POOLS)})')
-  image_size = vision.get('image_size', 224)
-  if isinstance(image_size, (list, tuple)):
-    require(image_size[0] == image_size[1], f'non-square image_size {image_size} is not supported')
-    image_size = image_size[0]
-  v_width, t_width = vision.get('width', 768), text.get('width', 512)
   config = base_config()
   model = config.model
   model.variant = 'custom'
-  model.custom = dict(
-      patch=vision.get('patch_size', 16), image_width=v_width,
-      image_depth=vision.get('layers', 12), image_heads=v_width // vision.get('head_width', 64),
-      image_mlp=int(v_width * vision.get('mlp_ratio', 4.0)), text_width=t_width,
-      text_depth=text.get('layers', 12), text_heads=text.get('heads', 8),
-      text_mlp=int(t_width * text.get('mlp_ratio', 4.0)), embed_dim=cfg['embed_dim'])
-  model.activation = 'quick_gelu' if cfg.get('quick_gelu', False) else 'gelu'
-  model.image_size = image_size
-  model.image_ln_pre = not vision.get('no_ln_pre', False)
-  preprocess = arch.get('preprocess_cfg', {})
-  model.image_mean = tuple(preprocess.get('mean', CLIP_MEAN))
-  model.image_std = tuple(preprocess.get('std', CLIP_STD))
-  model.vocab_size = text.get('vocab_size', 49408)
-  model.context_length = text.get('context_length', 77)
+  model.custom = dict(_tower_sizes(vision, text, v, t),
+                      embed_dim=field(cfg, 'embed_dim', m, 'pos_int'))
+  model.activation = 'quick_gelu' if field(cfg, 'quick_gelu', m, 'bool', False) else 'gelu'
+  model.image_size = _image_size(vision, v)
+  fields.divides(model.custom['patch'], model.image_size, f'{v}patch_size', f'{v}image_size')
+  model.image_ln_pre = not field(vision, 'no_ln_pre', v, 'bool', False)
+  preprocess = section(arch, 'preprocess_cfg', '')
+  model.image_mean = tuple(field(preprocess, 'mean', 'preprocess_cfg.', 'rgb', CLIP_MEAN))
+  model.image_std = tuple(field(preprocess, 'std', 'preprocess_cfg.', 'pos_rgb', CLIP_STD))
+  model.vocab_size = field(text, 'vocab_size', t, 'pos_int', 49408)
+  model.context_length = field(text, 'context_length', t, 'pos_int', 77)
   model.text_pool = TEXT_POOLS[pool]
-  model.text_eos_id = text.get('eos_id', 2) if pool == 'eos' else -1
-  if cfg.get('init_logit_bias') is not None:  # SigLIP-style models trained with a sigmoid loss.
+  model.text_eos_id = -1
+  if pool == 'eos':
+    model.text_eos_id = field(text, 'eos_id', t, 'int', 2)
+    require(0 <= model.text_eos_id < model.vocab_size, f'{t}eos_id={model.text_eos_id} '
+            f'is not an id of the vocabulary ({t}vocab_size={model.vocab_size})')
+  if field(cfg, 'init_logit_bias', m, 'number', None) is not None:  # SigLIP-style (sigmoid loss).
     config.loss.name, config.loss.impl = 'sigmoid', 'ring'
   config.loss.max_logit_scale = 0.0  # Evaluate exactly the source's scale (no clamp).
   return config

@@ -6,6 +6,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from pretrain import backends
 from pretrain.models.towers import ImageTower, TextTower
 from pretrain.models.efficientnet import EfficientNetTower
 from pretrain.models.variants import image_tower_kind, model_size
@@ -48,26 +49,31 @@ class DualEncoder(nnx.Module):
 
 
 def build_model(model_cfg, loss_cfg, rngs: nnx.Rngs) -> DualEncoder:
-  """Builds the dual encoder named by `config.model` with the temperature of `config.loss`."""
+  """Builds the dual encoder named by `config.model` with the temperature of `config.loss`.
+
+  Its ops are the set `model_cfg.ops` names ('stock' or 'cpu', as resolve_for_platform leaves
+  it; 'auto' picks for this process's backend)."""
   size = model_size(model_cfg)
+  ops = backends.op_set(model_cfg.get('ops', 'auto'))
   dtype = DTYPES[model_cfg.dtype]
   if image_tower_kind(size) != 'vit':
     image = EfficientNetTower(
         scale=image_tower_kind(size), embed_dim=size['embed_dim'],
         mean=tuple(model_cfg.image_mean), std=tuple(model_cfg.image_std), dtype=dtype, rngs=rngs,
-        drop_path=model_cfg.image_drop_path, bn_momentum=model_cfg.image_bn_momentum)
+        ops=ops, drop_path=model_cfg.image_drop_path, bn_momentum=model_cfg.image_bn_momentum)
   else:
     image = ImageTower(
         image_size=model_cfg.image_size, patch=size['patch'], width=size['image_width'],
         depth=size['image_depth'], heads=size['image_heads'], mlp_dim=size['image_mlp'],
         embed_dim=size['embed_dim'], pool=model_cfg.image_pool, mean=tuple(model_cfg.image_mean),
-        std=tuple(model_cfg.image_std), dtype=dtype, rngs=rngs, remat=model_cfg.image_remat,
-        scan=model_cfg.scan_layers, activation=model_cfg.activation, ln_pre=model_cfg.image_ln_pre)
+        std=tuple(model_cfg.image_std), dtype=dtype, rngs=rngs, ops=ops,
+        remat=model_cfg.image_remat, scan=model_cfg.scan_layers, activation=model_cfg.activation,
+        ln_pre=model_cfg.image_ln_pre)
   text = TextTower(
       vocab_size=model_cfg.vocab_size, context_length=model_cfg.context_length,
       width=size['text_width'], depth=size['text_depth'], heads=size['text_heads'],
       mlp_dim=size['text_mlp'], embed_dim=size['embed_dim'], causal=model_cfg.text_causal,
-      pool=model_cfg.text_pool, dtype=dtype, rngs=rngs, remat=model_cfg.text_remat,
+      pool=model_cfg.text_pool, dtype=dtype, rngs=rngs, ops=ops, remat=model_cfg.text_remat,
       scan=model_cfg.scan_layers, activation=model_cfg.activation, eos_id=model_cfg.text_eos_id)
   bias = loss_cfg.init_logit_bias if loss_cfg.name == 'sigmoid' else None
   return DualEncoder(image, text, loss_cfg.init_logit_scale, loss_cfg.max_logit_scale, bias)

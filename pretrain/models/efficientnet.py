@@ -17,6 +17,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from pretrain.models.layers import Dtype, dense
+from pretrain.models.ops import OpSet
 from pretrain.models.towers import l2_normalize, normalize_pixels
 
 Array = jax.Array
@@ -124,7 +125,7 @@ class EfficientNetTower(nnx.Module):
   """EfficientNet trunk, global average pooling, linear projection, L2-normalised embedding."""
 
   def __init__(self, *, scale: str, embed_dim: int, mean: tuple, std: tuple, dtype: Dtype,
-               rngs: nnx.Rngs, drop_path: float = 0.2, bn_momentum: float = 0.99):
+               rngs: nnx.Rngs, ops: OpSet, drop_path: float = 0.2, bn_momentum: float = 0.99):
     if scale not in SCALING:
       raise ValueError(f'unknown EfficientNet scale {scale!r}; known: {", ".join(SCALING)}')
     width, depth, _, _ = SCALING[scale]
@@ -140,7 +141,7 @@ class EfficientNetTower(nnx.Module):
     self.head_width = round_filters(HEAD, width)
     self.head = conv(specs[-1][1], self.head_width, 1, rngs=rngs, dtype=dtype)
     self.head_bn = norm(self.head_width)
-    self.proj = dense(self.head_width, embed_dim, use_bias=False, dtype=dtype, rngs=rngs)
+    self.proj = dense(self.head_width, embed_dim, use_bias=False, dtype=dtype, rngs=rngs, ops=ops)
 
   def features(self, images: Array, train: bool = False, key: Array | None = None) -> Array:
     """uint8 images [B, H, W, 3] -> globally pooled features [B, head_width]."""

@@ -6,7 +6,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from pretrain.backends.cpu import ops as lean_ops
+from pretrain.models.ops import OpSet
 from pretrain.parallel.activations import batch_sharded
 
 Array = jax.Array
@@ -17,58 +17,55 @@ KERNEL_INIT = nnx.initializers.xavier_uniform()
 EMBED_INIT = nnx.initializers.normal(stddev=0.02)
 
 
-def dense(d_in: int, d_out: int, *, dtype: Dtype, rngs: nnx.Rngs,
-          use_bias: bool = True) -> lean_ops.Linear:
+def dense(d_in: int, d_out: int, *, dtype: Dtype, rngs: nnx.Rngs, ops: OpSet,
+          use_bias: bool = True) -> nnx.Module:
   """A dense layer with fp32 parameters, `dtype` matmul inputs and fp32 accumulation and output.
 
-  With bf16 inputs, a bf16-output dot misses the CPU's bf16-in/fp32-accumulate kernels (94 vs
-  169 GFLOP/s on the fc1 shape of `tiny`) and rounds every activation to bf16; fp32 outputs keep
-  the residual stream and normalisations in fp32, as mixed precision on TPU does. The backward
-  matmuls take `dtype` inputs too (lean_ops.linear).
+  fp32 outputs keep the residual stream and normalisations in fp32 under bf16 compute, as mixed
+  precision on TPU does, and use the bf16-in/fp32-accumulate matmul kernels.
   """
-  return lean_ops.Linear(d_in, d_out, dtype=dtype, kernel_init=KERNEL_INIT, use_bias=use_bias,
-                         rngs=rngs)
+  return ops.linear(d_in, d_out, dtype=dtype, kernel_init=KERNEL_INIT, use_bias=use_bias,
+                    rngs=rngs)
 
 
-def layer_norm(width: int, *, rngs: nnx.Rngs) -> lean_ops.LayerNorm:
+def layer_norm(width: int, *, rngs: nnx.Rngs, ops: OpSet) -> nnx.Module:
   """LayerNorm with fp32 parameters, statistics and output; epsilon 1e-5 as in CLIP."""
-  return lean_ops.LayerNorm(width, epsilon=1e-5, rngs=rngs)
+  return ops.layer_norm(width, epsilon=1e-5, rngs=rngs)
 
 
 # `model.activation`: exact GELU (our default, OpenCLIP's and HF's 'gelu') or QuickGELU (weights of
-# the OpenAI lineage; importers read it from the source config). Both from lean_ops: the same
-# functions as jax.nn's, with derivatives that keep one tensor instead of several.
-ACTIVATIONS = {'gelu': lean_ops.gelu, 'quick_gelu': lean_ops.quick_gelu}
+# the OpenAI lineage; importers read it from the source config). Every op set has both.
+ACTIVATIONS = ('gelu', 'quick_gelu')
 
 
 class Mlp(nnx.Module):
   """Two-layer MLP of a Transformer block."""
 
-  def __init__(self, width: int, hidden: int, *, dtype: Dtype, rngs: nnx.Rngs,
+  def __init__(self, width: int, hidden: int, *, dtype: Dtype, rngs: nnx.Rngs, ops: OpSet,
                activation: str = 'gelu'):
-    self.fc1 = dense(width, hidden, dtype=dtype, rngs=rngs)
-    self.fc2 = dense(hidden, width, dtype=dtype, rngs=rngs)
-    self.activation = activation
+    self.fc1 = dense(width, hidden, dtype=dtype, rngs=rngs, ops=ops)
+    self.fc2 = dense(hidden, width, dtype=dtype, rngs=rngs, ops=ops)
+    self.activation = ops.activations[activation]
 
   def __call__(self, x: Array) -> Array:
-    return self.fc2(ACTIVATIONS[self.activation](self.fc1(x)))
+    return self.fc2(self.activation(self.fc1(x)))
 
 
 class SelfAttention(nnx.Module):
   """Multi-head self-attention with one fused q/k/v projection."""
 
-  def __init__(self, width: int, heads: int, *, dtype: Dtype, rngs: nnx.Rngs):
+  def __init__(self, width: int, heads: int, *, dtype: Dtype, rngs: nnx.Rngs, ops: OpSet):
     if width % heads:
       raise ValueError(f'width {width} is not divisible by heads {heads}')
     self.heads = heads
-    self.qkv = dense(width, 3 * width, dtype=dtype, rngs=rngs)
-    self.out = dense(width, width, dtype=dtype, rngs=rngs)
+    self.qkv = dense(width, 3 * width, dtype=dtype, rngs=rngs, ops=ops)
+    self.out = dense(width, width, dtype=dtype, rngs=rngs, ops=ops)
+    self.attention = ops.attention
 
   def __call__(self, x: Array, key_mask: Array | None = None, causal: bool = False) -> Array:
     batch, length, width = x.shape
     # q, k, v stay fp32 (the projection's output) under bf16 compute too: XLA:CPU runs batched
-    # bf16 matmuls by converting them to fp32, so bf16 attention there is slower, not faster
-    # (144 vs 116 ms per `tiny` image layer, forward and backward).
+    # bf16 matmuls by converting them to fp32, so bf16 attention there is slower, not faster.
     q, k, v = jnp.split(self.qkv(x), 3, axis=-1)
     shape = (batch, length, self.heads, width // self.heads)
     q, k, v = (t.reshape(shape) for t in (q, k, v))
@@ -76,7 +73,7 @@ class SelfAttention(nnx.Module):
     if causal:
       tril = jnp.tril(jnp.ones((length, length), bool))[None, None]
       mask = tril if mask is None else mask & tril
-    y = lean_ops.attention(q, k, v, mask)
+    y = self.attention(q, k, v, mask)
     return self.out(y.reshape(batch, length, width))
 
 
@@ -84,11 +81,11 @@ class EncoderBlock(nnx.Module):
   """Pre-LayerNorm Transformer block: x + attn(ln(x)), then x + mlp(ln(x))."""
 
   def __init__(self, width: int, heads: int, mlp_dim: int, *, dtype: Dtype, rngs: nnx.Rngs,
-               activation: str = 'gelu'):
-    self.ln_attn = layer_norm(width, rngs=rngs)
-    self.attn = SelfAttention(width, heads, dtype=dtype, rngs=rngs)
-    self.ln_mlp = layer_norm(width, rngs=rngs)
-    self.mlp = Mlp(width, mlp_dim, dtype=dtype, rngs=rngs, activation=activation)
+               ops: OpSet, activation: str = 'gelu'):
+    self.ln_attn = layer_norm(width, rngs=rngs, ops=ops)
+    self.attn = SelfAttention(width, heads, dtype=dtype, rngs=rngs, ops=ops)
+    self.ln_mlp = layer_norm(width, rngs=rngs, ops=ops)
+    self.mlp = Mlp(width, mlp_dim, dtype=dtype, rngs=rngs, ops=ops, activation=activation)
 
   def __call__(self, x: Array, key_mask: Array | None = None, causal: bool = False) -> Array:
     x = x + self.attn(self.ln_attn(x), key_mask, causal)
@@ -118,14 +115,15 @@ class Encoder(nnx.Module):
   """
 
   def __init__(self, width: int, depth: int, heads: int, mlp_dim: int, *, dtype: Dtype,
-               rngs: nnx.Rngs, remat: str = 'none', scan: bool = False, activation: str = 'gelu'):
+               rngs: nnx.Rngs, ops: OpSet, remat: str = 'none', scan: bool = False,
+               activation: str = 'gelu'):
     if remat not in REMAT_POLICIES:
       raise ValueError(f'unknown remat policy {remat!r}; known: {", ".join(REMAT_POLICIES)}')
     self.remat, self.scan = remat, scan
-    blocks = [EncoderBlock(width, heads, mlp_dim, dtype=dtype, rngs=rngs, activation=activation)
-              for _ in range(depth)]
+    blocks = [EncoderBlock(width, heads, mlp_dim, dtype=dtype, rngs=rngs, ops=ops,
+                           activation=activation) for _ in range(depth)]
     self.blocks = stack_modules(blocks) if scan else nnx.List(blocks)
-    self.ln_final = layer_norm(width, rngs=rngs)
+    self.ln_final = layer_norm(width, rngs=rngs, ops=ops)
 
   def __call__(self, x: Array, key_mask: Array | None = None, causal: bool = False) -> Array:
     graphdef = nnx.graphdef(self.blocks[0] if not self.scan else self.blocks)
@@ -151,14 +149,14 @@ class AttentionPool(nnx.Module):
   """Multi-head attention pooling with a learned probe (big_vision's MAP head)."""
 
   def __init__(self, width: int, heads: int, mlp_dim: int, *, dtype: Dtype, rngs: nnx.Rngs,
-               activation: str = 'gelu'):
+               ops: OpSet, activation: str = 'gelu'):
     self.heads = heads
     self.probe = nnx.Param(EMBED_INIT(rngs.params(), (1, 1, width), jnp.float32))
-    self.q = dense(width, width, dtype=dtype, rngs=rngs)
-    self.kv = dense(width, 2 * width, dtype=dtype, rngs=rngs)
-    self.out = dense(width, width, dtype=dtype, rngs=rngs)
-    self.ln = layer_norm(width, rngs=rngs)
-    self.mlp = Mlp(width, mlp_dim, dtype=dtype, rngs=rngs, activation=activation)
+    self.q = dense(width, width, dtype=dtype, rngs=rngs, ops=ops)
+    self.kv = dense(width, 2 * width, dtype=dtype, rngs=rngs, ops=ops)
+    self.out = dense(width, width, dtype=dtype, rngs=rngs, ops=ops)
+    self.ln = layer_norm(width, rngs=rngs, ops=ops)
+    self.mlp = Mlp(width, mlp_dim, dtype=dtype, rngs=rngs, ops=ops, activation=activation)
 
   def __call__(self, x: Array) -> Array:
     batch, length, width = x.shape

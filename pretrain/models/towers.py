@@ -6,6 +6,7 @@ from flax import nnx
 
 from data.errors import require
 from pretrain.models.layers import EMBED_INIT, AttentionPool, Dtype, Encoder, dense, layer_norm
+from pretrain.models.ops import OpSet
 
 Array = jax.Array
 IMAGE_POOLS = ('cls', 'gap', 'map')
@@ -46,24 +47,24 @@ class ImageTower(nnx.Module):
 
   def __init__(self, *, image_size: int, patch: int, width: int, depth: int, heads: int,
                mlp_dim: int, embed_dim: int, pool: str, mean: tuple, std: tuple, dtype: Dtype,
-               rngs: nnx.Rngs, remat: str = 'none', scan: bool = False, activation: str = 'gelu',
-               ln_pre: bool = False):
+               rngs: nnx.Rngs, ops: OpSet, remat: str = 'none', scan: bool = False,
+               activation: str = 'gelu', ln_pre: bool = False):
     check_pool('image', pool)
     self.patch, self.pool, self.dtype = patch, pool, dtype
     self.mean, self.std = tuple(mean), tuple(std)
     num_tokens = (image_size // patch) ** 2 + (1 if pool == 'cls' else 0)
-    self.patch_embed = dense(patch * patch * 3, width, dtype=dtype, rngs=rngs)
+    self.patch_embed = dense(patch * patch * 3, width, dtype=dtype, rngs=rngs, ops=ops)
     self.pos_embed = nnx.Param(EMBED_INIT(rngs.params(), (num_tokens, width), jnp.float32))
     if pool == 'cls':
       self.cls_token = nnx.Param(jnp.zeros((1, 1, width), jnp.float32))
     if pool == 'map':
-      self.map_head = AttentionPool(width, heads, mlp_dim, dtype=dtype, rngs=rngs,
+      self.map_head = AttentionPool(width, heads, mlp_dim, dtype=dtype, rngs=rngs, ops=ops,
                                     activation=activation)
     if ln_pre:  # CLIP's LayerNorm on the embedded patches, before the first block.
-      self.ln_pre = layer_norm(width, rngs=rngs)
-    self.encoder = Encoder(width, depth, heads, mlp_dim, dtype=dtype, rngs=rngs, remat=remat,
-                           scan=scan, activation=activation)
-    self.proj = dense(width, embed_dim, use_bias=False, dtype=dtype, rngs=rngs)
+      self.ln_pre = layer_norm(width, rngs=rngs, ops=ops)
+    self.encoder = Encoder(width, depth, heads, mlp_dim, dtype=dtype, rngs=rngs, ops=ops,
+                           remat=remat, scan=scan, activation=activation)
+    self.proj = dense(width, embed_dim, use_bias=False, dtype=dtype, rngs=rngs, ops=ops)
 
   def __call__(self, images: Array, train: bool = False, key: Array | None = None) -> Array:
     del train, key  # No BatchNorm or stochastic depth in the ViT.
@@ -90,7 +91,8 @@ class TextTower(nnx.Module):
 
   def __init__(self, *, vocab_size: int, context_length: int, width: int, depth: int, heads: int,
                mlp_dim: int, embed_dim: int, causal: bool, pool: str, dtype: Dtype,
-               rngs: nnx.Rngs, remat: str = 'none', scan: bool = False, activation: str = 'gelu',
+               rngs: nnx.Rngs, ops: OpSet, remat: str = 'none', scan: bool = False,
+               activation: str = 'gelu',
                eos_id: int = -1):
     check_pool('text', pool)
     self.causal, self.pool, self.dtype, self.eos_id = causal, pool, dtype, eos_id
@@ -100,9 +102,9 @@ class TextTower(nnx.Module):
     self.pos_embed = nnx.Param(EMBED_INIT(rngs.params(), (num_tokens, width), jnp.float32))
     if pool == 'cls':
       self.cls_token = nnx.Param(EMBED_INIT(rngs.params(), (1, 1, width), jnp.float32))
-    self.encoder = Encoder(width, depth, heads, mlp_dim, dtype=dtype, rngs=rngs, remat=remat,
-                           scan=scan, activation=activation)
-    self.proj = dense(width, embed_dim, use_bias=False, dtype=dtype, rngs=rngs)
+    self.encoder = Encoder(width, depth, heads, mlp_dim, dtype=dtype, rngs=rngs, ops=ops,
+                           remat=remat, scan=scan, activation=activation)
+    self.proj = dense(width, embed_dim, use_bias=False, dtype=dtype, rngs=rngs, ops=ops)
 
   def __call__(self, tokens: Array) -> Array:
     """tokens: int32 [B, T], padded with 0 after the end-of-text token."""

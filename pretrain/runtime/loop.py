@@ -50,7 +50,8 @@ def run_loop(config, workdir, builder, mesh, ckpt, data_iter, state, problems):
       if step_fn is None:
         step_fn = builder.jit_step().lower(state, batch).compile()
         host_memory.release_freed_memory()
-        prefault = for_compiled_step(step_fn, config.prefault_step_memory)
+        # The builder's config is resolved for its platform: False on GPU and TPU.
+        prefault = for_compiled_step(step_fn, builder.config.prefault_step_memory)
       # Pre-faults while the step runs; the loop waits for the step just below.
       state, metrics = prefault.dispatch(step_fn, state, batch)
       if check_skipped(config, state, metrics, step + 1, ckpt):

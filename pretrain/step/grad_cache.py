@@ -15,22 +15,18 @@ from jax import lax
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from pretrain.parallel import sharding
+from pretrain.parallel import batch_slices, sharding
 
 
 def split_micro(x: jax.Array, steps: int, mesh) -> jax.Array:
   """[B, ...] -> [steps, B/steps, ...]; micro-batch j takes rows j*m:(j+1)*m of every device."""
-  ways = sharding.batch_parallelism(mesh)
-  x = x.reshape(ways, steps, -1, *x.shape[1:]).swapaxes(0, 1)
-  x = x.reshape(steps, -1, *x.shape[3:])
+  x = batch_slices.split_rows(x, steps, sharding.batch_parallelism(mesh))
   return lax.with_sharding_constraint(x, NamedSharding(mesh, P(None, sharding.BATCH_AXES)))
 
 
 def join_micro(x: jax.Array, mesh) -> jax.Array:
   """Inverse of `split_micro`: [steps, B/steps, ...] -> [B, ...] in the original row order."""
-  ways, steps = sharding.batch_parallelism(mesh), x.shape[0]
-  x = x.reshape(steps, ways, -1, *x.shape[2:]).swapaxes(0, 1)
-  x = x.reshape(-1, *x.shape[3:])
+  x = batch_slices.join_rows(x, sharding.batch_parallelism(mesh))
   return lax.with_sharding_constraint(x, sharding.batch_sharding(mesh))
 
 

@@ -11,6 +11,7 @@ from jax.sharding import Mesh
 from data.records import BAD_KINDS
 from pretrain.step import freeze
 from pretrain.parallel import sharding
+from pretrain.backends import resolve_for_platform
 from pretrain.backends.cpu.tower_slices import map_over_chunks, resolve_chunks
 from pretrain.step.grad_cache import cached_loss_and_grads
 from pretrain.losses import make_loss
@@ -61,10 +62,17 @@ def init_params(config, seed: int) -> Any:
 
 
 class StepBuilder:
-  """Everything the loop needs to create, shard and advance the train state on a mesh."""
+  """Everything the loop needs to create, shard and advance the train state on a mesh.
+
+  `platform` ('cpu', 'gpu', 'cuda', 'tpu'; default: the mesh's devices') is the one the step is
+  built for: `self.config` is `config` with its backend choices resolved for it
+  (pretrain.backends.resolve_for_platform), which is what the model, the step and the loop read.
+  """
 
   def __init__(self, config, mesh: Mesh, tx: optax.GradientTransformation,
-               schedule: optax.Schedule):
+               schedule: optax.Schedule, platform: str | None = None):
+    self.platform = platform or mesh.devices.flat[0].platform
+    config = resolve_for_platform(config, self.platform)
     self.config, self.mesh, self.tx, self.schedule = config, mesh, tx, schedule
     self.graphdef, param_shapes = model_graphdef_and_shapes(config)
     # Bool per parameter (config.freeze), or None when everything trains.
@@ -86,9 +94,8 @@ class StepBuilder:
     self.loss_fn = make_loss(mesh, sharding.BATCH_AXES, config.loss)
     self.batch_shards = sharding.batch_parallelism(mesh)
     self.image_tower_is_vit = image_tower_kind(model_size(config.model)) == 'vit'
-    # What auto tower slices depend on (batch_chunks.resolve_chunks), read off the mesh and the
-    # parameters' actual shardings rather than re-deriving the FSDP placement rule.
-    self.platform = mesh.devices.flat[0].platform
+    # What auto tower slices depend on (tower_slices.resolve_chunks), read off the parameters'
+    # actual shardings rather than re-deriving the FSDP placement rule.
     self.params_sharded = not all(
         s.is_fully_replicated for s in jax.tree.leaves(self.state_shardings['params']))
 
@@ -134,9 +141,10 @@ class StepBuilder:
     return img, txt, nnx.to_pure_dict(nnx.state(model, nnx.BatchStat))
 
   def tower_chunks(self, batch_size: int) -> int:
-    """Slices of each device's part of a batch of `batch_size` the towers run on (batch_chunks)."""
+    """Slices of each device's part of a batch of `batch_size` the towers run on (tower_slices;
+    one off the CPU, where the resolved config says 1)."""
     return resolve_chunks(self.config.tower_batch_chunks, batch_size // self.batch_shards,
-                          self.platform, self.params_sharded)
+                          self.params_sharded)
 
   def head_loss(self, params: Any, img: jax.Array, txt: jax.Array) -> tuple[jax.Array, dict]:
     """The global-batch contrastive loss of given embeddings (uses only the temperature/bias)."""

@@ -203,13 +203,32 @@ def make() -> None:
   print(f'wrote {HERE}')
 
 
+def library_tokens(folder: str, captions: list[str], context: int) -> dict:
+  """Token ids of `captions` from each library's own tokenizer, loaded from the export folders."""
+  import open_clip
+  import transformers
+  out = {}
+  if os.path.isdir(os.path.join(folder, 'openclip')):
+    tok = open_clip.get_tokenizer(f'local-dir:{folder}/openclip')
+    out['openclip'] = tok(captions)
+  if os.path.isdir(os.path.join(folder, 'hf')):
+    tok = transformers.AutoTokenizer.from_pretrained(os.path.join(folder, 'hf'))
+    out['hf'] = tok(captions, padding='max_length', max_length=context, truncation=True,
+                    return_tensors='pt').input_ids
+  return out
+
+
 def check_export(folder: str) -> None:
-  """Loads FOLDER/openclip and/or FOLDER/hf with the libraries; compares with FOLDER/ours.npz."""
+  """Loads FOLDER/openclip and/or FOLDER/hf with the libraries; compares with FOLDER/ours.npz.
+  With captions in ours.npz, text embeddings are also computed from each library's own tokenizer
+  loaded from the export (the way a user would), and its ids are compared with ours."""
   import open_clip
   import transformers
   ours = np.load(os.path.join(folder, 'ours.npz'))
   pixels = to_pixels(ours['images'], ours['mean'], ours['std'])
   tokens = torch.from_numpy(ours['tokens'].astype(np.int64))
+  captions = [str(c) for c in ours['captions']] if 'captions' in ours else None
+  theirs = library_tokens(folder, captions, tokens.shape[1]) if captions else {}
   results = {}
   with torch.no_grad():
     if os.path.isdir(os.path.join(folder, 'openclip')):
@@ -220,15 +239,29 @@ def check_export(folder: str) -> None:
       for name, m in (('openclip (local-dir)', model), ('openclip (pretrained=FILE)', by_file)):
         img, txt = m.encode_image(pixels, normalize=True), m.encode_text(tokens, normalize=True)
         results[name] = (img, txt, m.logit_scale.exp() * img @ txt.T)
+      if 'openclip' in theirs:
+        txt = model.encode_text(theirs['openclip'], normalize=True)
+        results['openclip (its tokenizer)'] = (img, txt, model.logit_scale.exp() * img @ txt.T)
     if os.path.isdir(os.path.join(folder, 'hf')):
       hf_model = transformers.CLIPModel.from_pretrained(os.path.join(folder, 'hf')).eval()
-      out = hf_model(input_ids=tokens, pixel_values=pixels)
-      results['hf'] = (out.image_embeds, out.text_embeds, out.logits_per_image)
+      # Ours' ids are the model's unless the export renumbered end-of-text id 2.
+      hf_tokens = theirs.get('hf', tokens)
+      out = hf_model(input_ids=hf_tokens, pixel_values=pixels)
+      results['hf (its tokenizer)' if 'hf' in theirs else 'hf'] = (
+          out.image_embeds, out.text_embeds, out.logits_per_image)
   report = {}
   for name, (img, txt, logits) in results.items():
     report[name] = {key: float(np.max(np.abs(value.numpy() - ours[key])))
                     for key, value in (('image_emb', img), ('text_emb', txt), ('logits', logits))}
     print(f'{name:28s} ' + '  '.join(f'{k} {v:.2e}' for k, v in report[name].items()))
+  for name, ids in theirs.items():
+    # Equal up to each row's end-of-text (after it: our 0 padding, or the library's pad token).
+    # Rows differ where the libraries clean text differently (HTML entities, see
+    # pretrain/interop/tokenizer_files.py) and, for an HF export that moved end-of-text id 2, by design.
+    same = [row_theirs[:n].tolist() == row_ours[:n].tolist() for row_theirs, row_ours, n in
+            zip(ids.numpy(), ours['tokens'], (ours['tokens'] != 0).sum(1))]
+    report[f'{name} rows of ids equal to ours'] = f'{sum(same)}/{len(same)}'
+    print(f'{name} tokenizer: rows of ids equal to ours up to end-of-text {sum(same)}/{len(same)}')
   report['versions'] = {'open_clip_torch': open_clip.__version__,
                         'transformers': transformers.__version__, 'torch': torch.__version__}
   with open(os.path.join(folder, 'check.json'), 'w') as f:

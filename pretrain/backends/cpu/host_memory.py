@@ -1,13 +1,13 @@
 """Host memory of a training process: glibc's malloc backed by huge pages, freed heap returned.
 
-XLA:CPU allocates a step's temporaries as one block (about 3 GB on the `tiny` benchmark) and frees
-it when the step ends; glibc serves a block that large with a fresh mmap, so each step first-touches
-it again in 4 KiB pages: about 780,000 page faults, each zeroing its page, most of a second per
-step on the 2-core development machine. glibc (2.35 and later) backs its mmapped and heap memory
-with transparent huge pages when the tunable `glibc.malloc.hugetlb=1` is set: 2 MiB per fault (a
-68 MB block: 16,641 faults -> 289; the `tiny` step 13-15% faster, benchmarks/README.md). Tunables
-are read when a process starts, so the training and eval entry points re-execute themselves once
-with it set; `GLIBC_TUNABLES=glibc.malloc.hugetlb=0` (or any setting of it) is left alone.
+XLA:CPU allocates a step's temporaries as one large block and frees it when the step ends; glibc
+serves a block that large with a fresh mmap, so each step first-touches it again in 4 KiB pages,
+each fault zeroing its page. glibc (2.35 and later) backs its mmapped and heap memory with
+transparent huge pages when the tunable `glibc.malloc.hugetlb=1` is set: 2 MiB per fault, a few
+hundred times fewer faults (figures: benchmarks/README.md). Tunables are read when a process
+starts, so the training and eval entry points re-execute themselves once with it set, on hosts
+whose jax will run on the CPU only (`huge_page_restart_applies`); `GLIBC_TUNABLES=
+glibc.malloc.hugetlb=0` (or any setting of it) is left alone.
 """
 
 import ctypes
@@ -17,6 +17,8 @@ import platform
 import sys
 from collections.abc import Mapping
 
+from pretrain.backends import will_run_on_accelerator
+
 HUGE_PAGE_TUNABLE = 'glibc.malloc.hugetlb'
 _THP_MODE_FILE = '/sys/kernel/mm/transparent_hugepage/enabled'
 
@@ -24,9 +26,9 @@ _THP_MODE_FILE = '/sys/kernel/mm/transparent_hugepage/enabled'
 def release_freed_memory() -> bool:
   """Asks glibc to give freed heap pages back to the OS; False where there is no glibc.
 
-  Compiling a train step allocates and frees a few hundred MB of small objects (XLA's passes,
-  LLVM); glibc keeps those pages mapped, so they would stay in the process's RSS under the
-  step's own buffers (`b32`: 0.3 GB of a 5.5 GB peak). Called once, after compiling.
+  Compiling a train step allocates and frees many small objects (XLA's passes, LLVM); glibc keeps
+  those pages mapped, so they would stay in the process's RSS under the step's own buffers.
+  Called once, after compiling.
   """
   try:  # find_library may give None: CDLL(None) is the process itself, which links libc.
     trim = ctypes.CDLL(ctypes.util.find_library('c')).malloc_trim
@@ -73,8 +75,17 @@ def huge_page_env_here(environ: Mapping[str, str]) -> dict[str, str] | None:
   return huge_page_malloc_env(environ, _glibc_version(), _thp_mode())
 
 
+def huge_page_restart_applies(environ: Mapping[str, str]) -> bool:
+  """Whether this process should re-execute itself with huge-page malloc: only where jax will run
+  on the CPU (pretrain.backends.will_run_on_accelerator, decided before jax is imported)."""
+  return not will_run_on_accelerator(environ)
+
+
 def restart_with_huge_page_malloc() -> None:
-  """Re-executes this command with huge-page malloc (module docstring); returns where not needed."""
+  """Re-executes this command with huge-page malloc (module docstring); returns where not needed
+  or where jax will run on a GPU or TPU."""
+  if not huge_page_restart_applies(os.environ):
+    return
   env = huge_page_env_here(os.environ)
   if env is None:
     return

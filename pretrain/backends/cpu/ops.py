@@ -1,19 +1,21 @@
-"""Linear, GELU, QuickGELU, LayerNorm and attention with hand-written derivatives.
+"""The XLA:CPU op set (`model.ops = 'cpu'`): Linear, GELU, QuickGELU, LayerNorm and attention
+with hand-written derivatives.
 
-Same functions and the same derivatives as jax.nn.gelu / nnx.LayerNorm; what changes is what the
-backward pass keeps from the forward. Left to autodiff, exact GELU keeps four tensors of the MLP's
-widest activation per block (erfc's pieces) and LayerNorm four of its input's size: on the `tiny`
-benchmark 2.4 GB and 1.3 GB of the step's 4.7 GB of saved residuals, and XLA keeps erfc's
-intermediates materialised until the backward pass. Here the GELUs keep only their input and
-recompute the derivative in one backward pass; LayerNorm keeps its normalised input and 1/std.
-The linear layer's backward runs its two matmuls in the compute dtype, as its forward does (see
-`linear`).
+Same functions, parameters and derivatives as the stock set (pretrain/models/ops.py); what changes
+is what the backward pass keeps from the forward and the operand layouts XLA:CPU gets. Left to
+autodiff, exact GELU keeps four tensors of the MLP's widest activation per block (erfc's pieces)
+and LayerNorm four of its input's size, a large share of the step's saved residuals, and XLA:CPU
+keeps erfc's intermediates materialised until the backward pass. Here the GELUs keep only their
+input and recompute the derivative in one backward pass; LayerNorm keeps its normalised input and
+1/std. The linear layer's backward runs its two matmuls in the compute dtype, as its forward does
+(see `linear`). Measured figures: benchmarks/README.md.
 """
 
 import jax
 import jax.numpy as jnp
 import numpy as np
-from flax import nnx
+
+from pretrain.models import ops as stock
 
 Array = jax.Array
 _SQRT_HALF = np.sqrt(0.5)
@@ -24,9 +26,9 @@ def _normal_cdf(x: Array) -> Array:
   """Phi(x) = (1 + erf(x / sqrt 2)) / 2, the form PyTorch's exact nn.GELU uses.
 
   jax.nn.gelu writes it with erfc, which XLA expands into both of its branches, an exp and a
-  divide: 1.7x the time of this erf form on an fc1-sized activation (13.4 vs 7.8 ms forward).
-  Against a float64 GELU both are within a few float32 ulps of the value (this form 1.1e-6 at
-  x = 5.3, erfc's 3.8e-7), and the derivatives within 2.2e-7 and 1.5e-7.
+  divide: slower than this erf form on XLA:CPU. Against a float64 GELU both are within a few
+  float32 ulps of the value (this form 1.1e-6 at x = 5.3, erfc's 3.8e-7), and the derivatives
+  within 2.2e-7 and 1.5e-7.
   """
   return 0.5 * (1.0 + jax.lax.erf(x * _SQRT_HALF.astype(x.dtype)))
 
@@ -90,7 +92,7 @@ def _layer_norm_bwd(epsilon, residuals, g):
   d_scale, d_bias = jnp.sum(g * normed, axis=reduce_axes), jnp.sum(g, axis=reduce_axes)
   # Tied to g, the scale is broadcast where it is used: otherwise XLA:CPU hands these reductions
   # to YNNPACK with the scale materialised at full activation size, made early and alive across
-  # the whole step (27 such tensors on `tiny`, 0.3 GiB of its temporaries).
+  # the whole step (one such tensor per LayerNorm, a visible share of the step's temporaries).
   g, scale = jax.lax.optimization_barrier((g, scale))
   d_normed = g * scale
   d_x = inv_std * (d_normed - jnp.mean(d_normed, axis=-1, keepdims=True)
@@ -102,19 +104,12 @@ layer_norm = jax.custom_vjp(_layer_norm, nondiff_argnums=(3,))
 layer_norm.defvjp(_layer_norm_fwd, _layer_norm_bwd)
 
 
-class LayerNorm(nnx.Module):
-  """LayerNorm with parameters `scale` and `bias` (nnx.LayerNorm's names, so checkpoints match).
+class LayerNorm(stock.LayerNorm):
+  """The stock LayerNorm's module (parameters `scale`, `bias`; fp32 output) over `layer_norm`.
 
-  Its output stays fp32 under bf16 compute too: every consumer is a dense layer that rounds its
-  input to the compute dtype itself, and an fp32 output keeps the gradient coming back from that
+  Its fp32 output under bf16 compute also keeps the gradient coming back from the next dense
   layer in fp32, instead of rounding it to bf16 and converting it back (two passes per LayerNorm).
   """
-
-  def __init__(self, width: int, *, epsilon: float, rngs: nnx.Rngs | None = None):
-    del rngs  # Deterministic init; accepted for the same call signature as nnx.LayerNorm.
-    self.scale = nnx.Param(jnp.ones((width,), jnp.float32))
-    self.bias = nnx.Param(jnp.zeros((width,), jnp.float32))
-    self.epsilon = epsilon
 
   def __call__(self, x: Array) -> Array:
     return layer_norm(x, self.scale[...], self.bias[...], self.epsilon)
@@ -123,9 +118,8 @@ class LayerNorm(nnx.Module):
 def _matmul(a: Array, b: Array) -> Array:
   """[..., m, k] x [..., k, n] -> [..., m, n] with fp32 accumulation.
 
-  Every attention matmul is written in this one layout: XLA:CPU's batched kernels run it about
-  3x faster than the same product with a transposed operand (5 vs 15 ms for [256, 4, 65, 32]
-  logits).
+  Every attention matmul is written in this one layout: XLA:CPU's batched kernels run it several
+  times faster than the same product with a transposed operand.
   """
   return jnp.einsum('...mk,...kn->...mn', a, b, preferred_element_type=jnp.float32)
 
@@ -190,7 +184,7 @@ def _contract_leading(x: Array, g: Array) -> Array:
 
   Written with every leading axis contracted (not flattened first): XLA:CPU then makes one
   transposed copy of x and runs its bf16 kernel; the flattened [M, k] x [M, n] form sends bf16
-  inputs through an fp32 conversion and a generic dot (86 vs 351 GFLOP/s on fc1 of `tiny`).
+  inputs through an fp32 conversion and a generic dot, several times slower.
   """
   axes = tuple(range(x.ndim - 1))
   return jax.lax.dot_general(x, g, ((axes, axes), ((), ())), preferred_element_type=jnp.float32)
@@ -220,9 +214,8 @@ def _linear_bwd(dtype, residuals, g):
                             preferred_element_type=jnp.float32)
   # XLA:CPU copies the left operand of the weight-gradient matmul into [features, tokens]
   # order. In fp32 the narrower of x and g goes left: that copy is the cheaper one, the [narrow,
-  # wide] product is the faster (180 against 112 GFLOP/s), and for fc2 it keeps XLA from fusing
-  # the GELU that made x into a transposing loop (erfc recomputed there cost 4.8 of 9.5 s on
-  # `tiny`). bf16 keeps x left: jaxlib 0.10.2's CPU backend compiles the g-left bf16 form to a
+  # wide] product is the faster, and for fc2 it keeps XLA from fusing the GELU that made x into a
+  # transposing loop (erfc recomputed there, per element, at a large cost). bf16 keeps x left: jaxlib 0.10.2's CPU backend compiles the g-left bf16 form to a
   # dot thunk that rejects bf16 inputs with an fp32 output.
   if g.shape[-1] < x_c.shape[-1] and jnp.dtype(dtype) == jnp.float32:
     d_kernel = _contract_leading(g_c, x_c).T
@@ -235,17 +228,13 @@ linear = jax.custom_vjp(_linear, nondiff_argnums=(3,))
 linear.defvjp(_linear_fwd, _linear_bwd)
 
 
-class Linear(nnx.Module):
-  """A dense layer with fp32 `kernel` [in, out] and `bias` (nnx.Linear's names and init order)."""
-
-  def __init__(self, d_in: int, d_out: int, *, dtype, kernel_init, use_bias: bool = True,
-               rngs: nnx.Rngs):
-    self.kernel = nnx.Param(kernel_init(rngs.params(), (d_in, d_out), jnp.float32))
-    self.bias = nnx.Param(jnp.zeros((d_out,), jnp.float32)) if use_bias else nnx.data(None)
-    if use_bias:
-      rngs.params()  # nnx.Linear draws a bias key: keep the same stream, so inits stay the same.
-    self.dtype = dtype
+class Linear(stock.Linear):
+  """The stock dense layer's module (fp32 `kernel` [in, out] and `bias`) over `linear`."""
 
   def __call__(self, x: Array) -> Array:
     bias = None if self.bias is None else self.bias[...]
     return linear(x, self.kernel[...], bias, self.dtype)
+
+
+CPU_OPS = stock.OpSet(name='cpu', linear=Linear, layer_norm=LayerNorm,
+                      activations={'gelu': gelu, 'quick_gelu': quick_gelu}, attention=attention)

@@ -1,15 +1,16 @@
-"""Pre-faulting the block XLA:CPU maps for a step's temporaries, while the step runs.
+"""Pre-faulting the block XLA:CPU maps for a step's temporaries, while the step runs (CPU only:
+`prefault_step_memory`, resolved to False off the CPU by pretrain.backends).
 
 XLA:CPU allocates a step's temporaries as one block when the step starts and frees it when the step
 ends; glibc maps a block that large afresh every time, and the step's operations then fault its
 pages in as they first write them, spread over the whole step. On a virtual machine that hands
 freed memory back to its hypervisor (Linux free page reporting) those late faults cost several
-times more than faulting the same pages right after they were freed (`benchmarks.refault`; the
-`b32` step spent 1.4 s per step in the kernel). So right after dispatching a step, the train loop -
+times more than faulting the same pages right after they were freed (`benchmarks.refault`;
+figures in benchmarks/README.md). So right after dispatching a step, the train loop -
 idle until the step ends - finds the block's new mapping in /proc/self/maps and has the kernel
 populate it at once (madvise MADV_POPULATE_WRITE, Linux 5.14+): the same zero-filled pages the step
 would have faulted in, only sooner. Values are untouched (a neighbouring anonymous mapping the
-kernel merged with the block is made resident too; `b32`'s peak RSS did not move). Where it cannot
+kernel merged with the block is made resident too; the peak RSS does not move). Where it cannot
 work (not Linux, an older kernel, temporaries too small to be mapped on their own, a block never
 found) it switches itself off.
 """
@@ -18,8 +19,6 @@ import ctypes
 import errno
 import sys
 import time
-
-import jax
 
 MADV_POPULATE_WRITE = 23  # linux/mman.h, Linux 5.14+
 # glibc serves blocks under its mmap threshold (at most 32 MiB) from its heap, where they are
@@ -111,7 +110,10 @@ class TempBlockPrefaulter:
 
 
 def for_compiled_step(compiled, wanted: bool) -> TempBlockPrefaulter:
-  """The prefaulter of a compiled step's temporaries: on where wanted and the backend is the CPU."""
+  """The prefaulter of a compiled step's temporaries, on where `wanted`: the config resolved for
+  the step's platform (pretrain.backends.resolve_for_platform), False off the CPU."""
+  if not wanted:
+    return TempBlockPrefaulter(0, enabled=False)
   analysis = compiled.memory_analysis()
   temp_bytes = analysis.temp_size_in_bytes if analysis is not None else 0
-  return TempBlockPrefaulter(temp_bytes, enabled=wanted and jax.default_backend() == 'cpu')
+  return TempBlockPrefaulter(temp_bytes)
