@@ -94,6 +94,9 @@ def base_config() -> ml_collections.ConfigDict:
       workers=0,                   # grain worker processes (0: threads of this process only).
       on_bad_record='skip',        # 'skip' (count, log once, substitute) or 'error' (stop).
       max_pixels=89_478_485,       # Larger images are refused before decoding (bombs).
+      # Share of the words of a sample of the training captions the tokenizer maps to its unknown
+      # token, above which the run is refused at start-up (a warning from 0.02); 1.0 = never refuse.
+      max_unknown_token_rate=0.1,
   ))
   config.eval = ml_collections.ConfigDict(dict(
       zeroshot='shapes:zeroshot',  # Classification set evaluated at the end ('' = none).

@@ -7,11 +7,26 @@ Records decode on access (`source[i]`) and raise `BadRecord` for anything broken
 import csv
 import json
 import os
+import re
 
 from data.records import DEFAULT_MAX_PIXELS, BadRecord, decode_caption, decode_image, read_file
 from data.errors import ConfigError
 
 IMAGE_EXTENSIONS = ('.jpg', '.jpeg', '.png', '.webp', '.bmp', '.gif', '.tif', '.tiff')
+
+
+# scheme://... (http, https, gs, s3, ...): these sources read local files only; a URL would be
+# joined to the file's folder and every record would be a missing file.
+URL = re.compile(r'^[A-Za-z][A-Za-z0-9+.-]*://')
+JSONL_URL = re.compile(r'"image"\s*:\s*"[A-Za-z][A-Za-z0-9+.-]*://')
+
+
+def refuse_url(path: str, source: str, where: str) -> None:
+  """A URL where a local image path belongs is a ConfigError naming it."""
+  if URL.match(path):
+    raise ConfigError(f'{source} {where}: image {path!r} is a URL; csv:/jsonl: sources read local '
+                      'files only (paths relative to the file\'s folder, or absolute): download '
+                      'the images first, or pack them as wds: shards')
 
 
 def _resolve(base: str, path: str) -> str:
@@ -42,6 +57,9 @@ class CsvSource:
         raise ConfigError(f'csv {path} has no column {column!r} (columns: {self.header}); '
                           'set image_key=/caption_key= in the spec, e.g. csv:F?sep=tab&image_key=filepath&caption_key=title')
     self._image, self._caption = self.header.index(image_key), self.header.index(caption_key)
+    for i, row in enumerate(self.rows):
+      if len(row) > self._image:
+        refuse_url(row[self._image], f'csv {path}', f'row {i + 2}')
 
   def __len__(self) -> int:
     return len(self.rows)
@@ -73,6 +91,9 @@ class JsonlSource:
     self.name, self.base, self.max_pixels = os.path.basename(path), os.path.dirname(path), max_pixels
     with open(path, encoding='utf-8', errors='surrogateescape') as f:
       self.lines = [line for line in f if line.strip()]
+    for i, line in enumerate(self.lines):
+      if JSONL_URL.search(line):  # Only such lines are parsed now; the rest when read.
+        refuse_url(self._object(i).get('image', ''), f'jsonl {path}', f'line {i + 1}')
 
   def __len__(self) -> int:
     return len(self.lines)

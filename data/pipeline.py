@@ -15,7 +15,7 @@ import grain
 import numpy as np
 
 from data.errors import require
-from data.records import BAD_KINDS, BadRecord, check_bad_policy
+from data.records import BAD_KINDS, BadRecord, BrokenSource, check_bad_policy
 from data.tokenizer import Tokenizer
 from data.transforms import train_transform
 
@@ -90,7 +90,8 @@ class PrepareExample:
   log: BadRecordLog = dataclasses.field(default_factory=BadRecordLog)
 
   def _read(self, index: int, bad: np.ndarray) -> dict:
-    for attempt in range(MAX_CONSECUTIVE_BAD):
+    tries = min(MAX_CONSECUTIVE_BAD, len(self.source))
+    for attempt in range(tries):
       try:
         return self.source[(index + attempt) % len(self.source)]
       except BadRecord as e:
@@ -99,8 +100,10 @@ class PrepareExample:
         if attempt == 0:
           bad[BAD_KINDS.index(e.kind)] += 1
         self.log(e)
-    raise RuntimeError(f'{MAX_CONSECUTIVE_BAD} bad records in a row in {self.source.name} '
-                       f'from index {index}: the source looks broken')
+        last = e
+    whole = 'every record' if tries == len(self.source) else f'{tries} records in a row'
+    raise BrokenSource(f'{whole} of {self.source.name} is bad (read from index {index}), the '
+                       f'last: {last}; the source looks broken')
 
   def __call__(self, item: tuple[int, int]) -> dict:
     position, index = item
@@ -117,6 +120,8 @@ def train_dataset(source, tokenizer: Tokenizer, data_cfg, *, image_size: int, co
                   process_count: int) -> grain.IterDataset:
   """This process's batches of the infinite, per-epoch shuffled training stream."""
   check_bad_policy(data_cfg.on_bad_record)
+  for part in getattr(source, 'components', [source]):  # else a StopIteration deep in grain
+    require(len(part) > 0, f'the training data {part.name} has no records')
   order = grain.MapDataset.range(len(source)).shuffle(seed=seed).repeat(None)
   prepare = PrepareExample(source, tokenizer, image_size, data_cfg.resize or image_size,
                            data_cfg.flip, context_length, seed, data_cfg.on_bad_record)

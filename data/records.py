@@ -35,6 +35,10 @@ class BadRecord(Exception):
     return BadRecord, (self.kind, self.source, self.key, self.reason)
 
 
+class BrokenSource(Exception):
+  """Every record tried in a row was bad: the source, not a few records, is broken."""
+
+
 def read_file(path: str, source: str, key: str) -> bytes:
   """The bytes of a file, or BadRecord(missing_file)."""
   try:

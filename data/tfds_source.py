@@ -1,5 +1,7 @@
 """`tfds:NAME[:SPLIT]` through `tfds.data_source` (array_record; no TensorFlow needed)."""
 
+import logging
+
 import numpy as np
 from PIL import Image
 
@@ -21,11 +23,20 @@ class TfdsSource:
   def __init__(self, name: str, split: str = 'train', data_dir: str | None = None,
                image_key: str = 'image', caption_key: str = 'caption', label_key: str = 'label'):
     import tensorflow_datasets as tfds  # Lazy: only tfds: specs pay the import.
+    quiet = logging.getLogger('absl')  # tfds logs a warning per unprepared folder it looks at
+    level = quiet.level
+    quiet.setLevel(logging.ERROR)
     try:
-      self._ds = tfds.data_source(name, split=split, data_dir=data_dir)
+      # download=False: a dataset is prepared beforehand (`tfds build`), never fetched by a run;
+      # training hosts often have no internet, and a download would fill the default data_dir.
+      self._ds = tfds.data_source(name, split=split, data_dir=data_dir, download=False)
     except Exception as e:  # tfds raises many kinds for a missing or unprepared dataset.
-      raise ConfigError(f'tfds:{name}:{split} cannot be opened (data_dir={data_dir}): '
-                        f'{str(e).splitlines()[0]}') from None
+      raise ConfigError(f'tfds:{name}:{split} cannot be opened (data_dir={data_dir or "default"}): '
+                        f'{str(e).splitlines()[0]}; prepare it first (tfds build {name}'
+                        f'{" --data_dir " + data_dir if data_dir else ""}), a run never '
+                        'downloads') from None
+    finally:
+      quiet.setLevel(level)
     self.name = f'{name}_{split}'.replace('/', '_').replace('[', '_').replace(']', '')
     self.image_key, self.caption_key, self.label_key = image_key, caption_key, label_key
     features = self._ds.dataset_info.features

@@ -294,8 +294,12 @@ def main(argv: list[str]) -> int:
   except ConfigError as e:
     print(f'error: {e}', file=sys.stderr)
     return 2
-  tok = SentencePieceTokenizer(args.out)
-  print(f'wrote {args.out}: {tok.vocab_size} pieces; use --config.data.tokenizer=sentencepiece:{args.out}')
+  tok = SentencePieceTokenizer(args.out, lowercase=not args.no_lowercase)
+  from data.sources import open_source  # Here: tokenizer_fit imports this module.
+  from data.tokenizer_fit import sample_captions, unknown_rate
+  rate = unknown_rate(tok, sample_captions(open_source(args.data)))
+  print(f'wrote {args.out}: {tok.vocab_size} pieces, {rate:.2%} unknown tokens on a sample of the '
+        f'captions; use --config.data.tokenizer=sentencepiece:{args.out}')
   return 0
 
 

@@ -23,9 +23,10 @@ import time
 import jax
 
 from data.errors import ConfigError
-from data.records import BadRecord
+from data.records import BadRecord, BrokenSource
 from data.sources import index_cache_dir, open_source
 from data.tokenizer import get_tokenizer, save_to_workdir
+from data.tokenizer_fit import check_fit
 from pretrain.config import identity, validate
 from pretrain.config.cli import parse_args, save_config
 from pretrain.parallel import sharding
@@ -51,6 +52,9 @@ def prepare_run(config, workdir: str, allow_config_change: bool):
   validate.check_vocab(tokenizer.vocab_size, config.model.vocab_size, config.data.tokenizer)
   source = open_source(config.data.train, config.model.image_size, config.seed,
                        cache_dir=index_cache_dir(workdir), max_pixels=config.data.max_pixels)
+  fit = check_fit(tokenizer, config.data.tokenizer, source, config.data.max_unknown_token_rate)
+  if fit:
+    print(f'warning: {fit}', file=sys.stderr, flush=True)
   problems = getattr(source, 'problems', [])
   if problems and config.data.on_bad_record == 'error':
     raise problems[0]
@@ -175,7 +179,7 @@ def main(argv: list[str]) -> int:
     sys.stdout.flush()
     # orbax's writer threads are broken now; their exit hooks would only add tracebacks.
     os._exit(1)
-  except (BadRecord, NonFiniteError) as e:  # data.on_bad_record='error'; a diverged run
+  except (BadRecord, BrokenSource, NonFiniteError) as e:  # on_bad_record='error'; diverged
     print(f'error: {e}', file=sys.stderr)
     return 1
   except KeyboardInterrupt:  # Before the loop's handler: nothing trained since the last checkpoint.

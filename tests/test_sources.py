@@ -243,3 +243,40 @@ def test_shapes_labels_do_not_follow_assigned_names():
   source = ShapesSource('zeroshot', 16, size=96)
   source.classnames = source.classnames[:40]
   assert source.labels()[40:48] == list(range(40, 48)) and source[47]['label'] == 47
+
+
+@pytest.mark.parametrize('name, text', [('header.csv', 'image,caption\n'), ('empty.jsonl', ''),
+                                        ('blank.jsonl', '\n\n')])
+def test_a_source_without_records_is_one_config_error(tmp_path, name, text):
+  from data.errors import ConfigError
+  (tmp_path / name).write_text(text)
+  source = open_source(f'{name.split(".")[1]}:{tmp_path / name}')
+  with pytest.raises(ConfigError, match=f'the training data {name} has no records'):
+    train_dataset(source, get_tokenizer('shapes'), data_cfg(), image_size=8, context_length=8,
+                  global_batch=8, seed=0, process_index=0, process_count=1)
+
+
+@pytest.mark.parametrize('name, text, where', [
+    ('urls.csv', 'image,caption\nlocal.png,a\nhttps://example.com/a.png,b\n', 'row 3'),
+    ('urls.jsonl', '{"image": "a.png", "caption": "a"}\n'
+                   '{"caption": "b", "image": "gs://bucket/b.png"}\n', 'line 2'),
+])
+def test_urls_where_local_paths_belong_are_refused(tmp_path, name, text, where):
+  from data.errors import ConfigError
+  (tmp_path / name).write_text(text)
+  with pytest.raises(ConfigError, match=f'{where}: image .*://.* is a URL; csv:/jsonl: sources '
+                                        'read local files only'):
+    open_source(f'{name.split(".")[1]}:{tmp_path / name}')
+
+
+def test_a_source_whose_every_record_is_bad_stops_in_one_line(tmp_path, capsys):
+  from data.pipeline import PrepareExample
+  from data.records import BrokenSource
+  rows = ''.join(f'missing{i}.png,a red circle\n' for i in range(5))
+  (tmp_path / 'gone.csv').write_text('image,caption\n' + rows)
+  source = open_source(f'csv:{tmp_path / "gone.csv"}')
+  prepare = PrepareExample(source, get_tokenizer('shapes'), 8, 8, False, 8, 0)
+  with pytest.raises(BrokenSource, match=r'every record of gone.csv is bad \(read from index 3\)'
+                                         r', the last: .*missing2.png does not exist'):
+    prepare((0, 3))
+  assert capsys.readouterr().err.count('warning: skipping') == 5  # each tried once, not 100 times

@@ -62,6 +62,16 @@ def test_unknown_tfds_dataset_is_a_one_line_config_error(tmp_path):
     open_source(f'tfds:no_such_dataset_xyz:train?data_dir={tmp_path}')
 
 
+def test_an_unprepared_tfds_dataset_is_refused_not_downloaded(tmp_path, monkeypatch):
+  from data.errors import ConfigError
+  monkeypatch.setenv('HOME', str(tmp_path / 'home'))
+  data_dir = tmp_path / 'tfds'
+  with pytest.raises(ConfigError, match=r'tfds:mnist:train cannot be opened .*a run never '
+                                        'downloads'):
+    open_source(f'tfds:mnist:train?data_dir={data_dir}')
+  assert not (data_dir / 'downloads').exists() and not (tmp_path / 'home').exists()
+
+
 def test_tokenizer_train_command_makes_a_usable_model(tmp_path):
   out = tmp_path / 'sp.model'
   env = dict(os.environ, PYTHONPATH=ROOT)
@@ -69,6 +79,7 @@ def test_tokenizer_train_command_makes_a_usable_model(tmp_path):
                            'shapes:retrieval', '--vocab_size', '64', '--out', str(out)],
                           cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
   assert result.returncode == 0, result.stderr[-2000:]
+  assert '0.00% unknown tokens on a sample of the captions' in result.stdout, result.stdout
   tok = get_tokenizer(f'sentencepiece:{out}', lowercase=True)
   ids = tok.encode(['A small Blue ring near the top right'], 20)[0]
   assert tok.eos_id == 2 and 1 not in ids  # no unknown pieces for corpus words

@@ -96,6 +96,11 @@ def test_batch_crc32_reaches_tensorboard_exactly(tmp_path):
     ('--config.data.train=csv:/no/such/file.csv', 'csv data path /no/such/file.csv does not exist'),
     ('--config.data.on_bad_record=ignore', "unknown data.on_bad_record 'ignore'"),
     ('--config.keep_checkpoints=0', 'keep_checkpoints must be at least 1, got 0'),
+    ('--config.model.image_mean=0.1,0.2', 'model.image_mean must have 3 values, got 2'),
+    ('--config.batch_size=0', 'batch_size must be positive, got 0'),
+    ('--config.seed=-1', 'seed must be at least 0 and at most 4294967295, got -1'),
+    ('--config.model.context_length=0', 'model.context_length must be at least 2, got 0'),
+    ('--config.optim.b2=1.5', 'optim.b2 must be at least 0.0 and below 1.0, got 1.5'),
 ])
 def test_bad_config_is_one_line_before_compiling(tmp_path, override, message):
   result = run_train(tmp_path / 'w', override)
@@ -127,6 +132,7 @@ def test_bad_record_policies_through_the_trainer(tmp_path):
   from tests.corpora import csv_with_bad_records
   path, expected = csv_with_bad_records(str(tmp_path / 'data'), good=24, max_pixels=64 * 64)
   common = [f'--config.data.train=csv:{path}', '--config.data.max_pixels=4096', *FAST,
+            '--config.data.max_unknown_token_rate=1',  # its captions are not shapes words
             '--config.batch_size=32', '--config.eval.zeroshot=']
   skip = run_train(tmp_path / 'skip', *common, '--config.total_steps=3')
   assert skip.returncode == 0, skip.stderr[-2000:]
@@ -142,3 +148,41 @@ def test_bad_record_policies_through_the_trainer(tmp_path):
   lines = [l for l in error.stderr.splitlines() if l.startswith('error: ')]
   assert error.returncode == 1 and len(lines) == 1
   assert 'bad record in bad.csv, key row' in lines[0]
+
+
+def _one_error_line(result) -> str:
+  lines = [l for l in result.stderr.splitlines() if l.strip() and 'warn' not in l.lower()]
+  assert len(lines) == 1 and lines[0].startswith('error: '), result.stderr[-3000:]
+  return lines[0]
+
+
+def test_data_that_cannot_train_is_one_line(tmp_path):
+  data = tmp_path / 'data'
+  data.mkdir()
+  (data / 'header.csv').write_text('image,caption\n')
+  (data / 'gone.csv').write_text('image,caption\n' + ''.join(
+      f'missing{i}.png,a red circle\n' for i in range(50)))
+  empty = run_train(tmp_path / 'empty', f'--config.data.train=csv:{data / "header.csv"}', *FAST)
+  assert empty.returncode == 2
+  assert 'the training data header.csv has no records' in _one_error_line(empty)
+  gone = run_train(tmp_path / 'gone', f'--config.data.train=csv:{data / "gone.csv"}', *FAST,
+                   '--config.data.num_threads=1')
+  assert gone.returncode == 1
+  assert 'every record of gone.csv is bad' in _one_error_line(gone)
+
+
+def test_a_tokenizer_that_does_not_fit_the_data_is_refused(tmp_path):
+  from PIL import Image
+  data = tmp_path / 'data'
+  data.mkdir()
+  rows = []
+  for i in range(32):  # captioned as a handwritten-digits corpus would be
+    Image.new('RGB', (16, 16), (8 * i, 0, 0)).save(data / f'{i}.png')
+    rows.append(f'{i}.png,a handwritten digit seven.')
+  (data / 'digits.csv').write_text('\n'.join(['image,caption'] + rows) + '\n')
+  result = run_train(tmp_path / 'w', f'--config.data.train=csv:{data / "digits.csv"}', *FAST)
+  assert result.returncode == 2
+  line = _one_error_line(result)
+  assert 'tokenizer shapes maps 60.0% of the tokens of 32 sampled captions of digits.csv' in line
+  assert 'sentencepiece' in line and 'max_unknown_token_rate' in line, line
+  assert not (tmp_path / 'w' / 'config.json').exists()

@@ -7,6 +7,7 @@ from data.records import check_bad_policy
 from data.sources import check_spec
 from data.errors import ConfigError, require
 from pretrain.backends import OPS
+from pretrain.config.rules import DTYPES, check_fields
 from pretrain.losses import LOSS_IMPLS
 from pretrain.models.layers import ACTIVATIONS, REMAT_POLICIES
 from pretrain.models.towers import check_pool
@@ -14,11 +15,10 @@ from pretrain.models.variants import image_tower_kind, model_size
 from pretrain.step.optim import OPTIMIZERS, SCHEDULES
 from pretrain.parallel.sharding import batch_ways, resolve_mesh_shape
 
-DTYPES = ('float32', 'bfloat16')
-
 
 def check_model(model) -> None:
-  """Variant, pooling, dtype and image/patch sizes."""
+  """Every model field's type and range (rules.RULES), variant, pooling and image/patch sizes."""
+  check_fields(model, 'model.')
   try:
     size = model_size(model)
   except KeyError as e:
@@ -47,6 +47,7 @@ def check_model(model) -> None:
 
 def check_training(config, num_devices: int, num_processes: int) -> dict[str, int]:
   """Everything about a training config that can be wrong; returns the resolved mesh shape."""
+  check_fields(config)
   check_model(config.model)
   require(config.loss.name in LOSS_IMPLS,
           f'unknown loss.name {config.loss.name!r}; known: {", ".join(LOSS_IMPLS)}')
