@@ -276,6 +276,48 @@ def source_captions(spec: str):
       print(f'warning: skipping {e}', file=sys.stderr)
 
 
+# Names HF tokenizers give their unknown token; captions sampled to measure its rate.
+UNKNOWN_NAMES = ('[UNK]', '<unk>', '<|unk|>')
+SAMPLE = 256
+
+
+def unknown_id(tokenizer: Tokenizer) -> int | None:
+  """The id the tokenizer gives text it cannot represent; None when it has none (bytes, BPE)."""
+  if isinstance(tokenizer, SentencePieceTokenizer):
+    unk = tokenizer._sp.unk_id()
+    return unk if unk >= 0 else None
+  if isinstance(tokenizer, HFTokenizer):
+    ids = [tokenizer._tok.token_to_id(name) for name in UNKNOWN_NAMES]
+    return next((i for i in ids if i is not None), None)
+  return None
+
+
+def sample_captions(source, count: int = SAMPLE) -> list[str]:
+  """Captions of up to `count` records spread evenly over the source (bad records left out)."""
+  from data.records import BadRecord
+  indices = np.unique(np.linspace(0, len(source) - 1, min(count, len(source))).astype(int))
+  captions = []
+  for i in indices:
+    try:
+      captions.extend(source.text(int(i)))
+    except BadRecord:
+      continue
+  return captions
+
+
+def unknown_rate(tokenizer: Tokenizer, captions: list[str]) -> float:
+  """Unknown tokens / all tokens of `captions` (no end-of-text); 0.0 without an unknown id."""
+  unk = unknown_id(tokenizer)
+  if unk is None:
+    return 0.0
+  total = unknown = 0
+  for caption in captions:
+    ids = tokenizer._ids(clean_text(caption, tokenizer.lowercase))
+    total += len(ids)
+    unknown += sum(1 for i in ids if i == unk)
+  return unknown / total if total else 0.0
+
+
 def main(argv: list[str]) -> int:
   """`python -m data.tokenizer train --data SPEC --vocab_size N --out PATH`."""
   import argparse
@@ -295,8 +337,7 @@ def main(argv: list[str]) -> int:
     print(f'error: {e}', file=sys.stderr)
     return 2
   tok = SentencePieceTokenizer(args.out, lowercase=not args.no_lowercase)
-  from data.sources import open_source  # Here: tokenizer_fit imports this module.
-  from data.tokenizer_fit import sample_captions, unknown_rate
+  from data.sources import open_source
   rate = unknown_rate(tok, sample_captions(open_source(args.data)))
   print(f'wrote {args.out}: {tok.vocab_size} pieces, {rate:.2%} unknown tokens on a sample of the '
         f'captions; use --config.data.tokenizer=sentencepiece:{args.out}')

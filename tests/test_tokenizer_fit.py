@@ -5,7 +5,8 @@ import pytest
 from data.errors import ConfigError
 from data.sources import open_source
 from data.tokenizer import get_tokenizer
-from data.tokenizer_fit import WARN_RATE, check_fit, sample_captions, unknown_rate
+from data.tokenizer import sample_captions, unknown_rate
+from data.tokenizer_fit import WARN_RATE, check_fit
 
 
 class Captions:
