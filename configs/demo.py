@@ -14,6 +14,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   """The demo config, or one of its named variants."""
   config = base_config()
   if arg in (None, '', 'demo'):
+    # CLIP's LayerNorm before the image encoder: HF CLIP always applies one, so with it the demo
+    # exports to both OpenCLIP and HF (pretrain.export_weights).
+    config.model.image_ln_pre = True
     return config
   if arg == 'tiny':
     config.model.update(dict(variant='tiny', image_size=64, vocab_size=8192, context_length=32))
