@@ -184,8 +184,8 @@ class StepBuilder:
       return trainable, opt_state
 
     # A conditional rather than a select of new against old values: under the select, XLA copies
-    # every Adam moment before updating it in place (1.2 GB of copies per step on `b32`, 0.3 GB of
-    # temporaries), since the old value must outlive the new one.
+    # every optimizer moment before updating it in place, since the old value must outlive the new
+    # one (figures: benchmarks/README.md).
     params, opt_state = jax.lax.cond(ok, update, keep, (grads, state.opt_state, trainable))
     if frozen is not None:  # Frozen leaves pass through untouched.
       params = freeze.combine(params, frozen)
