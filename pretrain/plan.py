@@ -88,17 +88,27 @@ def step_flops(compiled) -> float:
   return float((cost[0] if isinstance(cost, list) else cost)['flops'])
 
 
+def planned_mesh(config, sizes: dict[str, int]):
+  """`config` set to the mesh `sizes` and validated for it; the mesh over this process's
+  (simulated) devices."""
+  import jax
+
+  from pretrain.config import validate
+  from pretrain.parallel import sharding
+
+  with config.unlocked():
+    config.mesh.update(sizes)
+  validate.check_training(config, jax.device_count(), 1)
+  return sharding.make_mesh(sizes)
+
+
 def plan(config, sizes: dict[str, int]) -> dict:
   """Compiles the train step for `sizes` on this process's (simulated) devices; returns figures."""
   import jax
 
   from pretrain.parallel import sharding
-  from pretrain.config import validate
 
-  with config.unlocked():
-    config.mesh.update(sizes)
-  validate.check_training(config, jax.device_count(), 1)
-  mesh = sharding.make_mesh(sizes)
+  mesh = planned_mesh(config, sizes)
   builder, compiled = compile_step(config, mesh)
   memory = compiled.memory_analysis()
   flat = model_flops_config(config)
@@ -161,16 +171,9 @@ def parse_platforms(text: str) -> tuple[str, ...]:
 
 def lower_for(config, sizes: dict[str, int], platforms: tuple[str, ...]) -> int:
   """Prints one line per platform; 0 when every platform lowers and passes the checks."""
-  import jax
-
-  from pretrain.config import validate
-  from pretrain.parallel import sharding
   from pretrain.step.lowering import lower_step
 
-  with config.unlocked():
-    config.mesh.update(sizes)
-  validate.check_training(config, jax.device_count(), 1)
-  mesh = sharding.make_mesh(sizes)
+  mesh = planned_mesh(config, sizes)
   status = 0
   for platform in platforms:
     try:
