@@ -16,3 +16,6 @@ from pretrain.backends.cpu import host_memory  # noqa: E402  (after sys.path has
 _HUGE_PAGES = host_memory.huge_page_env_here(os.environ)
 if _HUGE_PAGES:
   os.environ['GLIBC_TUNABLES'] = _HUGE_PAGES['GLIBC_TUNABLES']
+
+# Bucket fixtures (real GCS/S3 API servers on 127.0.0.1), for any test module that asks for them.
+from tests.emulators import gcs, s3  # noqa: E402,F401

@@ -1,0 +1,204 @@
+"""Every user path through one abstraction: local files and `gs://` / `s3://` buckets alike.
+
+Paths stay strings in configs and messages; this module turns them into `etils.epath.Path` (what
+orbax already uses; without TensorFlow it reaches buckets through gcsfs / s3fs) and adds what a
+bucket lacks or names differently: an object's version stamp, byte-range reads from an open
+handle, whole-object atomic writes, and one-line errors for a missing bucket or bad credentials.
+A local path behaves as it always has. No code outside this module calls `os.path`/`open` on a
+user path.
+"""
+
+import os
+import re
+from typing import IO
+
+import fsspec
+from etils import epath
+
+from data.errors import ConfigError
+
+BUCKET_SCHEMES = ('gs', 's3')
+_URL = re.compile(r'^([A-Za-z][A-Za-z0-9+.-]*)://')
+
+
+def scheme(path: str | os.PathLike) -> str:
+  """'gs', 's3', another URL scheme, or '' for a local path."""
+  match = _URL.match(os.fspath(path))
+  return match.group(1).lower() if match else ''
+
+
+def is_bucket(path: str | os.PathLike) -> bool:
+  """Whether the path names an object store (gs:// or s3://)."""
+  return scheme(path) in BUCKET_SCHEMES
+
+
+def as_path(path: str | os.PathLike) -> epath.Path:
+  """The epath.Path for a local path or a bucket URL; other URL schemes are a ConfigError."""
+  found = scheme(path)
+  if found and found not in BUCKET_SCHEMES:
+    raise ConfigError(f'{os.fspath(path)}: unsupported storage scheme {found}:// (use a local '
+                      'path, gs:// or s3://)')
+  return epath.Path(path)
+
+
+def absolute(path: str | os.PathLike) -> str:
+  """A local path made absolute (as the process sees it now); a bucket URL unchanged."""
+  path = os.fspath(path)
+  return path.rstrip('/') if is_bucket(path) else os.path.abspath(path)
+
+
+def join(base: str | os.PathLike, *parts: str) -> str:
+  """base/part/...: `/`-joined for buckets, os.path.join locally."""
+  base = os.fspath(base)
+  if is_bucket(base):
+    return '/'.join([base.rstrip('/'), *(p.strip('/') for p in parts)])
+  return os.path.join(base, *parts)
+
+
+def resolve(base: str, path: str) -> str:
+  """`path` relative to the folder `base` unless it is absolute or a URL."""
+  if scheme(path) or os.path.isabs(path):
+    return path
+  return join(base, path)
+
+
+def parent(path: str) -> str:
+  """The folder holding `path` (`gs://b/x/y` -> `gs://b/x`)."""
+  return str(as_path(path).parent) if is_bucket(path) else os.path.dirname(path)
+
+
+def basename(path: str) -> str:
+  """The last part of the path, ignoring a trailing slash."""
+  return os.fspath(path).rstrip('/').rsplit('/', 1)[-1] if is_bucket(path) else os.path.basename(
+      os.path.normpath(path))
+
+
+def exists(path: str) -> bool:
+  """Whether a file or folder (or, in a bucket, an object or prefix) exists."""
+  return as_path(path).exists()
+
+
+def is_file(path: str) -> bool:
+  """Whether the path is a file (an object, in a bucket)."""
+  return as_path(path).is_file()
+
+
+def is_dir(path: str) -> bool:
+  """Whether the path is a folder (a prefix with objects under it, in a bucket)."""
+  return as_path(path).is_dir()
+
+
+def listdir(path: str) -> list[str]:
+  """Sorted names directly under a folder."""
+  return sorted(child.name for child in as_path(path).iterdir())
+
+
+def makedirs(path: str) -> None:
+  """Creates the folder and its parents (a no-op in a bucket, where folders are prefixes)."""
+  as_path(path).mkdir(parents=True, exist_ok=True)
+
+
+def read_bytes(path: str) -> bytes:
+  """The whole file."""
+  return as_path(path).read_bytes()
+
+
+def read_text(path: str, errors: str = 'strict') -> str:
+  """The whole file as UTF-8 text."""
+  return read_bytes(path).decode('utf-8', errors=errors)
+
+
+def write_bytes(path: str, data: bytes) -> None:
+  """Writes the whole file atomically: readers see the old content or the new, never a part.
+
+  A bucket object appears only when its upload completes; locally a temporary file is renamed
+  into place.
+  """
+  if is_bucket(path):
+    as_path(path).write_bytes(data)
+    return
+  makedirs(os.path.dirname(path) or '.')
+  temporary = f'{path}.tmp{os.getpid()}'
+  with open(temporary, 'wb') as f:
+    f.write(data)
+  os.replace(temporary, path)
+
+
+def write_text(path: str, text: str) -> None:
+  """Writes UTF-8 text atomically (see write_bytes)."""
+  write_bytes(path, text.encode('utf-8'))
+
+
+def remove(path: str) -> None:
+  """Deletes a file; a missing one is not an error."""
+  try:
+    as_path(path).unlink()
+  except FileNotFoundError:
+    pass
+
+
+def filesystem(path: str) -> tuple[fsspec.AbstractFileSystem, str]:
+  """The fsspec filesystem serving the path, and the path in its terms."""
+  as_path(path)  # refuses unknown schemes with a ConfigError
+  return fsspec.core.url_to_fs(path)
+
+
+def open_reader(path: str) -> IO[bytes]:
+  """A seekable binary handle; in a bucket each read is a ranged GET, not a whole download.
+
+  Callers keep it open and read members by offset, so a record costs one request, not an open.
+  """
+  if not is_bucket(path):
+    return open(path, 'rb')
+  fs, inner = filesystem(path)
+  # Reads are random (shuffled records): readahead would fetch bytes no record asks for.
+  return fs.open(inner, 'rb', block_size=1 << 20, cache_type='none')
+
+
+def version_stamp(path: str) -> list:
+  """[size, version]: what changes when the file's content is replaced.
+
+  GCS: the object generation; S3: the ETag; local: the modification time in nanoseconds.
+  """
+  if not is_bucket(path):
+    stat = os.stat(path)
+    return [stat.st_size, stat.st_mtime_ns]
+  fs, inner = filesystem(path)
+  info = fs.info(inner)
+  version = info.get('generation') or info.get('ETag') or info.get('etag') or ''
+  return [int(info['size']), str(version)]
+
+
+def check_reachable(path: str, what: str) -> None:
+  """Raises one ConfigError naming the path and the cause when a bucket path cannot be reached.
+
+  Catches a missing bucket, missing or wrong credentials and an unreachable endpoint before any
+  compile, instead of a client traceback minutes later.
+  """
+  if not is_bucket(path):
+    return
+  bucket = os.fspath(path).split('://', 1)[1].split('/', 1)[0]
+  try:
+    fs, _ = filesystem(path)
+    fs.ls(f'{scheme(path)}://{bucket}', detail=False)
+  except FileNotFoundError:
+    raise ConfigError(f'{what} {path}: bucket {bucket!r} does not exist '
+                      f'(create it first, or check the name)') from None
+  except PermissionError as e:
+    raise ConfigError(f'{what} {path}: access denied ({_first_line(e)}); check the credentials '
+                      f'({_credential_hint(path)})') from None
+  except Exception as e:  # pylint: disable=broad-except  (clients raise many types)
+    raise ConfigError(f'{what} {path}: cannot reach the bucket ({type(e).__name__}: '
+                      f'{_first_line(e)}; {_credential_hint(path)})') from None
+
+
+def _first_line(error: BaseException) -> str:
+  text = str(error).strip()
+  return text.splitlines()[0] if text else type(error).__name__
+
+
+def _credential_hint(path: str) -> str:
+  if scheme(path) == 'gs':
+    return ('gcloud auth application-default login, or GOOGLE_APPLICATION_CREDENTIALS; '
+            'STORAGE_EMULATOR_HOST for an emulator')
+  return 'AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY or AWS_PROFILE; AWS_ENDPOINT_URL for other S3 hosts'
