@@ -11,6 +11,8 @@ import functools
 import gzip
 import html
 
+from data import storage
+
 NUM_MERGES = 49152 - 256 - 2  # CLIP uses the first 48,894 merges of the file.
 START, END = '<|startoftext|>', '<|endoftext|>'
 # CLIP's word pattern: contractions, letter runs, single digits, runs of other non-space symbols.
@@ -42,8 +44,7 @@ def byte_symbols_by_byte() -> list[str]:
 
 def read_merges(path: str) -> list[tuple[str, str]]:
   """The merge pairs CLIP uses from a `bpe_simple_vocab_16e6.txt.gz` file."""
-  with gzip.open(path, 'rt', encoding='utf-8') as f:
-    lines = f.read().split('\n')[1:NUM_MERGES + 1]
+  lines = gzip.decompress(storage.read_bytes(path)).decode('utf-8').split('\n')[1:NUM_MERGES + 1]
   return [tuple(line.split()) for line in lines]
 
 

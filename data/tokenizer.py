@@ -10,11 +10,10 @@ A run copies its tokenizer into its workdir so eval jobs rebuild exactly the sam
 
 import os
 import re
-import shutil
 
 import numpy as np
 
-from data import clip_bpe
+from data import clip_bpe, storage
 from data.errors import ConfigError
 
 PAD_ID = 0
@@ -72,10 +71,9 @@ class HFTokenizer(Tokenizer):
     super().__init__(lowercase)
     import tokenizers  # Lazy: only runs that use it pay the import.
     self.path = path
-    if json_text is not None:
-      self._tok = tokenizers.Tokenizer.from_str(json_text)
-    else:
-      self._tok = tokenizers.Tokenizer.from_file(path)
+    # Read through storage, so the file may be in a bucket.
+    self._tok = tokenizers.Tokenizer.from_str(
+        json_text if json_text is not None else storage.read_text(path))
     # Files saved by transformers may carry padding/truncation settings; encode() does both itself.
     self._tok.no_padding()
     self._tok.no_truncation()
@@ -106,7 +104,7 @@ class SentencePieceTokenizer(Tokenizer):
     super().__init__(lowercase)
     import sentencepiece
     self.path = path
-    self._sp = sentencepiece.SentencePieceProcessor(model_file=path)
+    self._sp = sentencepiece.SentencePieceProcessor(model_proto=storage.read_bytes(path))
     self.vocab_size = self._sp.get_piece_size()
     self.eos_id = self._sp.eos_id()
     if self.eos_id < 0:
@@ -154,8 +152,7 @@ def sentencepiece_tokenizer_json(path: str) -> str:
   from sentencepiece import sentencepiece_model_pb2
   from tokenizers import Regex, decoders, models, normalizers, pre_tokenizers
   proto = sentencepiece_model_pb2.ModelProto()
-  with open(path, 'rb') as f:
-    proto.ParseFromString(f.read())
+  proto.ParseFromString(storage.read_bytes(path))
   if proto.trainer_spec.model_type != 1:  # 1 = unigram; data.tokenizer train makes only those.
     raise ConfigError(f'{path}: only unigram sentencepiece models convert to tokenizer.json')
   tok = tokenizers.Tokenizer(models.Unigram([(p.piece, p.score) for p in proto.pieces],
@@ -181,7 +178,7 @@ def _split_spec(spec: str) -> tuple[str, str]:
   if kind in ('hf', 'sentencepiece', 'clip_bpe'):
     if not path:
       raise ConfigError(f'tokenizer {spec!r} needs a path: {kind}:PATH')
-    if not os.path.isfile(path):
+    if not storage.is_file(path):
       raise ConfigError(f'tokenizer file {path} does not exist')
   return kind, path
 
@@ -213,15 +210,13 @@ def save_to_workdir(spec: str, workdir: str) -> str:
   if kind == 'bytes':
     return ''
   name = _workdir_file(kind)
-  target = os.path.join(workdir, name)
+  target = storage.join(workdir, name)
   if kind == 'shapes' or (kind == 'clip_bpe' and not path.endswith('.json')):
     # Built in code: the workdir keeps the built tokenizer.json.
-    with open(target + '.tmp', 'w') as f:
-      f.write(shapes_tokenizer_json() if kind == 'shapes' else clip_bpe.clip_bpe_json(path))
-    os.replace(target + '.tmp', target)
-  elif os.path.abspath(path) != os.path.abspath(target):
-    shutil.copyfile(path, target + '.tmp')
-    os.replace(target + '.tmp', target)
+    storage.write_text(target, shapes_tokenizer_json() if kind == 'shapes'
+                       else clip_bpe.clip_bpe_json(path))
+  elif storage.absolute(path) != storage.absolute(target):
+    storage.write_bytes(target, storage.read_bytes(path))
   return name
 
 
@@ -234,15 +229,15 @@ def workdir_spec(spec: str, workdir: str) -> str:
   kind = spec.partition(':')[0]
   if kind == 'bytes':
     return 'bytes'
-  return f'{_SAVED_KIND[kind]}:{os.path.join(workdir, _workdir_file(kind))}'
+  return f'{_SAVED_KIND[kind]}:{storage.join(workdir, _workdir_file(kind))}'
 
 
 def load_from_workdir(spec: str, workdir: str, lowercase: bool = False) -> Tokenizer:
   """The tokenizer a run saved in its workdir (the spec is the run's config value)."""
   saved = workdir_spec(spec, workdir)
   path = saved.partition(':')[2]
-  if path and not os.path.isfile(path):
-    raise ConfigError(f'{workdir} has no {os.path.basename(path)}: is it the workdir of a '
+  if path and not storage.is_file(path):
+    raise ConfigError(f'{workdir} has no {storage.basename(path)}: is it the workdir of a '
                       'training run?')
   return get_tokenizer(saved, lowercase)
 
@@ -258,8 +253,8 @@ def train_sentencepiece(captions, vocab_size: int, out: str, lowercase: bool = T
         sentence_iterator=texts, model_prefix=prefix, vocab_size=vocab_size,
         model_type='unigram', character_coverage=1.0, pad_id=0, unk_id=1, eos_id=2, bos_id=-1,
         hard_vocab_limit=False, minloglevel=2)
-    os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
-    shutil.copyfile(prefix + '.model', out)
+    with open(prefix + '.model', 'rb') as f:  # a local temporary file
+      storage.write_bytes(out, f.read())
 
 
 def source_captions(spec: str):

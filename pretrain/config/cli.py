@@ -15,6 +15,7 @@ from typing import Any
 
 import ml_collections
 
+from data import storage
 from data.errors import ConfigError
 
 
@@ -144,17 +145,14 @@ def parse_args(argv: list[str], required: tuple[str, ...] = ('config', 'workdir'
 
 def save_config(config: ml_collections.ConfigDict, path: str) -> None:
   """Writes the resolved config as JSON (atomically)."""
-  with open(path + '.tmp', 'w') as f:
-    f.write(config.to_json(indent=2, sort_keys=True))
-  os.replace(path + '.tmp', path)
+  storage.write_text(path, config.to_json(indent=2, sort_keys=True))
 
 
 def load_saved_config(path: str) -> ml_collections.ConfigDict:
   """Reads a run's config.json back into a ConfigDict."""
-  if not os.path.isfile(path):
+  if not storage.is_file(path):
     raise ConfigError(f'{path} does not exist: is its folder the workdir of a training run?')
-  with open(path) as f:
-    saved = json.load(f)
+  saved = json.loads(storage.read_text(path))
   # Fields added since the run was written take their defaults, so older workdirs still load.
   from configs.common import base_config
   return ml_collections.ConfigDict(_with_defaults(saved, base_config().to_dict()))
