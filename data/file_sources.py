@@ -1,41 +1,46 @@
-"""Sources over files on disk: `csv:`, `jsonl:` and `imagefolder:`.
+"""Sources over files on disk or in a bucket: `csv:`, `jsonl:` and `imagefolder:`.
 
-Relative image paths resolve against the folder of the CSV/JSONL file; absolute ones stay.
-Records decode on access (`source[i]`) and raise `BadRecord` for anything broken.
+Relative image paths resolve against the folder of the CSV/JSONL file (into the same bucket when
+the file is in one); absolute paths and gs:// / s3:// URLs stay. Records decode on access
+(`source[i]`) and raise `BadRecord` for anything broken.
 """
 
 import csv
+import io
 import json
-import os
 import re
 
+from data import storage
 from data.records import DEFAULT_MAX_PIXELS, BadRecord, decode_caption, decode_image, read_file
 from data.errors import ConfigError
 
 IMAGE_EXTENSIONS = ('.jpg', '.jpeg', '.png', '.webp', '.bmp', '.gif', '.tif', '.tiff')
 
 
-# scheme://... (http, https, gs, s3, ...): these sources read local files only; a URL would be
-# joined to the file's folder and every record would be a missing file.
+# scheme://... : gs:// and s3:// objects are read like files; other URLs (http, https, ...) are
+# not fetched: a run reads storage, it does not crawl the web.
 URL = re.compile(r'^[A-Za-z][A-Za-z0-9+.-]*://')
 JSONL_URL = re.compile(r'"image"\s*:\s*"[A-Za-z][A-Za-z0-9+.-]*://')
 
 
 def refuse_url(path: str, source: str, where: str) -> None:
-  """A URL where a local image path belongs is a ConfigError naming it."""
-  if URL.match(path):
-    raise ConfigError(f'{source} {where}: image {path!r} is a URL; csv:/jsonl: sources read local '
-                      'files only (paths relative to the file\'s folder, or absolute): download '
+  """A URL other than gs:// or s3:// where an image path belongs is a ConfigError naming it."""
+  if URL.match(path) and not storage.is_bucket(path):
+    raise ConfigError(f'{source} {where}: image {path!r} is a {storage.scheme(path)}:// URL; '
+                      'csv:/jsonl: sources read local files and gs:// or s3:// objects only '
+                      '(paths relative to the file\'s folder, absolute, or bucket URLs): download '
                       'the images first, or pack them as wds: shards')
 
 
-def _resolve(base: str, path: str) -> str:
-  return path if os.path.isabs(path) else os.path.join(base, path)
-
-
 def _require_file(path: str, kind: str) -> None:
-  if not os.path.isfile(path):
+  storage.check_reachable(path, f'{kind} data path')
+  if not storage.is_file(path):
     raise ConfigError(f'{kind} data path {path} does not exist')
+
+
+def _read_text(path: str) -> str:
+  # surrogateescape keeps undecodable bytes visible, so a bad caption is caught per row.
+  return storage.read_text(path, errors='surrogateescape')
 
 
 class CsvSource:
@@ -44,11 +49,10 @@ class CsvSource:
   def __init__(self, path: str, sep: str = ',', image_key: str = 'image',
                caption_key: str = 'caption', max_pixels: int = DEFAULT_MAX_PIXELS):
     _require_file(path, 'csv')
-    self.name, self.base, self.max_pixels = os.path.basename(path), os.path.dirname(path), max_pixels
+    self.name, self.base = storage.basename(path), storage.parent(path)
+    self.max_pixels = max_pixels
     sep = '\t' if sep in ('tab', '\\t') else sep
-    # surrogateescape keeps undecodable bytes visible, so a bad caption is caught per row.
-    with open(path, newline='', encoding='utf-8', errors='surrogateescape') as f:
-      rows = list(csv.reader(f, delimiter=sep))
+    rows = list(csv.reader(io.StringIO(_read_text(path), newline=''), delimiter=sep))
     if not rows:
       raise ConfigError(f'csv {path} is empty: it needs a header row')
     self.header, self.rows = rows[0], rows[1:]
@@ -78,7 +82,7 @@ class CsvSource:
   def __getitem__(self, i: int) -> dict:
     row, key = self._row(i), f'row {i + 2}'
     caption = decode_caption(row[self._caption], self.name, key)
-    data = read_file(_resolve(self.base, row[self._image]), self.name, key)
+    data = read_file(storage.resolve(self.base, row[self._image]), self.name, key)
     return {'image': decode_image(data, self.name, key, self.max_pixels), 'caption': caption,
             'key': key}
 
@@ -88,9 +92,10 @@ class JsonlSource:
 
   def __init__(self, path: str, max_pixels: int = DEFAULT_MAX_PIXELS):
     _require_file(path, 'jsonl')
-    self.name, self.base, self.max_pixels = os.path.basename(path), os.path.dirname(path), max_pixels
-    with open(path, encoding='utf-8', errors='surrogateescape') as f:
-      self.lines = [line for line in f if line.strip()]
+    self.name, self.base = storage.basename(path), storage.parent(path)
+    self.max_pixels = max_pixels
+    # Lines as a text file yields them (universal newlines; a U+2028 inside a string is no break).
+    self.lines = [line for line in io.StringIO(_read_text(path), newline=None) if line.strip()]
     for i, line in enumerate(self.lines):
       if JSONL_URL.search(line):  # Only such lines are parsed now; the rest when read.
         refuse_url(self._object(i).get('image', ''), f'jsonl {path}', f'line {i + 1}')
@@ -119,7 +124,7 @@ class JsonlSource:
     captions = self.text(i)
     if not isinstance(obj.get('image'), str):
       raise BadRecord('missing_file', self.name, key, 'no "image" path')
-    data = read_file(_resolve(self.base, obj['image']), self.name, key)
+    data = read_file(storage.resolve(self.base, obj['image']), self.name, key)
     record = {'image': decode_image(data, self.name, key, self.max_pixels),
               'caption': captions[0], 'key': key}
     if 'captions' in obj:
@@ -135,25 +140,26 @@ class ImageFolderSource:
   """
 
   def __init__(self, root: str, max_pixels: int = DEFAULT_MAX_PIXELS):
-    if not os.path.isdir(root):
+    storage.check_reachable(root, 'imagefolder data path')
+    if not storage.is_dir(root):
       raise ConfigError(f'imagefolder data path {root} does not exist')
-    self.name = os.path.basename(os.path.normpath(root))
+    self.name = storage.basename(root)
     self.root, self.max_pixels = root, max_pixels
-    folders = sorted(d for d in os.listdir(root) if os.path.isdir(os.path.join(root, d)))
+    folders = [d for d in storage.listdir(root) if storage.is_dir(storage.join(root, d))]
     if not folders:
       raise ConfigError(f'imagefolder {root} has no class folders')
     self.label_names = folders
     self.classnames = [d.replace('_', ' ') for d in folders]
-    names_file = os.path.join(root, 'classnames.txt')
-    if os.path.isfile(names_file):
-      with open(names_file) as f:
-        names = [line.strip() for line in f if line.strip()]
+    names_file = storage.join(root, 'classnames.txt')
+    if storage.is_file(names_file):
+      names = [line.strip() for line in storage.read_text(names_file).splitlines() if line.strip()]
       if len(names) != len(folders):
         raise ConfigError(f'{names_file} has {len(names)} names for {len(folders)} folders')
       self.classnames = names
-    self.items = [(os.path.join(folder, name), label)
+    # Keys are `folder/name` with '/' on every platform and storage alike.
+    self.items = [(f'{folder}/{name}', label)
                   for label, folder in enumerate(folders)
-                  for name in sorted(os.listdir(os.path.join(root, folder)))
+                  for name in storage.listdir(storage.join(root, folder))
                   if name.lower().endswith(IMAGE_EXTENSIONS)]
 
   def __len__(self) -> int:
@@ -169,6 +175,6 @@ class ImageFolderSource:
 
   def __getitem__(self, i: int) -> dict:
     path, label = self.items[i]
-    data = read_file(os.path.join(self.root, path), self.name, path)
+    data = read_file(storage.join(self.root, *path.split('/')), self.name, path)
     return {'image': decode_image(data, self.name, path, self.max_pixels), 'label': label,
             'caption': self.classnames[label], 'key': path}

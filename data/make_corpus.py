@@ -2,18 +2,19 @@
 
   python -m data.make_corpus --format csv|jsonl|wds|imagefolder --out DIR [--count N]
       [--split train] [--image_size 64] [--per_shard 1000] [--jpeg_quality 90]
-Prints the data spec to train or evaluate on what it wrote.
+Prints the data spec to train or evaluate on what it wrote. DIR may be a gs:// or s3:// URL.
 """
 
 import argparse
+import csv
 import io
 import json
-import os
 import sys
 import tarfile
 
 from PIL import Image
 
+from data import storage
 from data.shapes import ShapesSource
 
 
@@ -33,50 +34,50 @@ def add_member(tar: tarfile.TarFile, name: str, data: bytes) -> None:
 
 def write_corpus(fmt: str, out: str, count: int, split: str = 'train', image_size: int = 64,
                  per_shard: int = 1000, quality: int = 90) -> str:
-  """Writes `count` records of a shapes split; returns the data spec that reads them."""
+  """Writes `count` records of a shapes split (locally or to a bucket); returns the data spec."""
+  if fmt not in ('csv', 'jsonl', 'wds', 'imagefolder'):
+    raise ValueError(f'unknown format {fmt!r}')
   source = ShapesSource(split, image_size=image_size)
-  os.makedirs(out, exist_ok=True)
+  storage.check_reachable(out, 'corpus folder')
+  storage.makedirs(out)
   records = (source[i] for i in range(count))
   if fmt == 'wds':
     shards = -(-count // per_shard)
     width = max(6, len(str(shards - 1)))
     for shard in range(shards):
-      with tarfile.open(os.path.join(out, f'shard-{shard:0{width}d}.tar'), 'w') as tar:
+      buffer = io.BytesIO()  # a whole shard, then one upload: objects cannot be appended to
+      with tarfile.open(fileobj=buffer, mode='w') as tar:
         for i in range(shard * per_shard, min(count, (shard + 1) * per_shard)):
           record = next(records)
           add_member(tar, f'{i:09d}.jpg', encode(record['image'], quality=quality))
           text = '\n'.join(record.get('captions') or [record['caption']])
           add_member(tar, f'{i:09d}.txt', text.encode())
+      storage.write_bytes(storage.join(out, f'shard-{shard:0{width}d}.tar'), buffer.getvalue())
     return f'wds:{out}/shard-{{{0:0{width}d}..{shards - 1:0{width}d}}}.tar'
   if fmt == 'imagefolder':
     for i, record in enumerate(records):
-      folder = os.path.join(out, source.classnames[record['label']].replace(' ', '_'))
-      os.makedirs(folder, exist_ok=True)
-      with open(os.path.join(folder, f'{i:06d}.jpg'), 'wb') as f:
-        f.write(encode(record['image'], quality=quality))
+      folder = source.classnames[record['label']].replace(' ', '_')
+      storage.write_bytes(storage.join(out, folder, f'{i:06d}.jpg'),
+                          encode(record['image'], quality=quality))
     return f'imagefolder:{out}'
-  os.makedirs(os.path.join(out, 'images'), exist_ok=True)
   rows = []
   for i, record in enumerate(records):
     name = f'images/{i:06d}.jpg'
-    with open(os.path.join(out, name), 'wb') as f:
-      f.write(encode(record['image'], quality=quality))
+    storage.write_bytes(storage.join(out, 'images', f'{i:06d}.jpg'),
+                        encode(record['image'], quality=quality))
     rows.append((name, record))
   if fmt == 'csv':
-    import csv
-    with open(os.path.join(out, 'captions.csv'), 'w', newline='') as f:
-      writer = csv.writer(f)
-      writer.writerow(['image', 'caption'])
-      writer.writerows((name, r.get('caption') or r['captions'][0]) for name, r in rows)
+    text = io.StringIO(newline='')
+    writer = csv.writer(text)
+    writer.writerow(['image', 'caption'])
+    writer.writerows((name, r.get('caption') or r['captions'][0]) for name, r in rows)
+    storage.write_text(storage.join(out, 'captions.csv'), text.getvalue())
     return f'csv:{out}/captions.csv'
-  if fmt == 'jsonl':
-    with open(os.path.join(out, 'captions.jsonl'), 'w') as f:
-      for name, r in rows:
-        obj = {'image': name, **({'captions': r['captions']} if 'captions' in r
-                                 else {'caption': r['caption']})}
-        f.write(json.dumps(obj) + '\n')
-    return f'jsonl:{out}/captions.jsonl'
-  raise ValueError(f'unknown format {fmt!r}')
+  lines = [json.dumps({'image': name, **({'captions': r['captions']} if 'captions' in r
+                                           else {'caption': r['caption']})}) + '\n'
+           for name, r in rows]
+  storage.write_text(storage.join(out, 'captions.jsonl'), ''.join(lines))
+  return f'jsonl:{out}/captions.jsonl'
 
 
 def main(argv: list[str]) -> int:

@@ -9,6 +9,7 @@ import io
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
+from data import storage
 from data.errors import require
 
 BAD_KINDS = ('truncated_image', 'empty_file', 'not_an_image', 'missing_file', 'missing_caption',
@@ -40,10 +41,9 @@ class BrokenSource(Exception):
 
 
 def read_file(path: str, source: str, key: str) -> bytes:
-  """The bytes of a file, or BadRecord(missing_file)."""
+  """The bytes of a file (local or a bucket object), or BadRecord(missing_file)."""
   try:
-    with open(path, 'rb') as f:
-      return f.read()
+    return storage.read_bytes(path)
   except (FileNotFoundError, IsADirectoryError, NotADirectoryError):
     raise BadRecord('missing_file', source, key, f'image file {path} does not exist') from None
 

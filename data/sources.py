@@ -10,11 +10,12 @@
 A record is a dict with `image` (RGB PIL image or uint8 array), `key`, and `caption`, `captions`
 and/or `label`; a broken record raises data.records.BadRecord. Sources expose `name`, `text(i)`
 (captions without the image), `classnames` when they have classes, and `problems` (bad shards).
+Every PATH may be local or a gs:// / s3:// URL, except a tfds: data_dir (local only).
 """
 
-import os
 from urllib.parse import parse_qsl
 
+from data import storage
 from data.records import DEFAULT_MAX_PIXELS
 from data.errors import ConfigError
 
@@ -95,5 +96,5 @@ def open_source(spec: str, image_size: int = 64, seed: int = 0, cache_dir: str |
 
 
 def index_cache_dir(workdir: str) -> str:
-  """Where a run keeps its shard indexes."""
-  return os.path.join(workdir, 'data_index')
+  """Where a run keeps its shard indexes: beside the run, in its bucket when the workdir is one."""
+  return storage.join(workdir, 'data_index')

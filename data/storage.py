@@ -8,6 +8,7 @@ A local path behaves as it always has. No code outside this module calls `os.pat
 user path.
 """
 
+import glob as globlib
 import os
 import re
 from typing import IO
@@ -143,16 +144,29 @@ def filesystem(path: str) -> tuple[fsspec.AbstractFileSystem, str]:
   return fsspec.core.url_to_fs(path)
 
 
-def open_reader(path: str) -> IO[bytes]:
+def open_reader(path: str, sequential: bool = False) -> IO[bytes]:
   """A seekable binary handle; in a bucket each read is a ranged GET, not a whole download.
 
   Callers keep it open and read members by offset, so a record costs one request, not an open.
+  `sequential=True` (a scan front to back, e.g. indexing a tar) reads ahead in large blocks
+  instead, so walking many small members costs a few requests.
   """
   if not is_bucket(path):
     return open(path, 'rb')
   fs, inner = filesystem(path)
+  if sequential:
+    return fs.open(inner, 'rb', block_size=8 << 20, cache_type='readahead')
   # Reads are random (shuffled records): readahead would fetch bytes no record asks for.
   return fs.open(inner, 'rb', block_size=1 << 20, cache_type='none')
+
+
+def glob(pattern: str) -> list[str]:
+  """Sorted paths matching `*`, `?` and `[...]`; in a bucket through the client's object listing."""
+  if not is_bucket(pattern):
+    return sorted(globlib.glob(pattern))
+  fs, inner = filesystem(pattern)
+  fs.invalidate_cache()  # a listing cached earlier in this process may predate new objects
+  return sorted(f'{scheme(pattern)}://{found}' for found in fs.glob(inner))
 
 
 def version_stamp(path: str) -> list:
@@ -164,6 +178,7 @@ def version_stamp(path: str) -> list:
     stat = os.stat(path)
     return [stat.st_size, stat.st_mtime_ns]
   fs, inner = filesystem(path)
+  fs.invalidate_cache(inner)  # else the client may answer from a listing made before a rewrite
   info = fs.info(inner)
   version = info.get('generation') or info.get('ETag') or info.get('etag') or ''
   return [int(info['size']), str(version)]

@@ -5,6 +5,7 @@ import logging
 import numpy as np
 from PIL import Image
 
+from data import storage
 from data.records import DEFAULT_MAX_PIXELS, BadRecord, decode_caption, decode_image, to_rgb
 from data.errors import ConfigError
 
@@ -22,6 +23,12 @@ class TfdsSource:
 
   def __init__(self, name: str, split: str = 'train', data_dir: str | None = None,
                image_key: str = 'image', caption_key: str = 'caption', label_key: str = 'label'):
+    if data_dir and storage.scheme(data_dir):
+      # tfds finds a bucket's dataset through etils, but array_record's C++ reader opens local
+      # files only: records in a bucket cannot be read (checked: a read never returns).
+      raise ConfigError(f'tfds:{name}:{split} data_dir={data_dir}: tfds: reads a local data_dir '
+                        'only (array_record cannot read buckets); copy the prepared dataset to '
+                        'local disk (gcloud storage cp -r) or convert it to wds: shards')
     import tensorflow_datasets as tfds  # Lazy: only tfds: specs pay the import.
     quiet = logging.getLogger('absl')  # tfds logs a warning per unprepared folder it looks at
     level = quiet.level

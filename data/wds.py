@@ -1,18 +1,24 @@
-"""`wds:PATTERN` — local webdataset tar shards read by offset, never extracted.
+"""`wds:PATTERN` — webdataset tar shards on disk or in a bucket, read by offset, never extracted.
 
 A sample is the tar members sharing a key (the member path up to the first dot of its base name):
 an image (.jpg .jpeg .png .webp) and a caption (.txt, or .json with a "caption" field); a .txt of
-several lines is several captions (evaluation uses all, training the first). Each shard is indexed once (member offsets), cached as JSON in `cache_dir`, and rebuilt when the shard's size
-or modification time changes. A truncated shard keeps the complete samples before the cut.
+several lines is several captions (evaluation uses all, training the first). Each shard is indexed
+once (member offsets), cached as JSON in `cache_dir` (beside the run: in its bucket when the
+workdir is one), and rebuilt when the shard's version stamp changes (size and modification time
+locally; size and generation / ETag in a bucket). A truncated shard keeps the complete samples
+before the cut. Members are read by byte range through a handle each thread keeps open per shard.
 """
 
-import glob
+import collections
+import concurrent.futures
 import json
-import os
+import posixpath
 import re
 import tarfile
+import threading
 import zlib
 
+from data import storage
 from data.records import DEFAULT_MAX_PIXELS, BadRecord, decode_caption, decode_image
 from data.errors import ConfigError
 
@@ -32,22 +38,24 @@ def expand_pattern(pattern: str) -> list[str]:
       out.extend(expand_pattern(pattern[:match.start()] + str(n).zfill(width) + pattern[match.end():]))
     return out
   if any(c in pattern for c in '*?['):
-    return sorted(glob.glob(pattern))
+    return storage.glob(pattern)
   return [pattern]
 
 
 def _split_name(name: str) -> tuple[str, str]:
-  folder, base = os.path.split(name)
+  folder, base = posixpath.split(name)  # tar member names use '/'
   stem, _, ext = base.partition('.')
-  return os.path.join(folder, stem), ext.lower()
+  return posixpath.join(folder, stem), ext.lower()
 
 
 def index_shard(path: str) -> dict:
   """{'samples': [[key, img_off, img_len, cap_off, cap_len, cap_ext], ...], 'truncated': bool}."""
   members, truncated = {}, False
-  size = os.path.getsize(path)
+  size = storage.version_stamp(path)[0]
   try:
-    with tarfile.open(path, 'r:') as tar:
+    # One front-to-back pass with read-ahead: headers sit between members, so a bucket shard
+    # costs a few large GETs, not one per member.
+    with storage.open_reader(path, sequential=True) as f, tarfile.open(fileobj=f, mode='r:') as tar:
       for info in tar:
         if not info.isfile():
           continue
@@ -70,26 +78,68 @@ def index_shard(path: str) -> dict:
 
 
 def cached_index(path: str, cache_dir: str | None) -> dict:
-  """The shard's index, from the cache when the shard is unchanged."""
-  stat = os.stat(path)
-  stamp = [os.path.abspath(path), stat.st_size, stat.st_mtime_ns]
+  """The shard's index, from the cache when the shard is unchanged.
+
+  The stamp holds the shard's full path or URL and its version stamp, so a cache shared by runs
+  never mistakes one shard for another, nor a replaced shard for the one it replaced.
+  """
+  stamp = [storage.absolute(path), *storage.version_stamp(path)]
   cache = None
   if cache_dir:
-    cache = os.path.join(cache_dir, f'wds_{zlib.crc32(stamp[0].encode()):08x}.json')
+    cache = storage.join(cache_dir, f'wds_{zlib.crc32(stamp[0].encode()):08x}.json')
     try:
-      with open(cache) as f:
-        cached = json.load(f)
+      cached = json.loads(storage.read_text(cache))
       if cached['stamp'] == stamp:
         return cached
     except (OSError, ValueError, KeyError):
       pass
   index = {'stamp': stamp, **index_shard(path)}
   if cache:
-    os.makedirs(cache_dir, exist_ok=True)
-    with open(cache + '.tmp', 'w') as f:
-      json.dump(index, f)
-    os.replace(cache + '.tmp', cache)
+    storage.makedirs(cache_dir)
+    storage.write_text(cache, json.dumps(index))
   return index
+
+
+def _map(function, paths: list[str]) -> list:
+  """function(path) for each path; over bucket paths in parallel, each a few requests' latency."""
+  if not any(storage.is_bucket(p) for p in paths):
+    return [function(p) for p in paths]
+  with concurrent.futures.ThreadPoolExecutor(16) as pool:
+    return list(pool.map(function, paths))
+
+
+class ShardReaders:
+  """Byte ranges of shards through handles kept open, per thread, opened on first use.
+
+  grain reads with several threads (a handle's seek+read is not atomic) and ships the source to
+  worker processes: handles are never shared across threads nor copied to another process, where
+  each opens its own. At most `keep` stay open per thread (least recently used closed first), so
+  thousands of shards do not exhaust file descriptors or connections.
+  """
+
+  def __init__(self, paths: list[str], keep: int = 64):
+    self.paths, self.keep = paths, keep
+    self._local = threading.local()
+
+  def __getstate__(self) -> dict:
+    return {'paths': self.paths, 'keep': self.keep}
+
+  def __setstate__(self, state: dict) -> None:
+    self.__init__(**state)
+
+  def read(self, shard: int, offset: int, length: int) -> bytes:
+    """`length` bytes of shard `shard` from `offset`."""
+    handles = getattr(self._local, 'handles', None)
+    if handles is None:
+      handles = self._local.handles = collections.OrderedDict()
+    handle = handles.pop(shard, None)
+    if handle is None:
+      handle = storage.open_reader(self.paths[shard])
+      while len(handles) >= self.keep:
+        handles.popitem(last=False)[1].close()
+    handles[shard] = handle  # most recently used last
+    handle.seek(offset)
+    return handle.read(length)
 
 
 class WdsSource:
@@ -97,31 +147,31 @@ class WdsSource:
 
   def __init__(self, pattern: str, cache_dir: str | None = None,
                max_pixels: int = DEFAULT_MAX_PIXELS):
+    storage.check_reachable(pattern, 'wds data path')
     self.paths = expand_pattern(pattern)
-    missing = [p for p in self.paths if not os.path.isfile(p)]
+    missing = [p for p, found in zip(self.paths, _map(storage.is_file, self.paths)) if not found]
     if not self.paths or missing:
       raise ConfigError(f'wds data path {missing[0] if missing else pattern} does not exist')
-    self.name = os.path.basename(pattern.split('{')[0].rstrip('-_/')) or 'wds'
+    self.name = pattern.split('{')[0].rstrip('-_/').rsplit('/', 1)[-1] or 'wds'
     self.max_pixels = max_pixels
     self.samples, self.problems = [], []
-    for shard, path in enumerate(self.paths):
-      index = cached_index(path, cache_dir)
+    indexes = _map(lambda path: cached_index(path, cache_dir), self.paths)
+    for shard, (path, index) in enumerate(zip(self.paths, indexes)):
       self.samples.extend((shard, *s) for s in index['samples'])
       if index['truncated']:
-        self.problems.append(BadRecord('truncated_shard', self.name, os.path.basename(path),
+        self.problems.append(BadRecord('truncated_shard', self.name, storage.basename(path),
                                        'tar shard is truncated; its complete samples are kept'))
+    self._readers = ShardReaders(self.paths)
 
   def __len__(self) -> int:
     return len(self.samples)
 
   def _read(self, shard: int, offset: int, length: int) -> bytes:
-    with open(self.paths[shard], 'rb') as f:
-      f.seek(offset)
-      return f.read(length)
+    return self._readers.read(shard, offset, length)
 
   def _key(self, i: int) -> str:
     shard, key = self.samples[i][:2]
-    return f'{os.path.basename(self.paths[shard])}/{key}'
+    return f'{storage.basename(self.paths[shard])}/{key}'
 
   def text(self, i: int) -> list[str]:
     """Every caption of sample i (a .txt holds one per line), without reading its image."""

@@ -258,14 +258,16 @@ def test_a_source_without_records_is_one_config_error(tmp_path, name, text):
 
 @pytest.mark.parametrize('name, text, where', [
     ('urls.csv', 'image,caption\nlocal.png,a\nhttps://example.com/a.png,b\n', 'row 3'),
-    ('urls.jsonl', '{"image": "a.png", "caption": "a"}\n'
-                   '{"caption": "b", "image": "gs://bucket/b.png"}\n', 'line 2'),
+    ('urls.jsonl', '{"image": "a.png", "caption": "a"}\n{"caption": "b", "image": "gs://b/b.png"}\n'
+                   '{"caption": "c", "image": "ftp://example.com/c.png"}\n', 'line 3'),
 ])
-def test_urls_where_local_paths_belong_are_refused(tmp_path, name, text, where):
+def test_web_urls_where_image_paths_belong_are_refused(tmp_path, name, text, where):
+  """gs:// and s3:// image URLs are read (tests/test_bucket_data.py); other schemes are refused."""
   from data.errors import ConfigError
   (tmp_path / name).write_text(text)
-  with pytest.raises(ConfigError, match=f'{where}: image .*://.* is a URL; csv:/jsonl: sources '
-                                        'read local files only'):
+  with pytest.raises(ConfigError, match=f'{where}: image .*://.* is a (https|ftp):// URL; '
+                                        'csv:/jsonl: sources read local files and gs:// or s3:// '
+                                        'objects only'):
     open_source(f'{name.split(".")[1]}:{tmp_path / name}')
 
 
