@@ -11,6 +11,7 @@ import pytest
 from data import storage
 from data.errors import ConfigError
 from data.make_corpus import write_corpus
+from data.records import BadRecord
 from data.sources import index_cache_dir, open_source
 from tests.helpers import read_metrics, run_train
 
@@ -140,6 +141,35 @@ def test_image_urls_in_rows_read_from_buckets_and_web_urls_are_refused(gcs, loca
                                         r'URL; .*gs:// or s3:// objects only') as info:
     open_source(f'jsonl:{tmp_path / "web.jsonl"}')
   assert '\n' not in str(info.value)
+
+
+def _bad_records(source) -> list:
+  """(key, kind) of every record of the source that is bad; None for a good one."""
+  found = []
+  for i in range(len(source)):
+    try:
+      source[i]
+      found.append(None)
+    except BadRecord as e:
+      found.append((e.key, e.kind))
+  return found
+
+
+@pytest.mark.parametrize('fmt', ['csv', 'wds'])
+def test_bad_records_and_truncated_shards_are_the_same_in_a_bucket(gcs, fmt, tmp_path):
+  from tests import corpora  # pylint: disable=import-outside-toplevel
+  max_pixels = 64 * 64
+  make = corpora.csv_with_bad_records if fmt == 'csv' else corpora.wds_with_bad_records
+  path, _ = make(str(tmp_path / 'data'), good=6, max_pixels=max_pixels)
+  url = storage.join(gcs.bucket(f'bad-{next(_BUCKETS)}'), 'data')
+  upload_tree(str(tmp_path / 'data'), url)
+  local = open_source(f'{fmt}:{path}', cache_dir=str(tmp_path / 'c'), max_pixels=max_pixels)
+  remote = open_source(f'{fmt}:{path.replace(str(tmp_path / "data"), url)}',
+                       cache_dir=storage.join(url, 'index'), max_pixels=max_pixels)
+  problems = lambda source: [(p.kind, p.key) for p in getattr(source, 'problems', [])]
+  assert problems(remote) == problems(local)
+  assert _bad_records(remote) == _bad_records(local)
+  assert sum(r is not None for r in _bad_records(local)) >= 7
 
 
 @pytest.mark.parametrize('kind', KINDS)
