@@ -15,8 +15,8 @@ record count per shard.
 """
 
 import bisect
-import fnmatch
 import json
+import re
 import struct
 import threading
 
@@ -31,6 +31,7 @@ METADATA = 'arrayrecord.json'
 READER_OPTIONS = 'readahead_buffer_size:0,max_parallelism:0'
 WRITER_OPTIONS = 'group_size:1'  # one record per chunk: what grain needs for fast random reads
 _HEAD = struct.Struct('<4sI')
+_BRACES = re.compile(r'\{(\d+)\.\.(\d+)\}')  # as wds: patterns, e.g. {000..099}
 
 
 def encode_record(header: dict, image: bytes) -> bytes:
@@ -57,16 +58,18 @@ def shard_paths(path: str) -> list[str]:
   """The ArrayRecord files a spec names: a folder's *.array_record, or a pattern of files."""
   if storage.is_dir(path):
     return [storage.join(path, n) for n in storage.listdir(path) if n.endswith(SUFFIX)]
-  from data.wds import expand_pattern  # Brace ranges as wds: shards (local globs).
-  paths = []
-  for one in expand_pattern(path):
-    if storage.is_bucket(one) and any(c in one for c in '*?['):
-      folder = storage.parent(one)
-      paths += [storage.join(folder, n) for n in storage.listdir(folder)
-                if fnmatch.fnmatch(n, storage.basename(one))]
-    else:
-      paths.append(one)
-  return paths
+  from data.wds import expand_pattern  # The same patterns as wds: shards.
+  if not storage.is_bucket(path):
+    return expand_pattern(path)
+  match = _BRACES.search(path)
+  if match:
+    lo, hi = match.group(1), match.group(2)
+    return [p for n in range(int(lo), int(hi) + 1)
+            for p in shard_paths(path[:match.start()] + str(n).zfill(len(lo)) + path[match.end():])]
+  if any(c in path for c in '*?['):
+    fs, inner = storage.filesystem(path)
+    return sorted(f'{storage.scheme(path)}://{p}' for p in fs.glob(inner))
+  return [path]
 
 
 def _open_reader(path: str):

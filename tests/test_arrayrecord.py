@@ -214,3 +214,30 @@ def test_missing_and_s3_paths_are_one_config_error(tmp_path):
     open_source(f'arrayrecord:{tmp_path}/none')
   with pytest.raises(ConfigError, match='gs:// files only'):
     open_source('arrayrecord:s3://bucket/x')
+
+
+def test_bucket_output_and_gs_reads(gcs, tmp_path):
+  """--out gs:// is written locally then uploaded; arrayrecord:gs:// is read by array_record's own
+  GCS client (the emulator through CLOUD_STORAGE_EMULATOR_ENDPOINT)."""
+  bucket = gcs.bucket('arrayrecords')
+  converter, spec = convert('shapes:zeroshot', f'{bucket}/shapes', shards=2, count=6,
+                            image_size=16)
+  assert spec == f'arrayrecord:{bucket}/shapes' and sum(converter.written) == 6
+  source, original = open_source(spec), ShapesSource('zeroshot', 16)
+  assert len(source) == 6 and source.classnames == original.classnames
+  for i in range(6):
+    np.testing.assert_array_equal(np.asarray(source[i]['image']), original[i]['image'])
+    assert source[i]['key'] == original[i]['key']
+  pattern = open_source(f'arrayrecord:{bucket}/shapes/*-of-00002{SUFFIX}')
+  assert len(pattern) == 6 and pattern.text(5) == original.text(5)
+
+
+def test_s3_output_is_uploaded_and_its_reading_refused_in_one_line(s3):
+  bucket = s3.bucket('arrayrecords')
+  convert('shapes:zeroshot', f'{bucket}/shapes', shards=2, count=4, image_size=16)
+  from data import storage
+  assert storage.listdir(f'{bucket}/shapes') == [
+      'arrayrecord.json', f'shapes_zeroshot-00000-of-00002{SUFFIX}',
+      f'shapes_zeroshot-00001-of-00002{SUFFIX}']
+  with pytest.raises(ConfigError, match='opens local and gs:// files only'):
+    open_source(f'arrayrecord:{bucket}/shapes')
