@@ -1,4 +1,4 @@
-"""`arrayrecord:PATH` — ArrayRecord files (grain's native random-access format) of image-text records.
+"""`arrayrecord:PATH` — ArrayRecord files (grain's native random-access format) of image-text pairs.
 
 PATH is a folder written by `python -m data.convert` (its `*.array_record` files, in name order), or
 a pattern of files (brace ranges and globs, as wds:). Local paths and `gs://` are read; array_record
@@ -140,7 +140,11 @@ class ArrayRecordSource:
     if self._readers[shard] is None:
       with self._lock:
         if self._readers[shard] is None:
-          self._readers[shard] = _open_reader(self.paths[shard])
+          reader = _open_reader(self.paths[shard])
+          if not reader.ok():  # A file cut short since arrayrecord.json counted it.
+            raise BadRecord('truncated_shard', self.name, storage.basename(self.paths[shard]),
+                            'not a readable ArrayRecord file (truncated?)')
+          self._readers[shard] = reader
     return self._readers[shard]
 
   def _record(self, i: int) -> tuple[dict, bytes, str]:

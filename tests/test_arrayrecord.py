@@ -121,6 +121,14 @@ def test_a_copied_source_reopens_its_readers(corpora):
   assert clone[4]['captions'] == first['captions']
 
 
+def test_grain_worker_processes_read_the_same_batches(corpora):
+  from absl import flags
+  flags.FLAGS.mark_as_parsed()  # grain worker processes read absl flags
+  spec = corpora['wds'][1]
+  for a, b in zip(_batches(spec), _batches(spec, workers=1)):
+    np.testing.assert_array_equal(a['image'], b['image'])
+
+
 def test_corrupted_records_raise_bad_record(tmp_path):
   from array_record.python.array_record_module import ArrayRecordWriter
   good = encode_record({'key': 'k0', 'caption': 'a cat'}, _png())
@@ -159,9 +167,9 @@ def _png() -> bytes:
   return png_bytes(np.random.default_rng(0).integers(0, 256, (16, 16, 3), np.uint8))
 
 
-def _batches(spec: str, steps: int = 2) -> list[dict]:
-  cfg = ml_collections.ConfigDict(dict(resize=40, flip=True, num_threads=2, prefetch=2, workers=0,
-                                       on_bad_record='skip'))
+def _batches(spec: str, steps: int = 2, workers: int = 0) -> list[dict]:
+  cfg = ml_collections.ConfigDict(dict(resize=40, flip=True, num_threads=2, prefetch=2,
+                                       workers=workers, on_bad_record='skip'))
   ds = train_dataset(open_source(spec, image_size=32), get_tokenizer('bytes'), cfg,
                      image_size=16, context_length=8, global_batch=16, seed=1, process_index=0,
                      process_count=1)
@@ -241,3 +249,53 @@ def test_s3_output_is_uploaded_and_its_reading_refused_in_one_line(s3):
       f'shapes_zeroshot-00001-of-00002{SUFFIX}']
   with pytest.raises(ConfigError, match='opens local and gs:// files only'):
     open_source(f'arrayrecord:{bucket}/shapes')
+
+
+def test_truncated_files_are_problems_or_bad_records(corpora, tmp_path):
+  folder = corpora['csv'][1].split(':', 1)[1]
+  names = sorted(n for n in os.listdir(folder) if n.endswith(SUFFIX))
+  for with_metadata in (False, True):
+    copy_to = tmp_path / f'meta{with_metadata}'
+    copy_to.mkdir()
+    for name in names + (['arrayrecord.json'] if with_metadata else []):
+      data = open(os.path.join(folder, name), 'rb').read()
+      (copy_to / name).write_bytes(data[:len(data) // 2] if name == names[1] else data)
+    source = ArrayRecordSource(str(copy_to))
+    if not with_metadata:  # Counted from the footers at start-up: the cut file has none.
+      assert [p.kind for p in source.problems] == ['truncated_shard']
+      assert len(source) == COUNT - COUNT * 2 // 3 + COUNT // 3
+    else:  # Counted by arrayrecord.json: its records are bad records when read.
+      assert source.problems == [] and len(source) == COUNT
+      with pytest.raises(BadRecord, match='truncated_shard'):
+        source[COUNT // 3 + 1]  # pylint: disable=pointless-statement
+      assert source[0]['key'] == 'row 2'
+
+
+@pytest.mark.parametrize('fmt', ['jsonl', 'imagefolder'])
+def test_jsonl_and_imagefolder_convert_to_the_same_records(tmp_path, fmt):
+  spec = write_corpus(fmt, str(tmp_path / fmt), 8, 'retrieval' if fmt == 'jsonl' else 'zeroshot',
+                      32)
+  _, out_spec = convert(spec, str(tmp_path / 'ar'), shards=2)
+  original, converted = open_source(spec), open_source(out_spec)
+  assert len(converted) == 8 and getattr(converted, 'classnames', None) == getattr(
+      original, 'classnames', None)
+  for i in range(8):
+    a, b = original[i], converted[i]
+    assert {k: v for k, v in a.items() if k != 'image'} == {
+        k: v for k, v in b.items() if k != 'image'}
+    np.testing.assert_array_equal(np.asarray(a['image']), np.asarray(b['image']))
+
+
+def test_tfds_converts_its_pixels_as_png(tmp_path):
+  from tests.test_tfds_and_tokenizer import TinyCaptions
+  TinyCaptions(data_dir=str(tmp_path), file_format='array_record').download_and_prepare()
+  spec = f'tfds:tiny_captions:train?data_dir={tmp_path}'
+  converter, out_spec = convert(spec, str(tmp_path / 'ar'))
+  assert converter.metadata(spec)['images'] == 'png'
+  original, converted = open_source(spec), open_source(out_spec)
+  assert len(converted) == 16 and converted.classnames == ['red circle', 'blue square']
+  for i in range(16):
+    a, b = original[i], converted[i]
+    assert (a['caption'], a['captions'], a['label'], a['key']) == (
+        b['caption'], b['captions'], b['label'], b['key'])
+    np.testing.assert_array_equal(np.asarray(a['image']), np.asarray(b['image']))
