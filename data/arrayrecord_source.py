@@ -1,4 +1,4 @@
-"""`arrayrecord:PATH` — ArrayRecord files (grain's native random-access format) of image-text pairs.
+"""`arrayrecord:PATH` — ArrayRecord files (grain's random-access format) of image-text pairs.
 
 PATH is a folder written by `python -m data.convert` (its `*.array_record` files, in name order), or
 a pattern of files (brace ranges and globs, as wds:). Local paths and `gs://` are read; array_record
