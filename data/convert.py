@@ -1,7 +1,7 @@
 """Converts any data source to ArrayRecord files, grain's native random-access format.
 
   python -m data.convert SPEC --to arrayrecord --out DIR [--shards N] [--count N]
-      [--image_size 64] [--seed 0]
+      [--image_size 64] [--seed 0] [--max_pixels N]
 Writes DIR/<name>-0000k-of-0000N.array_record and DIR/arrayrecord.json (record counts, class names),
 then prints what it wrote and the spec that reads it (`arrayrecord:DIR`). Images keep their original
 encoded bytes (a file's, a tar member's, an encoded TFDS feature's); sources that hold decoded
@@ -23,7 +23,7 @@ from PIL import Image
 from data import storage
 from data.arrayrecord_source import METADATA, SUFFIX, WRITER_OPTIONS, encode_record
 from data.errors import ConfigError
-from data.records import BadRecord
+from data.records import DEFAULT_MAX_PIXELS, BadRecord
 from data.sources import mixture_parts, open_source
 
 FORMATS = ('arrayrecord',)
@@ -102,7 +102,7 @@ class Converter:
       path = os.path.join(folder, self.name(shard))
       writer = ArrayRecordWriter(path, WRITER_OPTIONS)
       if not writer.ok():
-        raise ConfigError(f'cannot write {path}')
+        raise ConfigError(f'cannot write ArrayRecord file {path}')
       for i in range(shard * self.count // self.shards, (shard + 1) * self.count // self.shards):
         data = self.record(i)
         if data is not None:
@@ -110,13 +110,17 @@ class Converter:
           self.written[shard] += 1
       writer.close()
 
+  def images(self) -> str:
+    """How the images were stored: 'original' bytes, 'png' (from pixels), or 'mixed'."""
+    if not self.png:
+      return 'original'
+    return 'png' if self.png == sum(self.written) else 'mixed (original where the source had bytes)'
+
   def metadata(self, spec: str) -> dict:
     """arrayrecord.json: what was converted, the record count per file, class names."""
     meta = {'name': self.source.name, 'from': spec, 'records': sum(self.written),
             'counts': {self.name(k): n for k, n in enumerate(self.written)},
-            'skipped': self.skipped,
-            'images': 'png' if self.png == sum(self.written) and self.png else
-                      'original' if not self.png else 'mixed (original where the source had bytes)'}
+            'skipped': self.skipped, 'images': self.images()}
     if getattr(self.source, 'classnames', None):
       meta['classnames'] = list(self.source.classnames)
     return meta
@@ -135,7 +139,7 @@ def _publish(folder: str, out: str) -> None:
 
 
 def convert(spec: str, out: str, shards: int = 1, count: int | None = None, image_size: int = 64,
-            seed: int = 0) -> tuple[Converter, str]:
+            seed: int = 0, max_pixels: int = DEFAULT_MAX_PIXELS) -> tuple[Converter, str]:
   """Converts the source `spec` names into ArrayRecord files in `out`; returns (converter, spec)."""
   if len(mixture_parts(spec)) > 1:
     raise ConfigError(f'{spec!r} is a mixture: convert each part, then mix the arrayrecord: specs')
@@ -144,7 +148,7 @@ def convert(spec: str, out: str, shards: int = 1, count: int | None = None, imag
   storage.check_reachable(out, 'convert --out')
   if storage.is_dir(out) and any(n.endswith(SUFFIX) for n in storage.listdir(out)):
     raise ConfigError(f'--out {out} already holds {SUFFIX} files; choose an empty folder')
-  source = open_source(spec, image_size=image_size, seed=seed)
+  source = open_source(spec, image_size=image_size, seed=seed, max_pixels=max_pixels)
   count = len(source) if count is None else min(count, len(source))
   converter = Converter(source, min(shards, max(count, 1)), count)
   if not storage.is_bucket(out):
@@ -170,17 +174,18 @@ def main(argv: list[str]) -> int:
   parser.add_argument('--count', type=int, default=None, help='convert only the first N records')
   parser.add_argument('--image_size', type=int, default=64, help='shapes: render size')
   parser.add_argument('--seed', type=int, default=0, help='shapes: corpus seed')
+  parser.add_argument('--max_pixels', type=int, default=DEFAULT_MAX_PIXELS,
+                      help='larger images are bad records (skipped), as in training')
   args = parser.parse_args(argv)
   try:
     converter, out_spec = convert(args.spec, args.out, args.shards, args.count, args.image_size,
-                                  args.seed)
+                                  args.seed, args.max_pixels)
   except ConfigError as e:
     print(f'error: {e}', file=sys.stderr)
     return 2
   skipped = ', '.join(f'{k} {n}' for k, n in sorted(converter.skipped.items())) or 'none'
-  images = converter.metadata(args.spec)['images']
   print(f'wrote {sum(converter.written)} records of {args.spec} in {converter.shards} ArrayRecord '
-        f'file(s) to {args.out} (images: {images}; bad records skipped: {skipped})')
+        f'file(s) to {args.out} (images: {converter.images()}; bad records skipped: {skipped})')
   print(out_spec)
   return 0
 

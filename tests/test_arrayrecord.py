@@ -315,3 +315,12 @@ def test_trainer_losses_from_arrayrecord_equal_the_original(corpora, tmp_path):
     assert done.returncode == 0, done.stderr[-2000:]
     losses.append([row['loss'] for row in read_metrics(tmp_path / name)])
   assert len(losses[0]) == 3 and losses[0] == losses[1]
+
+
+def test_bad_records_are_skipped_and_counted_by_kind(tmp_path):
+  from tests.corpora import csv_with_bad_records
+  path, expected = csv_with_bad_records(str(tmp_path / 'csv'), 5, max_pixels=4096)
+  converter, out_spec = convert(f'csv:{path}', str(tmp_path / 'ar'), shards=2, max_pixels=4096)
+  assert converter.skipped == expected and sum(converter.written) == 5
+  source = open_source(out_spec)
+  assert [source[i]['caption'] for i in range(5)] == [f'good caption {i}' for i in range(5)]
