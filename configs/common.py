@@ -89,6 +89,11 @@ def base_config() -> ml_collections.ConfigDict:
       lowercase=True,
       resize=0,                    # Shorter side before the random crop; 0 = image_size (no crop).
       flip=False,                  # Random horizontal flip.
+      # 'resize_crop' (resize the shorter side to `resize`, random crop) or 'random_resized_crop'
+      # (OpenCLIP's train transform: a random box of area share in rrc_scale and aspect 3/4..4/3,
+      # resized to image_size; `resize` is then unused). Both are seeded by the global position.
+      augment='resize_crop',
+      rrc_scale=(0.9, 1.0),        # random_resized_crop's area range (OpenCLIP's default).
       num_threads=2,               # grain reader threads per process.
       prefetch=4,                  # Batches prefetched by grain.
       workers=0,                   # grain worker processes (0: threads of this process only).

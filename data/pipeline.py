@@ -17,7 +17,7 @@ import numpy as np
 from data.errors import require
 from data.records import BAD_KINDS, BadRecord, BrokenSource, check_bad_policy
 from data.tokenizer import Tokenizer
-from data.transforms import train_transform
+from data.transforms import AUGMENTS, random_resized_crop, train_transform
 
 # A bad record is replaced by the next readable record in index order; this many in a row is a
 # broken source, not a few bad records.
@@ -87,6 +87,8 @@ class PrepareExample:
   context_length: int
   seed: int
   on_bad_record: str = 'skip'
+  augment: str = 'resize_crop'  # data.transforms.AUGMENTS
+  rrc_scale: tuple[float, float] = (0.9, 1.0)
   log: BadRecordLog = dataclasses.field(default_factory=BadRecordLog)
 
   def _read(self, index: int, bad: np.ndarray) -> dict:
@@ -110,9 +112,19 @@ class PrepareExample:
     bad = np.zeros(len(BAD_KINDS), np.int32)
     record = self._read(index, bad)
     rng = np.random.default_rng((self.seed, position))
-    image = train_transform(record['image'], self.image_size, self.resize, self.flip, rng)
+    if self.augment == 'random_resized_crop':
+      image = random_resized_crop(record['image'], self.image_size, self.rrc_scale, self.flip, rng)
+    else:
+      image = train_transform(record['image'], self.image_size, self.resize, self.flip, rng)
     text = self.tokenizer.encode([record['caption']], self.context_length)[0]
     return {'image': image, 'text': text, 'bad': bad}
+
+
+def check_augment(augment: str, rrc_scale: tuple[float, float]) -> None:
+  """`data.augment` is known and `data.rrc_scale` is a range (low <= high) of area shares."""
+  require(augment in AUGMENTS, f'unknown data.augment {augment!r}; known: {", ".join(AUGMENTS)}')
+  require(len(rrc_scale) == 2 and 0 < rrc_scale[0] <= rrc_scale[1] <= 1,
+          f'data.rrc_scale {rrc_scale} is not (low, high) with 0 < low <= high <= 1')
 
 
 def train_dataset(source, tokenizer: Tokenizer, data_cfg, *, image_size: int, context_length: int,
@@ -120,11 +132,16 @@ def train_dataset(source, tokenizer: Tokenizer, data_cfg, *, image_size: int, co
                   process_count: int) -> grain.IterDataset:
   """This process's batches of the infinite, per-epoch shuffled training stream."""
   check_bad_policy(data_cfg.on_bad_record)
+  # Configs written before these fields existed (and tests' small data configs) mean the default.
+  augment = getattr(data_cfg, 'augment', 'resize_crop')
+  rrc_scale = tuple(getattr(data_cfg, 'rrc_scale', (0.9, 1.0)))
+  check_augment(augment, rrc_scale)
   for part in getattr(source, 'components', [source]):  # else a StopIteration deep in grain
     require(len(part) > 0, f'the training data {part.name} has no records')
   order = grain.MapDataset.range(len(source)).shuffle(seed=seed).repeat(None)
   prepare = PrepareExample(source, tokenizer, image_size, data_cfg.resize or image_size,
-                           data_cfg.flip, context_length, seed, data_cfg.on_bad_record)
+                           data_cfg.flip, context_length, seed, data_cfg.on_bad_record, augment,
+                           rrc_scale)
   ds = grain.MapDataset.source(ProcessSlice(order, global_batch, process_index, process_count))
   ds = ds.map(prepare).batch(global_batch // process_count, drop_remainder=True)
   ds = ds.to_iter_dataset(grain.ReadOptions(num_threads=data_cfg.num_threads,

@@ -6,6 +6,7 @@
   imagefolder:DIR                  DIR/<class>/<image>
   jsonl:PATH
   tfds:NAME[:SPLIT][?data_dir=DIR&image_key=image&caption_key=caption&label_key=label]
+  arrayrecord:DIR|PATTERN          ArrayRecord files written by `python -m data.convert`
   W1*SPEC1;W2*SPEC2                a weighted mixture, e.g. 0.7*csv:a.csv;0.3*wds:b/{0..9}.tar
 A record is a dict with `image` (RGB PIL image or uint8 array), `key`, and `caption`, `captions`
 and/or `label`; a broken record raises data.records.BadRecord. Sources expose `name`, `text(i)`
@@ -19,7 +20,7 @@ from data import storage
 from data.records import DEFAULT_MAX_PIXELS
 from data.errors import ConfigError
 
-SOURCE_KINDS = ('shapes', 'csv', 'wds', 'imagefolder', 'jsonl', 'tfds')
+SOURCE_KINDS = ('shapes', 'csv', 'wds', 'imagefolder', 'jsonl', 'tfds', 'arrayrecord')
 
 
 def parse_spec(spec: str) -> tuple[str, str, dict[str, str]]:
@@ -74,6 +75,9 @@ def _open_one(spec: str, image_size: int, seed: int, cache_dir: str | None, max_
     if kind == 'wds':
       from data.wds import WdsSource
       return WdsSource(arg, cache_dir=cache_dir, max_pixels=max_pixels, **options)
+    if kind == 'arrayrecord':
+      from data.arrayrecord_source import ArrayRecordSource
+      return ArrayRecordSource(arg, max_pixels=max_pixels, **options)
     if kind == 'tfds':
       from data.tfds_source import TfdsSource
       name, _, split = arg.partition(':')

@@ -58,7 +58,9 @@ class Emulator:
     if kind == 'gs':
       self.env = {'STORAGE_EMULATOR_HOST': self.url, 'TENSORSTORE_GCS_HTTP_URL': self.url,
                   # Else gcsfs first asks a gRPC API the emulator lacks and waits ~60 s per call.
-                  'GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT': 'false'}
+                  'GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT': 'false',
+                  # google-cloud-cpp's variable: array_record's own GCS client (arrayrecord: specs).
+                  'CLOUD_STORAGE_EMULATOR_ENDPOINT': self.url}
     else:
       self.env = {'AWS_ACCESS_KEY_ID': 'test', 'AWS_SECRET_ACCESS_KEY': 'test',
                   'AWS_DEFAULT_REGION': 'us-east-1', 'AWS_ENDPOINT_URL': self.url}

@@ -13,6 +13,7 @@ import ml_collections
 
 from data.errors import ConfigError
 from data.records import BAD_POLICIES
+from data.transforms import AUGMENTS
 from pretrain.backends import OPS
 from pretrain.losses import LOSS_IMPLS
 from pretrain.models.layers import ACTIVATIONS, REMAT_POLICIES
@@ -149,6 +150,8 @@ RULES: dict[str, Rule] = {
     'data.lowercase': BOOL,
     'data.resize': _int(low=0),
     'data.flip': BOOL,
+    'data.augment': Rule('str', choices=AUGMENTS),
+    'data.rrc_scale': Rule('floats', length=2, above=0.0, high=1.0),
     'data.num_threads': _int(low=1),
     'data.prefetch': _int(low=0),
     'data.workers': _int(low=0),

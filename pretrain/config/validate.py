@@ -64,7 +64,8 @@ def check_training(config, num_devices: int, num_processes: int) -> dict[str, in
           f'(batch_size {config.batch_size} / data-parallel size {ways} / accum_steps '
           f'{config.accum_steps})')
   # Imported here: the pipeline pulls in grain, which weight import (check_model) does not need.
-  from data.pipeline import check_process_split
+  from data.pipeline import check_augment, check_process_split
+  check_augment(config.data.augment, tuple(config.data.rrc_scale))
   check_process_split(config.batch_size, num_processes)
   return shape
 
