@@ -164,6 +164,10 @@ class ArrayRecordSource:
     values = header['captions'] if 'captions' in header else [header.get('caption')]
     return [decode_caption(v, self.name, key) for v in values]
 
+  def encoded_image(self, i: int) -> bytes:
+    """Record i's image bytes as stored."""
+    return self._record(i)[1]
+
   def __getitem__(self, i: int) -> dict:
     header, image, key = self._record(i)
     record = {k: header[k] for k in ('caption', 'captions', 'label') if k in header}

@@ -38,29 +38,10 @@ def png_bytes(image) -> bytes:
 
 
 def encoded_image(source, i: int) -> bytes | None:
-  """Record i's original encoded image bytes, or None where the source holds only pixels.
-
-  Reads the same file or tar member the source decodes (its own fields; one place to change if a
-  source's layout does).
-  """
-  kind = type(source).__name__
-  if kind == 'WdsSource':
-    shard, _, offset, length = source.samples[i][:4]
-    return source._read(shard, offset, length)  # pylint: disable=protected-access
-  if kind == 'CsvSource':
-    image = source._row(i)[source._image]  # pylint: disable=protected-access
-    return storage.read_bytes(storage.resolve(source.base, image))
-  if kind == 'JsonlSource':
-    image = source._object(i)['image']  # pylint: disable=protected-access
-    return storage.read_bytes(storage.resolve(source.base, image))
-  if kind == 'ImageFolderSource':
-    return storage.read_bytes(storage.join(source.root, source.items[i][0]))
-  if kind == 'ArrayRecordSource':
-    return source._record(i)[1]  # pylint: disable=protected-access
-  if kind == 'TfdsSource':
-    value = source._ds[i][source.image_key]  # pylint: disable=protected-access
-    return value if isinstance(value, bytes) else None
-  return None
+  """Record i's original encoded image bytes, or None where the source holds only pixels
+  (shapes:, tfds: image features stored decoded)."""
+  read = getattr(source, 'encoded_image', None)
+  return read(i) if read is not None else None
 
 
 def header_of(record: dict) -> dict:

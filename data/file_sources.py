@@ -79,10 +79,15 @@ class CsvSource:
     """The captions of record i, without reading its image."""
     return [decode_caption(self._row(i)[self._caption], self.name, f'row {i + 2}')]
 
+  def encoded_image(self, i: int) -> bytes:
+    """Record i's image file as stored (not decoded)."""
+    return read_file(storage.resolve(self.base, self._row(i)[self._image]), self.name,
+                     f'row {i + 2}')
+
   def __getitem__(self, i: int) -> dict:
     row, key = self._row(i), f'row {i + 2}'
     caption = decode_caption(row[self._caption], self.name, key)
-    data = read_file(storage.resolve(self.base, row[self._image]), self.name, key)
+    data = self.encoded_image(i)
     return {'image': decode_image(data, self.name, key, self.max_pixels), 'caption': caption,
             'key': key}
 
@@ -119,12 +124,17 @@ class JsonlSource:
     return [decode_caption(v, self.name, key) for v in values] or [
         decode_caption(None, self.name, key)]
 
+  def encoded_image(self, i: int) -> bytes:
+    """Record i's image file as stored (not decoded)."""
+    obj, key = self._object(i), f'line {i + 1}'
+    if not isinstance(obj.get('image'), str):
+      raise BadRecord('missing_file', self.name, key, 'no "image" path')
+    return read_file(storage.resolve(self.base, obj['image']), self.name, key)
+
   def __getitem__(self, i: int) -> dict:
     obj, key = self._object(i), f'line {i + 1}'
     captions = self.text(i)
-    if not isinstance(obj.get('image'), str):
-      raise BadRecord('missing_file', self.name, key, 'no "image" path')
-    data = read_file(storage.resolve(self.base, obj['image']), self.name, key)
+    data = self.encoded_image(i)
     record = {'image': decode_image(data, self.name, key, self.max_pixels),
               'caption': captions[0], 'key': key}
     if 'captions' in obj:
@@ -173,8 +183,13 @@ class ImageFolderSource:
     """The class name of record i, used as its caption."""
     return [self.classnames[self.items[i][1]]]
 
+  def encoded_image(self, i: int) -> bytes:
+    """Record i's image file as stored (not decoded)."""
+    path = self.items[i][0]
+    return read_file(storage.join(self.root, *path.split('/')), self.name, path)
+
   def __getitem__(self, i: int) -> dict:
     path, label = self.items[i]
-    data = read_file(storage.join(self.root, *path.split('/')), self.name, path)
+    data = self.encoded_image(i)
     return {'image': decode_image(data, self.name, path, self.max_pixels), 'label': label,
             'caption': self.classnames[label], 'key': path}

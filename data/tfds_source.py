@@ -62,6 +62,11 @@ class TfdsSource:
     return [decode_caption(v.item() if isinstance(v, np.ndarray) else v, self.name, str(i))
             for v in values]
 
+  def encoded_image(self, i: int) -> bytes | None:
+    """Record i's image as stored when the dataset keeps it encoded; None for pixel arrays."""
+    image = self._ds[i][self.image_key]
+    return image if isinstance(image, bytes) else None
+
   def __getitem__(self, i: int) -> dict:
     example = self._ds[i]
     image = example[self.image_key]

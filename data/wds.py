@@ -189,11 +189,15 @@ class WdsSource:
     text = decode_caption(raw, self.name, key)
     return [line.strip() for line in text.splitlines() if line.strip()]
 
-  def __getitem__(self, i: int) -> dict:
+  def encoded_image(self, i: int) -> bytes:
+    """Sample i's image member as stored (not decoded)."""
     shard, _, img_off, img_len = self.samples[i][:4]
+    if img_off < 0:
+      raise BadRecord('missing_file', self.name, self._key(i), 'sample has no image member')
+    return self._read(shard, img_off, img_len)
+
+  def __getitem__(self, i: int) -> dict:
     key = self._key(i)
     captions = self.text(i)
-    if img_off < 0:
-      raise BadRecord('missing_file', self.name, key, 'sample has no image member')
-    image = decode_image(self._read(shard, img_off, img_len), self.name, key, self.max_pixels)
+    image = decode_image(self.encoded_image(i), self.name, key, self.max_pixels)
     return {'image': image, 'caption': captions[0], 'captions': captions, 'key': key}
