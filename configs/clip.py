@@ -13,7 +13,8 @@ Variants (`configs/clip.py:NAME`): 'b32', 'b16' (default), 'l14', 'l14_336'. CLI
 is the 224 px run trained one more epoch at 336 px: `configs/clip.py:l14_336
 --config.init_from=L14_WORKDIR --config.total_steps=12_208` (as written, l14_336 trains from
 scratch at 336 px). `python -m pretrain.plan --config configs/clip.py:l14 --mesh data=32,fsdp=8`
-shows what a chip holds; README records the figures.
+shows what a chip holds; README records the figures. configs/clip_vit_b32.py is the older B/32
+file (fp32, no ln_pre: not OpenCLIP's tower), kept as it was so its runs resume and compare.
 """
 
 import ml_collections
