@@ -92,7 +92,7 @@ def _b32(batch_per_chip: int, **model):
 
 
 def model_attention_rows() -> list[dict]:
-  """CLIP B/32 bf16 loss and gradients, model.attention=cudnn against xla (when the field exists)."""
+  """CLIP B/32 bf16 loss and gradients, model.attention=cudnn against xla (if the field exists)."""
   from configs.common import base_config
   if 'attention' not in base_config().model:
     return [{'check': 'model attention cudnn vs xla', 'ok': 'n/a (no model.attention field)'}]

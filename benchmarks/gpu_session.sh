@@ -33,20 +33,24 @@ if "$PY" -c 'from configs.common import base_config; assert "attention" in base_
     2>/dev/null; then ATTENTION=xla,cudnn; else ATTENTION=auto; fi
 
 step 'attention: cudnn vs xla'
-timeout "$(left 90)" "$PY" -m benchmarks.gpu_checks attention $SMOKE_FLAG --out "$OUT/gpu_checks_attention.json"
+timeout "$(left 90)" "$PY" -m benchmarks.gpu_checks attention $SMOKE_FLAG \
+    --out "$OUT/gpu_checks_attention.json"
 
 step "benchmark bf16 ($ATTENTION)"
 timeout "$(left 240)" "$PY" -m benchmarks.accelerator --models b32,b16,l14 --dtypes bfloat16 \
-    --attention "$ATTENTION" --steps 5 --row_timeout 120 $SMOKE_FLAG --out "$OUT/accelerator_bf16.json"
+    --attention "$ATTENTION" --steps 5 --row_timeout 120 $SMOKE_FLAG \
+    --out "$OUT/accelerator_bf16.json"
 
 step 'determinism'
 XLA_FLAGS=--xla_gpu_deterministic_ops=true timeout "$(left 60)" "$PY" -m benchmarks.gpu_checks \
     determinism $SMOKE_FLAG --out "$OUT/determinism_flag.json"
-timeout "$(left 60)" "$PY" -m benchmarks.gpu_checks determinism $SMOKE_FLAG --out "$OUT/determinism_default.json"
+timeout "$(left 60)" "$PY" -m benchmarks.gpu_checks determinism $SMOKE_FLAG \
+    --out "$OUT/determinism_default.json"
 
 step 'benchmark fp32 (xla)'
 timeout "$(left 240)" "$PY" -m benchmarks.accelerator --models b32,b16,l14 --dtypes float32 \
-    --attention "${ATTENTION%%,*}" --steps 5 --row_timeout 120 $SMOKE_FLAG --out "$OUT/accelerator_fp32.json"
+    --attention "${ATTENTION%%,*}" --steps 5 --row_timeout 120 $SMOKE_FLAG \
+    --out "$OUT/accelerator_fp32.json"
 
 step done
 ls -l "$OUT"

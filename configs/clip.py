@@ -9,10 +9,10 @@ different recipe), cosine decay to 0; logit scale init 1/0.07 clamped at 100; 32
 pairs = 390,625 steps; mixed precision (bf16 matmuls, fp32 parameters, as CLIP's fp16 training).
   python -m pretrain.train --config configs/clip.py:b16 --workdir gs://.../run \\
       --config.data.train=SPEC --config.data.tokenizer=hf:/path/to/clip/tokenizer.json
-Variants (`configs/clip.py:NAME`): 'b32', 'b16' (default), 'l14', 'l14_336'. CLIP's own L/14@336px
-is the 224 px run trained one more epoch at 336 px: `configs/clip.py:l14_336
---config.init_from=L14_WORKDIR --config.total_steps=12_208` (as written, l14_336 trains from
-scratch at 336 px). `python -m pretrain.plan --config configs/clip.py:l14 --mesh data=32,fsdp=8`
+Variants (`configs/clip.py:NAME`): 'b32', 'b16' (default), 'l14', 'l14_336'. As written, l14_336
+trains from scratch at 336 px; CLIP's own L/14@336px is the 224 px run trained one more epoch
+(EPOCH_STEPS) at 336 px, which needs the image position embeddings resampled from 16x16 to 24x24
+(init_from takes same-shaped parameters only, so that is not offered here). `python -m pretrain.plan --config configs/clip.py:l14 --mesh data=32,fsdp=8`
 shows what a chip holds; README records the figures. configs/clip_vit_b32.py is the older B/32
 file (fp32, no ln_pre: not OpenCLIP's tower), kept as it was so its runs resume and compare.
 """
@@ -66,7 +66,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.data.resize = image_size
   config.optim.lr = lr
   if variant == 'l14':
-    # 257 (577 at 336 px) tokens x 24 layers: keep only matmul outputs and scan the blocks, so
-    # 128 pairs per chip fit an 80 GiB GPU (README's plan table).
-    config.model.update(dict(scan_layers=True, image_remat='dots', text_remat='dots'))
+    # 257 tokens x 24 layers: keep only matmul outputs and scan the blocks, so 128 pairs per chip
+    # fit an 80 GiB GPU (README's plan table); at 336 px (577 tokens) the image tower keeps only
+    # each block's input (with dots it would need ~80 GiB per chip).
+    config.model.update(dict(scan_layers=True, image_remat='full' if image_size > 224 else 'dots',
+                             text_remat='dots'))
   return config

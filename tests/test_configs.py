@@ -76,3 +76,15 @@ def test_an_unknown_variant_is_a_one_line_error(spec):
   with pytest.raises((ConfigError, ValueError)) as error:
     load_config_file(spec)
   assert 'known:' in str(error.value) and '\n' not in str(error.value)
+
+
+# OpenCLIP's docs/model_profile.csv: forward GFLOPs per image-text pair (image + text towers).
+OPENCLIP_GFLOPS = {'b32': 14.78, 'b16': 41.09, 'l14': 175.33, 'l14_336': 395.22}
+
+
+@pytest.mark.parametrize('name', list(OPENCLIP_GFLOPS))
+def test_the_benchmarks_analytic_flops_match_openclips_profile(name):
+  from benchmarks.accelerator import model_flops_per_chip
+  config = load_config_file(f'configs/clip.py:{name}')
+  forward = model_flops_per_chip(config, per_chip=1, chips=1) / 3  # training = 3 x forward
+  assert forward / 1e9 == pytest.approx(OPENCLIP_GFLOPS[name], rel=0.01)
