@@ -9,7 +9,7 @@ as wide as the image tower, sentencepiece vocabulary of 32,000, 64 text tokens (
 OpenCLIP's config), images in [-1, 1]. Recipe: batch 32,768; Adam beta2 0.95 (the paper: beta2
 0.999 was unstable at this batch); lr 1e-3 with linear warmup and cosine decay; decoupled weight
 decay 1e-4 per step at peak (big_vision's `wd`, which is not scaled by lr) = AdamW
-weight_decay 0.1 at lr 1e-3; gradient clipping at norm 1 (big_vision's image_text default).
+weight_decay 0.1 at lr 1e-3; gradient clipping at norm 1 (as big_vision's image_text configs).
 Differences from big_vision, by design here: text pooled at the last non-padding token (big_vision
 takes the last position), a linear projection on both towers (big_vision's image MAP head has
 none), LayerNorm eps 1e-5 (big_vision 1e-6). Warmup 5,000 steps and 300k steps (9.8B pairs seen)
