@@ -20,6 +20,8 @@ from tests.helpers import ROOT
     ('benchmarks.bf16_curve', ['--smoke']),
     ('benchmarks.profile_step', ['--config', 'tiny', '--smoke']),
     ('benchmarks.refault', ['--smoke']),
+    # cuDNN attention is refused on CPU: its row is skipped (a one-line reason), the auto row runs.
+    ('benchmarks.accelerator', ['--smoke', '--dtypes', 'bfloat16', '--attention', 'auto,cudnn']),
 ])
 def test_benchmark_smoke(tmp_path, module, args):
   out = tmp_path / 'result.json'

@@ -14,7 +14,7 @@ from tests.lowering_cases import lit_base  # noqa: F401  (fixture)
 
 CONFIG_FILES = ['configs/demo.py', 'configs/demo.py:tiny', 'configs/clip_vit_b32.py',
                 'configs/clip_vit_b32.py:shapes', 'configs/align.py:tiny', 'configs/align.py:b7',
-                'configs/align.py:l2', 'lit']
+                'configs/align.py:l2', 'configs/clip.py:l14', 'configs/siglip.py:so400m', 'lit']
 
 
 def test_every_field_has_a_rule():

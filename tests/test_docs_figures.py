@@ -1,8 +1,9 @@
 """Figures the README quotes are regenerated and compared, so documentation cannot drift silently.
 
-The README's plan table (CLIP B/32 at batch 32,768 on 32 x 8 devices) is produced by
-`python -m pretrain.plan`; each row is re-planned here and must agree within TOLERANCE. On drift the
-failure prints the regenerated table to paste into the README.
+The README's plan tables (CLIP B/32 from configs/clip_vit_b32.py, and B/16 and L/14 from
+configs/clip.py, at batch 32,768 on 32 x 8 devices) are produced by `python -m pretrain.plan`; each
+row is re-planned here and must agree within TOLERANCE. On drift the failure prints the regenerated
+table to paste into the README.
 """
 
 import os
@@ -16,7 +17,8 @@ from tests.helpers import ROOT
 
 TOLERANCE = 0.05  # relative: XLA's buffer assignment moves a little between versions
 HEADER = '| variant (`--config.` overrides) | peak temporaries | estimated peak | model TFLOP / step |'
-# README row label -> the overrides it stands for.
+B32 = 'configs/clip_vit_b32.py'
+# README row label -> the overrides it stands for (on B32).
 ROWS = {
     'the recipe as written (fp32, unrolled, no remat)': [],
     '`model.scan_layers=True model.image_remat=full model.text_remat=full`': [
@@ -31,13 +33,25 @@ ROWS = {
         '--config.batch_size=131072', '--config.loss.impl=tiled', '--config.model.scan_layers=True',
         '--config.model.image_remat=full', '--config.model.text_remat=full'],
 }
+CLIP_HEADER = ('| `configs/clip.py:VARIANT` (`--config.` overrides) | peak temporaries '
+               '| estimated peak | model TFLOP / step |')
+_FULL_REMAT = ['--config.model.image_remat=full', '--config.model.text_remat=full']
+# README row label -> (config spec, overrides).
+CLIP_ROWS = {
+    '`b16` as written (bf16, unrolled, no remat)': ('configs/clip.py:b16', []),
+    '`b16 model.scan_layers=True model.image_remat=full model.text_remat=full`': (
+        'configs/clip.py:b16', ['--config.model.scan_layers=True', *_FULL_REMAT]),
+    '`l14` as written (bf16, scan, remat=dots)': ('configs/clip.py:l14', []),
+    '`l14 model.image_remat=full model.text_remat=full`': ('configs/clip.py:l14', _FULL_REMAT),
+    '`l14_336` as written (bf16, scan, image remat=full)': ('configs/clip.py:l14_336', []),
+}
 
 
-def readme_table() -> dict[str, tuple[float, float, float]]:
+def readme_table(header: str = HEADER) -> dict[str, tuple[float, float, float]]:
   """Row label -> (peak temporaries GiB, estimated peak GiB, TFLOP) as the README states them."""
   with open(os.path.join(ROOT, 'README.md')) as f:
     text = f.read()
-  start = text.index(HEADER)
+  start = text.index(header)
   rows = {}
   for line in text[start:].splitlines()[2:]:
     if not line.startswith('|'):
@@ -47,11 +61,11 @@ def readme_table() -> dict[str, tuple[float, float, float]]:
   return rows
 
 
-def planned(overrides: list[str]) -> tuple[float, float, float]:
+def planned(overrides: list[str], spec: str = B32) -> tuple[float, float, float]:
   """(peak temporaries GiB, estimated peak GiB, TFLOP per step) from `pretrain.plan`."""
   env = dict(os.environ, PYTHONPATH=ROOT)
   result = subprocess.run(
-      [sys.executable, '-m', 'pretrain.plan', '--config', 'configs/clip_vit_b32.py',
+      [sys.executable, '-m', 'pretrain.plan', '--config', spec,
        '--mesh', 'data=32,fsdp=8', *overrides], cwd=ROOT, env=env, capture_output=True,
       text=True, timeout=900)
   assert result.returncode == 0, result.stderr[-2000:]
@@ -60,14 +74,18 @@ def planned(overrides: list[str]) -> tuple[float, float, float]:
           find(r'model FLOPs/step\s+([\d.]+) TFLOP'))
 
 
-def test_readme_plan_table_has_the_rows_this_test_regenerates():
+def test_readme_plan_tables_have_the_rows_this_test_regenerates():
   assert list(readme_table()) == list(ROWS)
+  assert list(readme_table(CLIP_HEADER)) == list(CLIP_ROWS)
 
 
 @pytest.mark.slow
-def test_readme_plan_table_matches_what_plan_prints():
-  documented = readme_table()
-  fresh = {label: planned(overrides) for label, overrides in ROWS.items()}
+@pytest.mark.parametrize('header,rows', [
+    (HEADER, {label: (B32, overrides) for label, overrides in ROWS.items()}),
+    (CLIP_HEADER, CLIP_ROWS)], ids=['b32', 'clip'])
+def test_readme_plan_table_matches_what_plan_prints(header, rows):
+  documented = readme_table(header)
+  fresh = {label: planned(overrides, spec) for label, (spec, overrides) in rows.items()}
   table = '\n'.join(f'| {label} | {t:.2f} GiB | {p:.2f} GiB | {f:.2f} |'
                     for label, (t, p, f) in fresh.items())
   for label, values in fresh.items():

@@ -23,12 +23,18 @@ CASES = (
     + [('lit', {}), ('lit', LIT_LEVERS)]
     + [('configs/align.py:tiny', case) for case in ({}, BATCHNORM_LEVERS)]
     + [('configs/align.py:b7', {})]
+    + [('configs/clip.py:b16', {}), ('configs/siglip.py:so400m', {})]
 )
 # The full-size ALIGN towers trace for minutes on 2 cores (hundreds of MBConv blocks): b7 as
 # written, marked slow (CI runs it). l2 is the same code at other widths and depths and takes 6
 # minutes more to trace here; `python -m pretrain.plan --config configs/align.py:l2 --mesh data=8
 # --lower_for cpu,cuda,tpu` lowers it on demand.
-SLOW = {'configs/align.py:b7'}
+# The published CLIP and SigLIP models as written, slow-marked: B/16 (bf16, unrolled, causal text,
+# [CLS]) and So400m (bf16, scanned with remat=dots, MAP head, bidirectional text, sigmoid ring) cover
+# their files' code paths; b32, l14, l14_336 and SigLIP b16 are the same code at other sizes:
+# `python -m pretrain.plan --config configs/clip.py:l14 --mesh data=8 --lower_for cpu,cuda,tpu`
+# (benchmarks/README.md records those lines).
+SLOW = {'configs/align.py:b7', 'configs/clip.py:b16', 'configs/siglip.py:so400m'}
 
 
 @pytest.mark.parametrize('spec,case', [

@@ -16,6 +16,13 @@ VARIANTS = {
                 text_width=512, text_depth=12, text_heads=8, text_mlp=2048, embed_dim=512),
     'l14': dict(patch=14, image_width=1024, image_depth=24, image_heads=16, image_mlp=4096,
                 text_width=768, text_depth=12, text_heads=12, text_mlp=3072, embed_dim=768),
+    # SigLIP (Zhai et al. 2023; big_vision's ViT 'B/16' and 'So400m/14', OpenCLIP's
+    # ViT-B-16-SigLIP / ViT-SO400M-14-SigLIP): text tower as wide as the image tower, embedding =
+    # width. So400m's mlp 4304 is big_vision's shape-optimised size (not 4 x width).
+    'siglip_b16': dict(patch=16, image_width=768, image_depth=12, image_heads=12, image_mlp=3072,
+                       text_width=768, text_depth=12, text_heads=12, text_mlp=3072, embed_dim=768),
+    'so400m': dict(patch=14, image_width=1152, image_depth=27, image_heads=16, image_mlp=4304,
+                   text_width=1152, text_depth=27, text_heads=16, text_mlp=4304, embed_dim=1152),
     # ALIGN (Jia et al. 2021): EfficientNet image tower ('image_tower'), BERT-sized text tower
     # (bidirectional, [CLS] pooling: set by configs/align.py), embedding 640 (B7) / 1376 (L2).
     'align_b7': dict(image_tower='efficientnet-b7', text_width=768, text_depth=12, text_heads=12,
