@@ -10,6 +10,7 @@ import os
 
 import numpy as np
 
+from data import storage
 from data.errors import ConfigError
 
 PICKLE_SUFFIXES = ('.bin', '.pt', '.pth', '.ckpt', '.pkl', '.pickle')
@@ -30,17 +31,20 @@ def _pickle_message(path: str) -> str:
 
 
 def check_weights_file(path: str) -> None:
-  """One-line ConfigError unless `path` is a safetensors file (by its name and its first bytes)."""
+  """One-line ConfigError unless `path` (local or in a bucket) is a safetensors file (by its name
+  and its first bytes)."""
   if path.endswith(PICKLE_SUFFIXES):
     raise ConfigError(_pickle_message(path))
-  if not os.path.isfile(path):
+  storage.check_reachable(path, 'weights file')
+  if not storage.is_file(path):
     raise ConfigError(f'weights file {path} does not exist')
-  with open(path, 'rb') as f:
+  with storage.open_reader(path) as f:  # in a bucket: two small reads, not the whole file
     head = f.read(9)
+    size = f.seek(0, os.SEEK_END)
   # safetensors: an 8-byte little-endian header length, then the JSON header. Tested first: a
   # length's first byte may equal a pickle's opcode.
   header_len = int.from_bytes(head[:8], 'little') if len(head) == 9 else 0
-  if head[8:9] == b'{' and 8 + header_len <= os.path.getsize(path):
+  if head[8:9] == b'{' and 8 + header_len <= size:
     return
   if head.startswith(PICKLE_MAGIC):
     raise ConfigError(_pickle_message(path))
@@ -51,20 +55,21 @@ def check_weights_file(path: str) -> None:
 def read_safetensors(path: str) -> dict[str, np.ndarray]:
   """Every tensor of a .safetensors file as fp32 numpy; refuses torch pickles in one line."""
   check_weights_file(path)
-  from safetensors.flax import load_file  # jax arrays: bf16 files load too (numpy has no bf16)
+  from safetensors.flax import load  # jax arrays: bf16 files load too (numpy has no bf16)
   try:
-    tensors = load_file(path)
+    tensors = load(storage.read_bytes(path))
   except Exception as e:  # safetensors raises its own error types for a malformed header.
     raise ConfigError(f'{path} is not a readable safetensors file ({e})') from None
   return {name: np.asarray(t.astype(np.float32)) for name, t in tensors.items()}
 
 
 def write_safetensors(tensors: dict[str, np.ndarray], path: str) -> None:
-  """Writes fp32 contiguous tensors with the metadata torch-side loaders expect."""
-  from safetensors.numpy import save_file
+  """Writes fp32 contiguous tensors with the metadata torch-side loaders expect (to a local
+  file or a bucket object, whole)."""
+  from safetensors.numpy import save
   # .copy(order='C'), not ascontiguousarray: that turns 0-d tensors (logit_scale) into shape (1,).
-  save_file({k: np.asarray(v, np.float32).copy(order='C') for k, v in tensors.items()}, path,
-            metadata={'format': 'pt'})
+  storage.write_bytes(path, save({k: np.asarray(v, np.float32).copy(order='C')
+                                  for k, v in tensors.items()}, metadata={'format': 'pt'}))
 
 
 @dataclasses.dataclass(frozen=True)
