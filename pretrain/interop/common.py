@@ -8,6 +8,7 @@ applies `to_ours`, export `to_theirs`, so each convention is written once.
 import dataclasses
 import os
 
+import ml_dtypes
 import numpy as np
 
 from data import storage
@@ -18,6 +19,10 @@ PICKLE_SUFFIXES = ('.bin', '.pt', '.pth', '.ckpt', '.pkl', '.pickle')
 IGNORED_KEYS = ('attn_mask', 'text_model.embeddings.position_ids',
                 'vision_model.embeddings.position_ids')
 
+
+SAFETENSORS_DTYPES = {'F64': np.float64, 'F32': np.float32, 'F16': np.float16,
+                      'BF16': ml_dtypes.bfloat16, 'I64': np.int64, 'I32': np.int32,
+                      'I16': np.int16, 'I8': np.int8, 'U8': np.uint8, 'BOOL': np.bool_}
 
 # A torch pickle starts with the pickle protocol opcode; torch.save's default zip format with 'PK'.
 PICKLE_MAGIC = (b'\x80', b'PK\x03\x04')
@@ -55,12 +60,28 @@ def check_weights_file(path: str) -> None:
 def read_safetensors(path: str) -> dict[str, np.ndarray]:
   """Every tensor of a .safetensors file as fp32 numpy; refuses torch pickles in one line."""
   check_weights_file(path)
-  from safetensors.flax import load  # jax arrays: bf16 files load too (numpy has no bf16)
   try:
-    tensors = load(storage.read_bytes(path))
+    if storage.is_bucket(path):
+      tensors = _tensors_from_bytes(storage.read_bytes(path))
+    else:
+      from safetensors.flax import load_file  # jax arrays: bf16 files load too
+      tensors = load_file(path)
   except Exception as e:  # safetensors raises its own error types for a malformed header.
     raise ConfigError(f'{path} is not a readable safetensors file ({e})') from None
   return {name: np.asarray(t.astype(np.float32)) for name, t in tensors.items()}
+
+
+def _tensors_from_bytes(data: bytes) -> dict[str, np.ndarray]:
+  """A whole safetensors file's tensors (a bucket object has no file to map); bf16 through
+  ml_dtypes, as jax has it (safetensors' own numpy loader has no bf16)."""
+  from safetensors import deserialize
+  tensors = {}
+  for name, info in deserialize(data):
+    dtype = SAFETENSORS_DTYPES.get(info['dtype'])
+    if dtype is None:
+      raise ValueError(f'tensor {name} has dtype {info["dtype"]}')
+    tensors[name] = np.frombuffer(info['data'], dtype).reshape(info['shape'])
+  return tensors
 
 
 def write_safetensors(tensors: dict[str, np.ndarray], path: str) -> None:
