@@ -21,6 +21,12 @@ from data.errors import ConfigError
 BUCKET_SCHEMES = ('gs', 's3')
 _URL = re.compile(r'^([A-Za-z][A-Za-z0-9+.-]*)://')
 
+# No listings cache in any gcsfs/s3fs client (epath's and orbax's included): other processes add
+# and delete objects (a trainer's checkpoints, keep-N), and a cached listing would hide them from a
+# job that polls for hours. Defaults for every client created after this import.
+for _protocol in BUCKET_SCHEMES:
+  fsspec.config.conf.setdefault(_protocol, {}).setdefault('use_listings_cache', False)
+
 
 def scheme(path: str | os.PathLike) -> str:
   """'gs', 's3', another URL scheme, or '' for a local path."""

@@ -7,16 +7,18 @@ other lines, the file is mapped by name if it lists every class exactly once, an
 otherwise: a permuted list read by position would silently permute every label.
 """
 
+from data import storage
 from data.errors import ConfigError
 
 
 def read_classnames(path: str) -> list[str]:
-  """One class name per line."""
+  """One class name per line; the file may be in a bucket."""
+  storage.check_reachable(path, '--classnames')
   try:
-    with open(path, encoding='utf-8') as f:
-      return [line.strip() for line in f if line.strip()]
+    text = storage.read_text(path)
   except OSError as e:
-    raise ConfigError(f'--classnames {path}: {e.strerror}') from None
+    raise ConfigError(f'--classnames {path}: {e.strerror or "No such file or directory"}') from None
+  return [line.strip() for line in text.splitlines() if line.strip()]
 
 
 def _key(name: str) -> str:

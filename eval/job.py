@@ -6,26 +6,30 @@ settings skips finished steps, until the run's final step is done.
 """
 
 import argparse
+import glob
 import json
 import os
 import sys
+import tempfile
 import time
 from typing import Callable
 
 import jax
 import numpy as np
 
+from data import storage
 from data.errors import ConfigError
 from data.records import BadRecord
+from eval.checkpoints import complete_steps, has_checkpoint
 from eval.provenance import settings_hash
-from pretrain.runtime.checkpoint import checkpoint_dir, complete_steps
 
 Evaluate = Callable[[int | None], tuple[int, dict]]  # step (None: newest) -> (step, metrics)
 
 
 def add_common_flags(parser: argparse.ArgumentParser) -> None:
   """--workdir, --dataset, --step/--once/--watch, --batch_size, --poll_seconds."""
-  parser.add_argument('--workdir', required=True, help='the training run to evaluate')
+  parser.add_argument('--workdir', required=True,
+                      help='the training run to evaluate (a folder or gs://BUCKET/PATH)')
   parser.add_argument('--dataset', required=True, help='data spec, e.g. shapes:zeroshot')
   which = parser.add_mutually_exclusive_group()
   which.add_argument('--step', type=int, default=None, help='evaluate this checkpoint')
@@ -55,23 +59,23 @@ class Outputs:
                given: dict | None = None):
     self.kind, self.dataset, self.settings = kind, dataset, settings
     self.given, self.settings_hash = given or {}, settings_hash(settings)
-    self.folder = os.path.join(workdir, 'eval', kind, f'{dataset}-{self.settings_hash}')
+    self.folder = storage.join(workdir, 'eval', kind, f'{dataset}-{self.settings_hash}')
     self.is_main = jax.process_index() == 0
     if self.is_main:
-      os.makedirs(self.folder, exist_ok=True)
-      _write_json(os.path.join(self.folder, 'settings.json'),
+      storage.makedirs(self.folder)
+      _write_json(storage.join(self.folder, 'settings.json'),
                   {'settings_hash': self.settings_hash, 'given': self.given, **settings})
       print(f'{kind} {dataset}: results in {self.folder}', flush=True)
 
   def path(self, step: int) -> str:
     """Where the metrics of `step` go."""
-    return os.path.join(self.folder, f'step_{step}.json')
+    return storage.join(self.folder, f'step_{step}.json')
 
   def done(self, step: int) -> bool:
     """Whether `step` was already evaluated with these settings (by this job or an earlier one)."""
     try:
-      with open(self.path(step)) as f:
-        return json.load(f).get('settings_hash') == self.settings_hash
+      return json.loads(storage.read_text(self.path(step))).get('settings_hash') == \
+          self.settings_hash
     except (OSError, ValueError):
       return False
 
@@ -80,19 +84,12 @@ class Outputs:
     if not self.is_main:
       return
     for name, array in extras.items():
-      with open(os.path.join(self.folder, f'step_{step}_{name}.json'), 'w') as f:
-        json.dump(np.asarray(array).tolist(), f)
+      storage.write_text(storage.join(self.folder, f'step_{step}_{name}.json'),
+                         json.dumps(np.asarray(array).tolist()))
     _write_json(self.path(step), {'step': step, 'dataset': self.dataset, **metrics,
                                   'settings_hash': self.settings_hash, 'given': self.given,
                                   'settings': self.settings})
-    try:
-      from tensorboardX import SummaryWriter
-      with SummaryWriter(self.folder) as tb:
-        for key, value in metrics.items():
-          if isinstance(value, (int, float)):
-            tb.add_scalar(f'{self.kind}/{self.dataset}/{key}', value, step)
-    except ImportError:
-      pass
+    self._write_scalars(step, metrics)
     shown = '  '.join(f'{k} {v:.4f}' for k, v in metrics.items()
                       if isinstance(v, float) and k != 'wall_s')
     print(f'{self.kind} {self.dataset} step {step}: {shown}  '
@@ -100,17 +97,39 @@ class Outputs:
           flush=True)
 
 
+  def _write_scalars(self, step: int, metrics: dict) -> None:
+    """One TensorBoard events file of the step's scalars in the results folder."""
+    try:
+      from tensorboardX import SummaryWriter
+    except ImportError:
+      return
+    if not storage.is_bucket(self.folder):
+      _add_scalars(SummaryWriter(self.folder), self, step, metrics)
+      return
+    # A bucket object cannot be appended to: the file is written whole, then uploaded.
+    with tempfile.TemporaryDirectory() as local:
+      _add_scalars(SummaryWriter(local), self, step, metrics)
+      for path in glob.glob(os.path.join(local, 'events.out.tfevents.*')):
+        with open(path, 'rb') as f:
+          storage.write_bytes(storage.join(self.folder, os.path.basename(path)), f.read())
+
+
+def _add_scalars(writer, outputs: Outputs, step: int, metrics: dict) -> None:
+  """The numeric metrics as `<kind>/<dataset>/<key>` scalars at `step`; closes the writer."""
+  with writer as tb:
+    for key, value in metrics.items():
+      if isinstance(value, (int, float)):
+        tb.add_scalar(f'{outputs.kind}/{outputs.dataset}/{key}', value, step)
+
+
 def _write_json(path: str, obj: dict) -> None:
   """Atomically: a reader never sees half a file."""
-  with open(path + '.tmp', 'w') as f:
-    json.dump(obj, f, indent=2)
-  os.replace(path + '.tmp', path)
+  storage.write_text(path, json.dumps(obj, indent=2))
 
 
 def final_step(workdir: str) -> int:
   """The run's total_steps, from its config.json."""
-  with open(os.path.join(workdir, 'config.json')) as f:
-    return int(json.load(f)['total_steps'])
+  return int(json.loads(storage.read_text(storage.join(workdir, 'config.json')))['total_steps'])
 
 
 def watch(workdir: str, outputs: Outputs, evaluate: Evaluate, poll_seconds: float,
@@ -125,7 +144,7 @@ def watch(workdir: str, outputs: Outputs, evaluate: Evaluate, poll_seconds: floa
         evaluate(step)
         evaluated.append(step)
       except FileNotFoundError:
-        if os.path.isdir(os.path.join(checkpoint_dir(workdir), str(step))):
+        if has_checkpoint(workdir, step):
           raise
         print(f'warning: checkpoint {step} was deleted (keep-N) before it was read; skipped',
               file=sys.stderr, flush=True)

@@ -7,8 +7,8 @@ input sizes and image transform; so `--watch` never takes one setting's result f
 
 import hashlib
 import json
-import os
 
+from data import storage
 from data.sources import mixture_parts, parse_spec
 
 FILE_KINDS = ('csv', 'jsonl', 'imagefolder', 'wds')
@@ -22,21 +22,26 @@ def _digest(data: bytes) -> str:
 
 def _file_digest(path: str) -> str:
   h = hashlib.sha256()
-  with open(path, 'rb') as f:
+  with storage.open_reader(path) as f:  # in a bucket: 1 MiB ranged reads, not one download
     for block in iter(lambda: f.read(1 << 20), b''):
       h.update(block)
   return h.hexdigest()[:16]
+
+
+def _is_file(path: str) -> bool:
+  """Whether a local path or a bucket object is a file (other URL schemes are not read)."""
+  return (storage.is_bucket(path) or not storage.scheme(path)) and storage.is_file(path)
 
 
 def _resolve_part(spec: str) -> dict:
   """One source of a spec: kind, absolute path, options; the file's digest for csv/jsonl."""
   kind, arg, options = parse_spec(spec)
   if kind in FILE_KINDS and arg and '://' not in arg and not arg.startswith('pipe:'):
-    arg = os.path.abspath(arg)
+    arg = storage.absolute(arg)
   if 'data_dir' in options:
-    options['data_dir'] = os.path.abspath(options['data_dir'])
+    options['data_dir'] = storage.absolute(options['data_dir'])
   part = {'kind': kind, 'arg': arg, 'options': dict(sorted(options.items()))}
-  if kind in ('csv', 'jsonl') and os.path.isfile(arg):
+  if kind in ('csv', 'jsonl') and _is_file(arg):
     part['sha256'] = _file_digest(arg)
   return part
 

@@ -1,25 +1,26 @@
 """A training run as eval jobs see it: config, tokenizer and parameters, from `--workdir` alone."""
 
-import os
-
 import jax
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
+from data import storage
 from data.tokenizer import load_from_workdir
+from eval.checkpoints import check_checkpoint_workdir, restore_model
 from eval.embed import Embedder
 from pretrain.parallel import sharding
-from pretrain.runtime.checkpoint import restore_model
 from pretrain.config.cli import load_saved_config
 from pretrain.step.train_step import model_graphdef_and_variables
 
 
 class RunModel:
-  """Rebuilds the model and tokenizer a run saved; restores parameters onto this job's devices."""
+  """Rebuilds the model and tokenizer a run saved (on local disk or gs://); restores parameters
+  onto this job's devices."""
 
   def __init__(self, workdir: str):
+    check_checkpoint_workdir(workdir)
     self.workdir = workdir
-    self.config = load_saved_config(os.path.join(workdir, 'config.json'))
+    self.config = load_saved_config(storage.join(workdir, 'config.json'))
     self.tokenizer = load_from_workdir(self.config.data.tokenizer, workdir,
                                        self.config.data.lowercase)
     self.graphdef, params, stats = model_graphdef_and_variables(self.config)

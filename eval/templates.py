@@ -1,7 +1,6 @@
 """Prompt templates for zero-shot classification; `{c}` is replaced by the class name."""
 
-import os
-
+from data import storage
 from data.errors import ConfigError
 
 # CLIP's 80 ImageNet prompts (Radford et al. 2021, the prompt-engineering notebook).
@@ -98,12 +97,14 @@ TEMPLATE_SETS = {
 
 
 def load_templates(name_or_path: str) -> list[str]:
-  """A built-in set by name, or a file with one template per line using `{c}`."""
+  """A built-in set by name, or a file (local or in a bucket) with one template per line using
+  `{c}`."""
   if name_or_path in TEMPLATE_SETS:
     return list(TEMPLATE_SETS[name_or_path])
-  if os.path.isfile(name_or_path):
-    with open(name_or_path) as f:
-      templates = [line.strip() for line in f if line.strip()]
+  storage.check_reachable(name_or_path, '--templates')
+  if storage.is_file(name_or_path):
+    text = storage.read_text(name_or_path)
+    templates = [line.strip() for line in text.splitlines() if line.strip()]
     bad = [t for t in templates if '{c}' not in t]
     if bad or not templates:
       raise ConfigError(f'template file {name_or_path}: every line needs {{c}} (bad: {bad[:1]})')

@@ -10,9 +10,9 @@ if __name__ == '__main__':  # first, before jax loads: the malloc the trainer ru
   host_memory.restart_with_huge_page_malloc()
 
 import argparse
-import os
 import sys
 
+from data import storage
 from data.sources import open_source
 from eval.classnames import resolve_classnames
 from eval.job import Outputs, add_common_flags, cli, dataset_name, timed_evaluator
@@ -41,7 +41,7 @@ def make_job(args: argparse.Namespace):
   classnames = resolve_classnames(source, args.dataset, args.classnames)
   settings = eval_settings(args.dataset, source, run.config.model, classnames, templates)
   given = {'dataset': args.dataset, 'templates': args.templates,
-           'classnames': args.classnames and os.path.abspath(args.classnames)}
+           'classnames': args.classnames and storage.absolute(args.classnames)}
   outputs = Outputs(args.workdir, 'zeroshot', dataset_name(source, args.dataset), settings, given)
 
   def compute(embedder):

@@ -13,7 +13,8 @@ tokenizer_config.json): `open_clip.get_tokenizer('local-dir:FOLDER')` and
 `transformers.AutoTokenizer.from_pretrained(FOLDER)` give our ids (see pretrain/interop/
 tokenizer_files.py). HF cannot pool at an end-of-text id 2: such a model's id 2 is exchanged with
 the tokenizer's last id in the HF export (embedding rows and tokenizer alike). Files are written with
-the usual modes (0644 under umask 022). Models those libraries cannot express get a one-line reason.
+the usual modes (0644 under umask 022). The workdir may be local or gs://, FOLDER local, gs:// or
+s3://. Models those libraries cannot express get a one-line reason.
 """
 
 import argparse
@@ -23,10 +24,11 @@ import sys
 
 import numpy as np
 
+from data import storage
 from data.tokenizer import Tokenizer
+from eval.checkpoints import restore_params
 from eval.run_model import RunModel
 from pretrain.models.param_paths import named_leaves
-from pretrain.runtime.checkpoint import restore_params
 from data.errors import ConfigError, require
 from pretrain.interop import hf, openclip
 from pretrain.interop.common import apply_export, write_safetensors
@@ -126,12 +128,13 @@ def unstack_scanned(flat: dict, config) -> dict:
 
 
 def _write_json(obj: dict, path: str) -> None:
-  with open(path, 'w') as f:
-    json.dump(obj, f, indent=2)
+  storage.write_text(path, json.dumps(obj, indent=2))
 
 
 def _readable(folder: str, names: list[str]) -> None:
-  """Modes as for any file this user creates (safetensors writes its file 0600)."""
+  """Modes as for any file this user creates (a bucket's objects have none)."""
+  if storage.is_bucket(folder):
+    return
   umask = os.umask(0)
   os.umask(umask)
   for name in names:
@@ -148,6 +151,7 @@ def library_tokenizer_files(run, swap: tuple[int, int] | None) -> tuple[str, dic
 def export_weights(workdir: str, step: int | None, target: str, out: str) -> int:
   """Writes the export; returns the checkpoint step exported."""
   require(target in ('openclip', 'hf'), f'--to {target!r}: expected openclip or hf')
+  storage.check_reachable(out, '--out')
   run = RunModel(workdir)
   check_expressible(run.config, target)
   swap = hf_eos_swap(run.config, run.tokenizer) if target == 'hf' else None
@@ -155,20 +159,20 @@ def export_weights(workdir: str, step: int | None, target: str, out: str) -> int
   step, params = restore_params(workdir, step, run.abstract_params)
   flat = {k: np.asarray(v, np.float32) for k, v in named_leaves(params).items()}
   flat = fold_patch_bias(unstack_scanned(flat, run.config))
-  os.makedirs(out, exist_ok=True)
+  storage.makedirs(out)
   if target == 'openclip':
     tensors, arch = openclip_files(run.config, flat, run.tokenizer)
     arch['model_cfg']['text_cfg'].update(openclip_text_cfg(run.config.data.tokenizer, out))
     names = ['open_clip_model.safetensors', 'open_clip_config.json', 'exported.json']
-    write_safetensors(tensors, os.path.join(out, names[0]))
-    _write_json(arch, os.path.join(out, names[1]))
-    _write_json(arch['model_cfg'], os.path.join(out, names[2]))
+    write_safetensors(tensors, storage.join(out, names[0]))
+    _write_json(arch, storage.join(out, names[1]))
+    _write_json(arch['model_cfg'], storage.join(out, names[2]))
   else:
     tensors, arch, preprocessor = hf_files(run.config, flat, run.tokenizer, swap)
     names = ['model.safetensors', 'config.json', 'preprocessor_config.json']
-    write_safetensors(tensors, os.path.join(out, names[0]))
-    _write_json(arch, os.path.join(out, names[1]))
-    _write_json(preprocessor, os.path.join(out, names[2]))
+    write_safetensors(tensors, storage.join(out, names[0]))
+    _write_json(arch, storage.join(out, names[1]))
+    _write_json(preprocessor, storage.join(out, names[2]))
   write_tokenizer(out, tokenizer_text, tokenizer_config, run.config.model.context_length)
   _readable(out, names + list(TOKENIZER_FILES))
   return step
@@ -180,7 +184,7 @@ def main(argv: list[str]) -> int:
   parser.add_argument('--workdir', required=True)
   parser.add_argument('--step', type=int, default=None, help='checkpoint step (default: newest)')
   parser.add_argument('--to', required=True, choices=('openclip', 'hf'))
-  parser.add_argument('--out', required=True, help='output folder')
+  parser.add_argument('--out', required=True, help='output folder (local, gs:// or s3://)')
   args = parser.parse_args(argv)
   try:
     step = export_weights(args.workdir, args.step, args.to, args.out)

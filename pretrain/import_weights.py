@@ -7,22 +7,23 @@ The workdir is laid out like a training run's: `config.json`, the tokenizer, and
 (step 0, parameters only), plus `imported.json` saying where the weights came from. Then
 `python -m eval.zeroshot --workdir DIR ...` evaluates it and `--config.init_from=DIR` starts training
 from it. Only safetensors are read: torch pickles are refused (loading one runs arbitrary code).
+Inputs may be local, gs:// or s3://; the workdir local or gs:// (orbax writes no s3:// checkpoints).
 """
 
 import argparse
 import hashlib
 import json
-import os
 import sys
 
 import jax.numpy as jnp
 import numpy as np
 import orbax.checkpoint as ocp
 
+from data import storage
 from data.tokenizer import get_tokenizer, save_to_workdir
+from eval.checkpoints import check_checkpoint_workdir, checkpoint_folder
 from pretrain.config import validate
 from pretrain.models.param_paths import from_named, named_leaves
-from pretrain.runtime.checkpoint import checkpoint_dir
 from pretrain.config.cli import save_config
 from data.errors import ConfigError, require
 from pretrain.interop import hf, openclip
@@ -33,10 +34,10 @@ FAMILIES = {'openclip': openclip, 'hf': hf}
 
 
 def _read_json(path: str) -> dict:
-  require(os.path.isfile(path), f'architecture file {path} does not exist')
+  storage.check_reachable(path, 'architecture file')
+  require(storage.is_file(path), f'architecture file {path} does not exist')
   try:
-    with open(path) as f:
-      return json.load(f)
+    return json.loads(storage.read_text(path))
   except json.JSONDecodeError as e:
     raise ConfigError(f'{path} is not valid JSON ({e})') from None
 
@@ -48,8 +49,8 @@ def source_config(source: str, arch_path: str):
   try:
     if source == 'openclip':
       return openclip.config_from_arch(arch)
-    beside = os.path.join(os.path.dirname(os.path.abspath(arch_path)), 'preprocessor_config.json')
-    preprocessor = _read_json(beside) if os.path.isfile(beside) else None
+    beside = _beside(arch_path, 'preprocessor_config.json')
+    preprocessor = _read_json(beside) if storage.is_file(beside) else None
     require(preprocessor is None or isinstance(preprocessor, dict),
             f'{beside} does not hold a JSON object')
     return hf.config_from_arch(arch, preprocessor)
@@ -57,11 +58,16 @@ def source_config(source: str, arch_path: str):
     raise ConfigError(f'{arch_path}: {e}') from None
 
 
+def _beside(path: str, name: str) -> str:
+  """The file `name` in the folder holding `path` (made absolute when local)."""
+  return storage.join(storage.parent(storage.absolute(path)), name)
+
+
 def default_tokenizer(source: str, arch_path: str) -> str:
   """The tokenizer.json beside the architecture file (HF's, or one of our OpenCLIP exports);
   else the user must name one."""
-  beside = os.path.join(os.path.dirname(os.path.abspath(arch_path)), 'tokenizer.json')
-  if os.path.isfile(beside):
+  beside = _beside(arch_path, 'tokenizer.json')
+  if storage.is_file(beside):
     return f'hf:{beside}'
   raise ConfigError('--tokenizer is required here: clip_bpe:PATH/bpe_simple_vocab_16e6.txt.gz '
                     '(it ships inside the open_clip_torch package) or hf:PATH/tokenizer.json')
@@ -82,20 +88,22 @@ def imported_params(source: str, config, weights: str) -> dict:
 
 def write_workdir(workdir: str, config, params: dict, provenance: dict) -> None:
   """config.json, the tokenizer, checkpoint 0 (parameters only) and imported.json."""
-  validate.check_workdir(workdir)
-  directory = checkpoint_dir(workdir)
-  require(not (os.path.isdir(directory) and os.listdir(directory)),
+  if storage.is_bucket(workdir):
+    check_checkpoint_workdir(workdir)
+  else:
+    validate.check_workdir(workdir)
+  directory = checkpoint_folder(workdir)
+  require(not (storage.is_dir(directory) and storage.listdir(directory)),
           f'{workdir} already has checkpoints; import into a new workdir')
   config.lock()
-  save_config(config, os.path.join(workdir, 'config.json'))
+  save_config(config, storage.join(workdir, 'config.json'))
   save_to_workdir(config.data.tokenizer, workdir)
   manager = ocp.CheckpointManager(directory, options=ocp.CheckpointManagerOptions(create=True))
   manager.save(0, args=ocp.args.Composite(params=ocp.args.StandardSave(_to_jax(params))),
                force=True)
   manager.wait_until_finished()
   manager.close()
-  with open(os.path.join(workdir, 'imported.json'), 'w') as f:
-    json.dump(provenance, f, indent=2)
+  storage.write_text(storage.join(workdir, 'imported.json'), json.dumps(provenance, indent=2))
 
 
 def _to_jax(tree):
@@ -104,7 +112,7 @@ def _to_jax(tree):
 
 def _sha256(path: str) -> str:
   digest = hashlib.sha256()
-  with open(path, 'rb') as f:
+  with storage.open_reader(path) as f:
     for chunk in iter(lambda: f.read(1 << 20), b''):
       digest.update(chunk)
   return digest.hexdigest()
@@ -122,8 +130,8 @@ def import_weights(source: str, weights: str, arch_path: str, workdir: str,
   validate.check_model(config.model)
   params = imported_params(source, config, weights)
   write_workdir(workdir, config, params, dict(
-      source=source, weights=os.path.abspath(weights), weights_sha256=_sha256(weights),
-      arch=os.path.abspath(arch_path), tokenizer=config.data.tokenizer))
+      source=source, weights=storage.absolute(weights), weights_sha256=_sha256(weights),
+      arch=storage.absolute(arch_path), tokenizer=config.data.tokenizer))
   return config
 
 

@@ -8,8 +8,10 @@ applies `to_ours`, export `to_theirs`, so each convention is written once.
 import dataclasses
 import os
 
+import ml_dtypes
 import numpy as np
 
+from data import storage
 from data.errors import ConfigError
 
 PICKLE_SUFFIXES = ('.bin', '.pt', '.pth', '.ckpt', '.pkl', '.pickle')
@@ -17,6 +19,10 @@ PICKLE_SUFFIXES = ('.bin', '.pt', '.pth', '.ckpt', '.pkl', '.pickle')
 IGNORED_KEYS = ('attn_mask', 'text_model.embeddings.position_ids',
                 'vision_model.embeddings.position_ids')
 
+
+SAFETENSORS_DTYPES = {'F64': np.float64, 'F32': np.float32, 'F16': np.float16,
+                      'BF16': ml_dtypes.bfloat16, 'I64': np.int64, 'I32': np.int32,
+                      'I16': np.int16, 'I8': np.int8, 'U8': np.uint8, 'BOOL': np.bool_}
 
 # A torch pickle starts with the pickle protocol opcode; torch.save's default zip format with 'PK'.
 PICKLE_MAGIC = (b'\x80', b'PK\x03\x04')
@@ -30,17 +36,20 @@ def _pickle_message(path: str) -> str:
 
 
 def check_weights_file(path: str) -> None:
-  """One-line ConfigError unless `path` is a safetensors file (by its name and its first bytes)."""
+  """One-line ConfigError unless `path` (local or in a bucket) is a safetensors file (by its name
+  and its first bytes)."""
   if path.endswith(PICKLE_SUFFIXES):
     raise ConfigError(_pickle_message(path))
-  if not os.path.isfile(path):
+  storage.check_reachable(path, 'weights file')
+  if not storage.is_file(path):
     raise ConfigError(f'weights file {path} does not exist')
-  with open(path, 'rb') as f:
+  with storage.open_reader(path) as f:  # in a bucket: two small reads, not the whole file
     head = f.read(9)
+    size = f.seek(0, os.SEEK_END)
   # safetensors: an 8-byte little-endian header length, then the JSON header. Tested first: a
   # length's first byte may equal a pickle's opcode.
   header_len = int.from_bytes(head[:8], 'little') if len(head) == 9 else 0
-  if head[8:9] == b'{' and 8 + header_len <= os.path.getsize(path):
+  if head[8:9] == b'{' and 8 + header_len <= size:
     return
   if head.startswith(PICKLE_MAGIC):
     raise ConfigError(_pickle_message(path))
@@ -51,20 +60,37 @@ def check_weights_file(path: str) -> None:
 def read_safetensors(path: str) -> dict[str, np.ndarray]:
   """Every tensor of a .safetensors file as fp32 numpy; refuses torch pickles in one line."""
   check_weights_file(path)
-  from safetensors.flax import load_file  # jax arrays: bf16 files load too (numpy has no bf16)
   try:
-    tensors = load_file(path)
+    if storage.is_bucket(path):
+      tensors = _tensors_from_bytes(storage.read_bytes(path))
+    else:
+      from safetensors.flax import load_file  # jax arrays: bf16 files load too
+      tensors = load_file(path)
   except Exception as e:  # safetensors raises its own error types for a malformed header.
     raise ConfigError(f'{path} is not a readable safetensors file ({e})') from None
   return {name: np.asarray(t.astype(np.float32)) for name, t in tensors.items()}
 
 
+def _tensors_from_bytes(data: bytes) -> dict[str, np.ndarray]:
+  """A whole safetensors file's tensors (a bucket object has no file to map); bf16 through
+  ml_dtypes, as jax has it (safetensors' own numpy loader has no bf16)."""
+  from safetensors import deserialize
+  tensors = {}
+  for name, info in deserialize(data):
+    dtype = SAFETENSORS_DTYPES.get(info['dtype'])
+    if dtype is None:
+      raise ValueError(f'tensor {name} has dtype {info["dtype"]}')
+    tensors[name] = np.frombuffer(info['data'], dtype).reshape(info['shape'])
+  return tensors
+
+
 def write_safetensors(tensors: dict[str, np.ndarray], path: str) -> None:
-  """Writes fp32 contiguous tensors with the metadata torch-side loaders expect."""
-  from safetensors.numpy import save_file
+  """Writes fp32 contiguous tensors with the metadata torch-side loaders expect (to a local
+  file or a bucket object, whole)."""
+  from safetensors.numpy import save
   # .copy(order='C'), not ascontiguousarray: that turns 0-d tensors (logit_scale) into shape (1,).
-  save_file({k: np.asarray(v, np.float32).copy(order='C') for k, v in tensors.items()}, path,
-            metadata={'format': 'pt'})
+  storage.write_bytes(path, save({k: np.asarray(v, np.float32).copy(order='C')
+                                  for k, v in tensors.items()}, metadata={'format': 'pt'}))
 
 
 @dataclasses.dataclass(frozen=True)

@@ -15,8 +15,8 @@ only for CLIP's BPE. Captions holding entities (or mojibake) may get other ids t
 """
 
 import json
-import os
 
+from data import storage
 from data.errors import ConfigError
 from data.tokenizer import (PAD_ID, Tokenizer, bytes_tokenizer_json, sentencepiece_tokenizer_json,
                             shapes_tokenizer_json)
@@ -31,11 +31,10 @@ def run_tokenizer_json(spec: str, workdir: str) -> str:
   if kind == 'bytes':
     return bytes_tokenizer_json()
   if kind == 'sentencepiece':
-    return sentencepiece_tokenizer_json(os.path.join(workdir, 'tokenizer.model'))
-  path = os.path.join(workdir, 'tokenizer.json')
-  if os.path.isfile(path):
-    with open(path) as f:
-      return f.read()
+    return sentencepiece_tokenizer_json(storage.join(workdir, 'tokenizer.model'))
+  path = storage.join(workdir, 'tokenizer.json')
+  if storage.is_file(path):
+    return storage.read_text(path)
   if kind == 'shapes':  # Workdirs written before the tokenizer was saved in them.
     return shapes_tokenizer_json()
   raise ConfigError(f'{workdir} has no tokenizer.json for its tokenizer {spec!r}')
@@ -108,15 +107,15 @@ def openclip_text_cfg(spec: str, folder: str) -> dict:
   # CLIP's BPE: OpenCLIP's 'lower' cleaning (ftfy, HTML unescaped twice) is what ours does; others
   # only collapse whitespace (lower-casing is in the tokenizer's normalizer).
   clean = 'lower' if spec.startswith('clip_bpe:') else 'whitespace'
-  return dict(hf_tokenizer_name=os.path.abspath(folder), tokenizer_kwargs=dict(clean=clean))
+  return dict(hf_tokenizer_name=storage.absolute(folder), tokenizer_kwargs=dict(clean=clean))
 
 
 def write_tokenizer(folder: str, json_text: str, config: dict, context_length: int) -> None:
-  """tokenizer.json, tokenizer_config.json and special_tokens_map.json into `folder`."""
+  """tokenizer.json, tokenizer_config.json and special_tokens_map.json into `folder` (local or
+  gs:// / s3://)."""
   config = dict(config, model_max_length=context_length)
   special = {k: v for k, v in config.items() if k.endswith('_token')}
   contents = (json_text, json.dumps(config, indent=2), json.dumps(special, indent=2))
   for name, content in zip(TOKENIZER_FILES, contents):
-    with open(os.path.join(folder, name), 'w') as f:
-      f.write(content)
+    storage.write_text(storage.join(folder, name), content)
 
