@@ -119,6 +119,8 @@ def train(config, workdir: str, allow_config_change: bool = False) -> dict | Non
       ckpt.close()
       return None
     mesh = sharding.make_mesh(shape)
+    if jax.process_index() == 0:
+      print(distributed.describe(mesh), flush=True)
     tx, schedule = make_optimizer(config.optim, config.total_steps)
     builder = StepBuilder(config, mesh, tx, schedule)
     data_iter = iter(dataset)
