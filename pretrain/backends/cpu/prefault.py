@@ -20,8 +20,6 @@ import errno
 import sys
 import time
 
-import jax
-
 MADV_POPULATE_WRITE = 23  # linux/mman.h, Linux 5.14+
 # glibc serves blocks under its mmap threshold (at most 32 MiB) from its heap, where they are
 # reused instead of faulted afresh: only larger temporaries are looked for.
@@ -105,6 +103,7 @@ class TempBlockPrefaulter:
     batch before dispatching, so that still overlaps the previous step.
     """
     if self.enabled and self._previous is not None:
+      import jax  # here, not at load: this module's tests watch the process's mappings
       jax.block_until_ready([x for x in jax.tree.leaves(self._previous) if not x.is_deleted()])
     self.before_dispatch()
     result = step_fn(*args)
