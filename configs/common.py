@@ -32,6 +32,13 @@ def base_config() -> ml_collections.ConfigDict:
   config.init_from_include = ('.*',)
   # Regexes of parameter paths (e.g. 'img/.*') kept frozen: no gradient, optimizer state or decay.
   config.freeze = ()
+  # jax's persistent compilation cache, so a restarted run loads its compiled step instead of
+  # compiling it again: 'auto' = WORKDIR/compile_cache (a bucket workdir needs etils, else the
+  # user's ~/.cache/pretrain/compile_cache), or a folder; '' = off.
+  config.compile_cache_dir = 'auto'
+  # GPU only: XLA flags for run-to-run deterministic GPU ops (reductions, scatters; see README's
+  # determinism table), so resumes are bit-identical there too; slower. CPU and TPU ignore it.
+  config.deterministic = False
   # Test-only hooks; leave empty in real runs.
   config.debug = ml_collections.ConfigDict(dict(
       nonfinite_at_attempts=(),    # 1-based step calls whose loss is replaced by NaN.

@@ -1,7 +1,9 @@
 """Embedding a dataset on a mesh: each example read by one process and counted exactly once.
 
 Rows are cut into global batches padded up to a multiple of the batch parallelism; padded rows
-repeat index 0 and are dropped by a mask after the (replicated) embeddings come back.
+repeat index 0 and are dropped by a mask after the (replicated) embeddings come back. Each process
+reads the rows its own devices hold, wherever the mesh puts them: on TPU device orders a process's
+devices need not be neighbours in the mesh, so its rows need not be one contiguous block.
 """
 
 import math
@@ -17,6 +19,14 @@ from pretrain.parallel import sharding
 from pretrain.step.state import merge_model
 
 ReadRows = Callable[[np.ndarray], np.ndarray]  # record indices -> model inputs for those rows
+
+
+def process_rows(batch_sharding: jax.sharding.Sharding, rows: int) -> np.ndarray:
+  """Positions in a global batch of `rows` that this process's devices hold, ascending: the
+  order jax.make_array_from_process_local_data reads a process's rows in."""
+  blocks = {(index[0].start or 0, rows if index[0].stop is None else index[0].stop)
+            for index in batch_sharding.addressable_devices_indices_map((rows,)).values()}
+  return np.concatenate([np.arange(a, b) for a, b in sorted(blocks)])
 
 
 class Embedder:
@@ -46,14 +56,14 @@ class Embedder:
     """[count, D] embeddings of rows 0..count-1 (`kind` is 'images' or 'texts')."""
     fn = self._images if kind == 'images' else self._texts
     step = self.global_batch(batch_size)
-    local = step // jax.process_count()
-    first = jax.process_index() * local
+    batch_sharding = sharding.batch_sharding(self.mesh)
+    mine = process_rows(batch_sharding, step)
     out = []
     for start in range(0, count, step):
       index = np.arange(start, start + step)
       valid = index < count
-      rows = read_rows(np.where(valid, index, 0)[first:first + local])
-      batch = jax.make_array_from_process_local_data(sharding.batch_sharding(self.mesh), rows)
+      rows = read_rows(np.where(valid, index, 0)[mine])
+      batch = jax.make_array_from_process_local_data(batch_sharding, rows, (step, *rows.shape[1:]))
       out.append(np.asarray(fn(self.params, self.batch_stats, batch))[valid])
     if not out:
       return np.zeros((0, 0), np.float32)

@@ -27,10 +27,11 @@ from data.records import BadRecord, BrokenSource
 from data.sources import index_cache_dir, open_source
 from data.tokenizer import get_tokenizer, save_to_workdir
 from data.tokenizer_fit import check_fit
+from pretrain import backends
 from pretrain.config import identity, validate
 from pretrain.config.cli import parse_args, save_config
 from pretrain.parallel import sharding
-from pretrain.runtime import distributed
+from pretrain.runtime import compile_cache, distributed
 from pretrain.runtime.checkpoint import Checkpointer, CheckpointWriteError
 from pretrain.runtime.init_from import init_from
 from pretrain.runtime.logger import MetricsLogger
@@ -44,6 +45,7 @@ from pretrain.step.train_step import StepBuilder
 def prepare_run(config, workdir: str, allow_config_change: bool):
   """Validates, locks the workdir, checks the run's identity, builds the dataset."""
   shape = validate.check_training(config, jax.device_count(), jax.process_count())
+  backends.check_xla_flags(config, jax.default_backend())
   validate.check_workdir(workdir)
   # Taken before anything in the workdir is written, so a second trainer changes nothing.
   lock = WorkdirLock(workdir) if jax.process_index() == 0 else None
@@ -107,6 +109,7 @@ def restore_or_init(ckpt: Checkpointer, latest: int | None, builder: StepBuilder
 
 def train(config, workdir: str, allow_config_change: bool = False) -> dict | None:
   """Runs (or resumes) training to `config.total_steps`; returns the final eval metrics."""
+  compile_cache.enable(config.compile_cache_dir, workdir)  # before the run's first compile
   shape, tokenizer, dataset, problems, lock, changes = prepare_run(config, workdir,
                                                                    allow_config_change)
   try:
@@ -119,6 +122,8 @@ def train(config, workdir: str, allow_config_change: bool = False) -> dict | Non
       ckpt.close()
       return None
     mesh = sharding.make_mesh(shape)
+    if jax.process_index() == 0:
+      print(distributed.describe(mesh), flush=True)
     tx, schedule = make_optimizer(config.optim, config.total_steps)
     builder = StepBuilder(config, mesh, tx, schedule)
     data_iter = iter(dataset)
@@ -169,6 +174,7 @@ def main(argv: list[str]) -> int:
   try:
     config, flags = parse_args(argv, usage=__doc__, switches=('allow_config_change',))
     quiet_background_errors()
+    backends.set_xla_flags(config)  # before jax starts its backend, which reads XLA_FLAGS once
     distributed.maybe_initialize()
     train(config, flags['workdir'], flags.get('allow_config_change') == 'true')
   except ConfigError as e:

@@ -102,3 +102,63 @@ def _module_installed(name: str, find_spec: Callable) -> bool:
     return find_spec(name) is not None
   except (ImportError, ValueError):
     return False
+
+
+# What XLA needs for run-to-run deterministic GPU programs (`config.deterministic`): no atomics in
+# reductions and scatters (the scatter determinism expander comes with it), deterministic
+# autotuning, and ops with no deterministic kernel refused at compile time instead of run.
+DETERMINISTIC_GPU_FLAGS = ('--xla_gpu_deterministic_ops=true',
+                           '--xla_gpu_exclude_nondeterministic_ops=true')
+GPU_PLATFORMS = ('gpu', 'cuda', 'rocm')
+GPU_MODULES = ('jax_cuda12_plugin', 'jax_cuda13_plugin', 'jax_rocm60_plugin', 'jax_rocm7_plugin')
+GPU_DEVICES = ('/dev/nvidia0', '/dev/kfd')
+
+
+def deterministic_xla_flags(platform: str, deterministic: bool) -> tuple[str, ...]:
+  """The XLA flags `config.deterministic` asks of `platform`: GPU flags on a GPU, else none (XLA:CPU
+  and TPU programs are already run-to-run deterministic)."""
+  return DETERMINISTIC_GPU_FLAGS if deterministic and platform in GPU_PLATFORMS else ()
+
+
+def with_xla_flags(xla_flags: str, flags: tuple[str, ...]) -> str:
+  """`xla_flags` (an XLA_FLAGS value) plus each of `flags` whose name it does not set already."""
+  names = {flag.split('=')[0] for flag in xla_flags.split()}
+  return ' '.join([*xla_flags.split(), *(f for f in flags if f.split('=')[0] not in names)])
+
+
+def will_run_on_gpu(environ: Mapping[str, str] = os.environ,
+                    find_spec: Callable = importlib.util.find_spec,
+                    exists: Callable[[str], bool] = os.path.exists) -> bool:
+  """Whether jax in this process will (probably) run on a GPU; decided without starting jax's backend."""
+  platforms = [p.strip() for p in environ.get('JAX_PLATFORMS', '').split(',') if p.strip()]
+  if platforms:
+    return platforms[0] in GPU_PLATFORMS
+  if any(_module_installed(name, find_spec) for name in GPU_MODULES):
+    return True
+  return any(exists(path) for path in GPU_DEVICES)
+
+
+def set_xla_flags(config: ml_collections.ConfigDict,
+                  environ: dict = os.environ) -> tuple[str, ...]:
+  """Adds the XLA flags `config` asks of the platform jax will start on; -> the flags added.
+
+  XLA reads XLA_FLAGS once, when jax starts its backend: call this before any jax call that does
+  (jax.devices(), jax.distributed.initialize(), the first jit).
+  """
+  platform = 'gpu' if will_run_on_gpu(environ) else CPU
+  flags = deterministic_xla_flags(platform, config.get('deterministic', False))
+  if flags:
+    environ['XLA_FLAGS'] = with_xla_flags(environ.get('XLA_FLAGS', ''), flags)
+  return flags
+
+
+def check_xla_flags(config: ml_collections.ConfigDict, platform: str,
+                    environ: Mapping[str, str] = os.environ) -> None:
+  """A one-line ConfigError when `config` needs XLA flags on `platform` that jax started without."""
+  names = {flag.split('=')[0] for flag in environ.get('XLA_FLAGS', '').split()}
+  missing = [f for f in deterministic_xla_flags(platform, config.get('deterministic', False))
+             if f.split('=')[0] not in names]
+  if missing:
+    raise ConfigError(f'deterministic=True on {platform} needs XLA_FLAGS {" ".join(missing)} set '
+                      'before jax starts (python -m pretrain.train sets them; in your own '
+                      'script, call pretrain.backends.set_xla_flags(config) first)')

@@ -23,7 +23,8 @@ MAY_CHANGE = (
     'total_steps', 'log_every', 'checkpoint_every', 'keep_checkpoints', 'exit_after_step',
     'max_consecutive_skips', 'prefault_step_memory', 'tower_batch_chunks', 'debug.', 'mesh.',
     'param_sharding', 'accum_steps', 'model.ops', 'model.image_remat', 'model.text_remat',
-    'data.num_threads', 'data.prefetch', 'data.workers', 'data.max_unknown_token_rate', 'eval.',
+    'compile_cache_dir', 'deterministic', 'data.num_threads', 'data.prefetch', 'data.workers',
+    'data.max_unknown_token_rate', 'eval.',
 )
 
 

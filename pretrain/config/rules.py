@@ -93,6 +93,8 @@ RULES: dict[str, Rule] = {
     'max_consecutive_skips': _int(low=1),
     'prefault_step_memory': BOOL,
     'tower_batch_chunks': _int(low=0, wording='>= 0 (0 = auto)'),
+    'compile_cache_dir': STR,        # '' = off, 'auto' or a folder
+    'deterministic': BOOL,
     'init_from': STR,
     'init_from_include': Rule('strs'),
     'freeze': Rule('strs'),

@@ -56,6 +56,7 @@ class TempBlockPrefaulter:
     self.max_misses, self.misses = max_misses, 0
     self.populated_bytes = 0  # over the whole run: what was faulted in here instead of in the step
     self._known: set[tuple[int, int]] = set()
+    self._previous = None  # the last step's outputs
     self._madvise = None
     if self.enabled:
       libc = ctypes.CDLL(None, use_errno=True)
@@ -95,10 +96,19 @@ class TempBlockPrefaulter:
     return populated
 
   def dispatch(self, step_fn, *args):
-    """step_fn(*args), with the block it maps pre-faulted while it runs; returns its result."""
+    """step_fn(*args), with the block it maps pre-faulted while it runs; returns its result.
+
+    Waits (without reading anything) for the previous step's outputs first: the block is told
+    apart from the previous step's only once that one has finished. The loop fetches the next
+    batch before dispatching, so that still overlaps the previous step.
+    """
+    if self.enabled and self._previous is not None:
+      import jax  # here, not at load: this module's tests watch the process's mappings
+      jax.block_until_ready([x for x in jax.tree.leaves(self._previous) if not x.is_deleted()])
     self.before_dispatch()
     result = step_fn(*args)
     self.after_dispatch()
+    self._previous = result if self.enabled else None
     return result
 
   def _populate(self, start: int, size: int) -> int:
