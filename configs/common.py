@@ -33,8 +33,8 @@ def base_config() -> ml_collections.ConfigDict:
   # Regexes of parameter paths (e.g. 'img/.*') kept frozen: no gradient, optimizer state or decay.
   config.freeze = ()
   # jax's persistent compilation cache, so a restarted run loads its compiled step instead of
-  # compiling it again: 'auto' = WORKDIR/compile_cache (a bucket workdir needs etils, else the
-  # user's ~/.cache/pretrain/compile_cache), or a folder; '' = off.
+  # compiling it again: 'auto' = WORKDIR/compile_cache (a bucket folder works too), or a
+  # folder; '' = off.
   config.compile_cache_dir = 'auto'
   # GPU only: XLA flags for run-to-run deterministic GPU ops (reductions, scatters; see README's
   # determinism table), so resumes are bit-identical there too; slower. CPU and TPU ignore it.

@@ -5,7 +5,7 @@ import os
 import subprocess
 import sys
 
-from pretrain.runtime.compile_cache import cache_dir, user_cache_dir
+from pretrain.runtime.compile_cache import cache_dir
 from tests.helpers import ROOT
 
 FAST = ['--config.model.image_size=16', '--config.model.context_length=12',
@@ -50,7 +50,4 @@ def test_where_the_cache_lives():
   assert cache_dir('auto', '/runs/a') == '/runs/a/compile_cache'
   assert cache_dir('', '/runs/a') is None
   assert cache_dir('/fast/cache', '/runs/a') == '/fast/cache'
-  # jax writes a bucket through etils.epath; without it, this user's local cache folder.
-  assert cache_dir('auto', 'gs://b/run', epath_installed=True) == 'gs://b/run/compile_cache'
-  assert cache_dir('auto', 'gs://b/run', epath_installed=False) == user_cache_dir()
-  assert user_cache_dir({'XDG_CACHE_HOME': '/c'}) == '/c/pretrain/compile_cache'
+  assert cache_dir('auto', 'gs://b/run/') == 'gs://b/run/compile_cache'  # jax writes it via epath

@@ -1,39 +1,24 @@
 """jax's persistent compilation cache: a restarted (preempted) run loads its compiled step from disk
 instead of compiling it again."""
 
-import importlib.util
-import os
-from collections.abc import Mapping
-
 import jax
 from jax.experimental.compilation_cache import compilation_cache
+
+from data import storage
 
 AUTO = 'auto'  # `config.compile_cache_dir`: WORKDIR/compile_cache ('' turns the cache off)
 SUBDIR = 'compile_cache'
 
 
-def user_cache_dir(environ: Mapping[str, str] = os.environ) -> str:
-  """This user's local cache folder for compiled programs ($XDG_CACHE_HOME or ~/.cache)."""
-  base = environ.get('XDG_CACHE_HOME') or os.path.join(os.path.expanduser('~'), '.cache')
-  return os.path.join(base, 'pretrain', SUBDIR)
-
-
-def cache_dir(setting: str, workdir: str, epath_installed: bool | None = None) -> str | None:
+def cache_dir(setting: str, workdir: str) -> str | None:
   """The folder the cache lives in for `config.compile_cache_dir` = `setting`; None = off.
 
-  'auto' is WORKDIR/compile_cache, so it follows the run to any machine that resumes it. jax
-  reads and writes a bucket path (gs://...) through etils.epath; without etils a bucket workdir
-  gets this user's local cache folder instead.
+  'auto' is WORKDIR/compile_cache, so it follows the run to any machine that resumes it (jax reads
+  and writes a gs:// folder through etils.epath, as the rest of the run does).
   """
   if not setting:
     return None
-  if setting != AUTO:
-    return setting
-  if epath_installed is None:
-    epath_installed = importlib.util.find_spec('etils') is not None
-  if '://' in workdir and not epath_installed:
-    return user_cache_dir()
-  return os.path.join(workdir, SUBDIR)
+  return storage.join(workdir, SUBDIR) if setting == AUTO else setting
 
 
 def enable(setting: str, workdir: str) -> str | None:
