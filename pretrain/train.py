@@ -27,6 +27,7 @@ from data.records import BadRecord, BrokenSource
 from data.sources import index_cache_dir, open_source
 from data.tokenizer import get_tokenizer, save_to_workdir
 from data.tokenizer_fit import check_fit
+from pretrain.backends import resolve_for_platform
 from pretrain.config import identity, validate
 from pretrain.config.cli import parse_args, save_config
 from pretrain.parallel import sharding
@@ -44,6 +45,9 @@ from pretrain.step.train_step import StepBuilder
 def prepare_run(config, workdir: str, allow_config_change: bool):
   """Validates, locks the workdir, checks the run's identity, builds the dataset."""
   shape = validate.check_training(config, jax.device_count(), jax.process_count())
+  # The backend choices (op set, attention, tower slices) this platform can run, checked before
+  # the workdir is touched: the StepBuilder resolves them again, the same way.
+  resolve_for_platform(config, jax.default_backend())
   validate.check_workdir(workdir)
   # Taken before anything in the workdir is written, so a second trainer changes nothing.
   lock = WorkdirLock(workdir) if jax.process_index() == 0 else None

@@ -5,9 +5,10 @@ import contextvars
 from typing import Iterator
 
 import jax
+import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-from pretrain.parallel.sharding import BATCH_AXES
+from pretrain.parallel.sharding import BATCH_AXES  # noqa: F401 (re-exported)
 
 Array = jax.Array
 
@@ -34,3 +35,13 @@ def batch_sharded(x: Array) -> Array:
   if mesh is None:
     return x
   return jax.lax.with_sharding_constraint(x, NamedSharding(mesh, PartitionSpec(BATCH_AXES)))
+
+
+def activation_mesh() -> Mesh | None:
+  """The mesh `activations_split_over` set while tracing (None outside it)."""
+  return _ACTIVATION_MESH.get()
+
+
+def batch_shards(mesh: Mesh) -> int:
+  """How many ways the batch axes split a batch on `mesh`."""
+  return int(np.prod([mesh.shape[axis] for axis in BATCH_AXES]))
