@@ -7,6 +7,7 @@ from flax import nnx
 from data.errors import require
 from pretrain.models.layers import EMBED_INIT, AttentionPool, Dtype, Encoder, dense, layer_norm
 from pretrain.models.ops import OpSet
+from pretrain.parallel.activations import batch_sharded, gathered
 
 Array = jax.Array
 IMAGE_POOLS = ('cls', 'gap', 'map')
@@ -109,7 +110,9 @@ class TextTower(nnx.Module):
   def __call__(self, tokens: Array) -> Array:
     """tokens: int32 [B, T], padded with 0 after the end-of-text token."""
     valid = tokens != 0
-    x = self.token_embed(tokens)
+    # nnx.Embed's lookup (table cast to the compute dtype, then taken) on the gathered table.
+    table = gathered(self.token_embed.embedding[...]).astype(self.dtype)
+    x = batch_sharded(jnp.take(table, tokens, axis=0))
     if self.pool == 'cls':
       cls = jnp.broadcast_to(self.cls_token[...].astype(x.dtype), (x.shape[0], 1, x.shape[-1]))
       x = jnp.concatenate([cls, x], axis=1)
