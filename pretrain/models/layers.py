@@ -154,6 +154,7 @@ class AttentionPool(nnx.Module):
     self.out = dense(width, width, dtype=dtype, rngs=rngs, ops=ops)
     self.ln = layer_norm(width, rngs=rngs, ops=ops)
     self.mlp = Mlp(width, mlp_dim, dtype=dtype, rngs=rngs, ops=ops, activation=activation)
+    self.qkv_dtype = dtype if ops.attention_in_compute_dtype else jnp.float32  # As SelfAttention.
 
   def __call__(self, x: Array) -> Array:
     batch, length, width = x.shape
@@ -162,6 +163,8 @@ class AttentionPool(nnx.Module):
     q = self.q(probe).reshape(batch, 1, self.heads, head_dim)
     k, v = jnp.split(self.kv(x), 2, axis=-1)
     k, v = (t.reshape(batch, length, self.heads, head_dim) for t in (k, v))
+    # One query: XLA's attention (fp32 softmax), with the blocks' q, k, v dtype.
+    q, k, v = (t.astype(self.qkv_dtype) for t in (q, k, v))
     y = self.out(jax.nn.dot_product_attention(q, k, v).reshape(batch, 1, width))
     y = y + self.mlp(self.ln(y))
     return y[:, 0]

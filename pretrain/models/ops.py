@@ -48,9 +48,38 @@ class Linear(nnx.Module):
     self.dtype = dtype
 
   def __call__(self, x: Array) -> Array:
-    y = jax.lax.dot_general(x.astype(self.dtype), self.kernel[...].astype(self.dtype),
-                            (((x.ndim - 1,), (0,)), ((), ())), preferred_element_type=jnp.float32)
+    y = matmul(x.astype(self.dtype), self.kernel[...].astype(self.dtype))
     return y if self.bias is None else y + self.bias[...]
+
+
+def _matmul_fwd(x: Array, kernel: Array) -> tuple[Array, tuple]:
+  y = jax.lax.dot_general(x, kernel, (((x.ndim - 1,), (0,)), ((), ())),
+                          preferred_element_type=jnp.float32)
+  return y, (x, kernel)
+
+
+def _matmul_bwd(residuals, g):
+  # The fp32 output gradient enters both products in the inputs' dtype (bf16 x bf16 with fp32
+  # accumulation, as under torch.autocast): autodiff would pair it, fp32, with a bf16 operand,
+  # and XLA would run that product in fp32.
+  x, kernel = residuals
+  g = g.astype(x.dtype)
+  d_x = jax.lax.dot_general(g, kernel, (((g.ndim - 1,), (1,)), ((), ())),
+                            preferred_element_type=jnp.float32)
+  axes = tuple(range(x.ndim - 1))
+  d_kernel = jax.lax.dot_general(x, g, ((axes, axes), ((), ())),
+                                 preferred_element_type=jnp.float32)
+  return d_x.astype(x.dtype), d_kernel.astype(kernel.dtype)
+
+
+@jax.custom_vjp
+def matmul(x: Array, kernel: Array) -> Array:
+  """x @ kernel over x's last axis: fp32 accumulation and output; the backward's two products
+  take the inputs' dtype too."""
+  return _matmul_fwd(x, kernel)[0]
+
+
+matmul.defvjp(_matmul_fwd, _matmul_bwd)
 
 
 class LayerNorm(nnx.Module):
