@@ -135,9 +135,12 @@ def cudnn_attention(q: Array, k: Array, v: Array, key_mask: Array | None = None,
   """The same function with cuDNN's fused flash-attention kernel (NVIDIA GPUs; bf16/fp16 q, k, v).
 
   The causal mask goes in as `is_causal`, so cuDNN skips the masked blocks rather than computing
-  and masking them; a padding mask goes in as a mask.
+  and masking them; a padding mask goes in as a mask, which jax turns into an additive bias:
+  broadcast here to [B, 1, T, T], the bias shape cuDNN takes without broadcasting over queries.
   """
-  mask = None if key_mask is None else key_mask[:, None, None, :]
+  length = q.shape[1]
+  mask = (None if key_mask is None else
+          jnp.broadcast_to(key_mask[:, None, None, :], (q.shape[0], 1, length, length)))
   return jax.nn.dot_product_attention(q, k, v, mask=mask, is_causal=causal,
                                       implementation='cudnn')
 
