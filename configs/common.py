@@ -57,6 +57,11 @@ def base_config() -> ml_collections.ConfigDict:
       # autodiff), 'cpu' (hand-written derivatives for XLA:CPU, pretrain/backends/cpu/ops.py; CPU
       # only) or 'auto' ('cpu' on the CPU backend, 'stock' on GPU/TPU).
       ops='auto',
+      # Attention implementation (same function, same parameters): 'xla' (jax.nn's XLA path, any
+      # platform), 'cudnn' (cuDNN flash attention: NVIDIA GPUs, model.dtype bfloat16), 'splash'
+      # (Pallas splash attention: TPU), 'cpu' (the CPU op set's: CPU only), or 'auto' (cudnn on a
+      # GPU under bf16, else xla there; splash on TPU; the op set's own on the CPU).
+      attention='auto',
       image_remat='none',          # Recompute in backward: 'none' | 'dots' (keep matmuls) | 'full'.
       text_remat='none',           # The same for the text tower.
       scan_layers=False,           # Stack blocks and lax.scan them (one block compiled per tower).

@@ -56,10 +56,17 @@ def compile_step(config, mesh, platform: str = 'tpu'):
   """(StepBuilder, the train step compiled ahead of time on abstract state and batch).
 
   The step is built as `platform` runs it (op set, no CPU-only mechanisms: a pod's accelerators),
-  and compiled by XLA:CPU, the compiler this host has.
+  and compiled by XLA:CPU, the compiler this host has. A fused attention kernel (splash, cuDNN)
+  does not compile here: the step is compiled with XLA's attention, whose [B, heads, T, T] scores
+  make the temporaries an upper bound for such a platform.
   """
+  from pretrain.backends import resolve_for_platform
   from pretrain.step.lowering import abstract_batch, step_builder
 
+  config = resolve_for_platform(config, platform)
+  if config.model.attention in ('splash', 'cudnn'):
+    with config.unlocked():
+      config.model.attention = 'xla'
   builder = step_builder(config, mesh, platform)
   batch = abstract_batch(config, mesh)
   return builder, builder.jit_step().trace(builder.abstract_state, batch).lower(

@@ -46,6 +46,9 @@ def prepare_run(config, workdir: str, allow_config_change: bool):
   """Validates, locks the workdir, checks the run's identity, builds the dataset."""
   shape = validate.check_training(config, jax.device_count(), jax.process_count())
   backends.check_xla_flags(config, jax.default_backend())
+  # The backend choices (op set, attention, tower slices) this platform can run, checked before
+  # the workdir is touched: the StepBuilder resolves them again, the same way.
+  backends.resolve_for_platform(config, jax.default_backend())
   validate.check_workdir(workdir)
   # Taken before anything in the workdir is written, so a second trainer changes nothing.
   lock = WorkdirLock(workdir) if jax.process_index() == 0 else None

@@ -9,6 +9,7 @@ This module imports no jax at load time: the re-exec decision (`will_run_on_acce
 before jax loads.
 """
 
+import dataclasses
 import importlib.util
 import os
 from collections.abc import Callable, Mapping
@@ -19,6 +20,12 @@ from data.errors import ConfigError
 
 CPU = 'cpu'
 OPS = ('auto', 'stock', 'cpu')  # `model.ops`; 'auto': 'cpu' on the CPU platform, 'stock' elsewhere.
+# `model.attention`: 'xla' (jax.nn.dot_product_attention's XLA path, any platform), 'cudnn'
+# (cuDNN flash attention, NVIDIA GPUs, bf16/fp16), 'splash' (Pallas splash attention, TPU), 'cpu'
+# (the CPU op set's hand-derivative attention, XLA:CPU); 'auto' picks (resolve_attention).
+ATTENTION = ('auto', 'xla', 'cudnn', 'splash', 'cpu')
+GPU_PLATFORMS = ('gpu', 'cuda')  # Where cuDNN runs: jax's name for a CUDA backend and the lowering name.
+HALF_DTYPES = ('bfloat16', 'float16')  # q, k, v dtypes cuDNN flash attention takes.
 # `tower_batch_chunks = 0`: the CPU rule (backends/cpu/tower_slices.py) on the CPU, 1 elsewhere.
 AUTO_CHUNKS = 0
 # Accelerator plugins of jax (CUDA, ROCm) and the TPU runtime: installed where jax will use them.
@@ -40,11 +47,37 @@ def resolve_ops(setting: str, platform: str) -> str:
   return setting
 
 
+def resolve_attention(requested: str, platform: str, dtype: str, ops: str = 'cpu') -> str:
+  """`model.attention` for `platform` and compute `dtype` under the resolved op set `ops`.
+
+  'auto': cuDNN on a GPU when the compute dtype is bf16/fp16 (cuDNN takes no fp32), else XLA;
+  splash on a TPU; on the CPU the op set's own attention ('cpu' under the CPU set, 'xla' under the
+  stock one). An explicit choice the platform cannot run is a one-line ConfigError.
+  """
+  if requested not in ATTENTION:
+    raise ConfigError(f'unknown model.attention {requested!r}; known: {", ".join(ATTENTION)}')
+  if requested == 'auto':
+    if platform in GPU_PLATFORMS:
+      return 'cudnn' if dtype in HALF_DTYPES else 'xla'
+    if platform == 'tpu':
+      return 'splash'
+    return 'cpu' if platform == CPU and ops == 'cpu' else 'xla'
+  runs_on = {'cudnn': GPU_PLATFORMS, 'splash': ('tpu',), 'cpu': (CPU,)}.get(requested)
+  if runs_on and platform not in runs_on:
+    raise ConfigError(f'model.attention {requested!r} runs on {"/".join(runs_on)}, not on '
+                      f"platform {platform!r}; use 'auto' or 'xla'")
+  if requested == 'cudnn' and dtype not in HALF_DTYPES:
+    raise ConfigError(f"model.attention 'cudnn' takes bf16/fp16 inputs; model.dtype is {dtype!r} "
+                      "(set model.dtype=bfloat16, or attention 'auto' or 'xla')")
+  return requested
+
+
 def resolve_for_platform(config: ml_collections.ConfigDict,
                          platform: str) -> ml_collections.ConfigDict:
   """A copy of `config` with every backend choice made for `platform` ('cpu', 'gpu', 'cuda', 'tpu').
 
-  model.ops: 'auto' -> 'cpu' on the CPU, 'stock' elsewhere. tower_batch_chunks: 0 (auto) stays 0
+  model.ops: 'auto' -> 'cpu' on the CPU, 'stock' elsewhere. model.attention: resolve_attention.
+  tower_batch_chunks: 0 (auto) stays 0
   on the CPU, where the number of slices depends on each call's batch and the parameters'
   shardings (backends/cpu/tower_slices.resolve_chunks), and is 1 elsewhere. prefault_step_memory:
   False off the CPU. A CPU-only choice made explicitly for an accelerator is a ConfigError.
@@ -53,6 +86,8 @@ def resolve_for_platform(config: ml_collections.ConfigDict,
   resolved = config.copy_and_resolve_references()
   with resolved.unlocked():
     resolved.model.ops = resolve_ops(config.model.get('ops', 'auto'), platform)
+    resolved.model.attention = resolve_attention(config.model.get('attention', 'auto'), platform,
+                                                 config.model.dtype, resolved.model.ops)
     if platform != CPU:
       chunks = config.tower_batch_chunks
       if chunks not in (AUTO_CHUNKS, 1):
@@ -63,19 +98,38 @@ def resolve_for_platform(config: ml_collections.ConfigDict,
   return resolved
 
 
-def op_set(name: str):
-  """The op set (pretrain/models/ops.OpSet) of a `model.ops` value; 'auto' for this process's
-  default backend (models built outside a train step: eval jobs, importers)."""
-  if name == 'auto':
+def op_set(name: str, attention: str = 'auto', dtype: str = 'float32'):
+  """The op set (pretrain/models/ops.OpSet) of a `model.ops` value with the `model.attention`
+  implementation in it; 'auto' for this process's default backend (models built outside a train
+  step: eval jobs, importers)."""
+  if 'auto' in (name, attention):
     import jax
-    name = resolve_ops(name, jax.default_backend())
+    platform = jax.default_backend()
+    name = resolve_ops(name, platform)
+    attention = resolve_attention(attention, platform, dtype, name)
   if name == 'cpu':
-    from pretrain.backends.cpu.ops import CPU_OPS
-    return CPU_OPS
-  if name == 'stock':
-    from pretrain.models.ops import STOCK_OPS
-    return STOCK_OPS
-  raise ConfigError(f'unknown model.ops {name!r}; known: {", ".join(OPS)}')
+    from pretrain.backends.cpu.ops import CPU_OPS as ops
+  elif name == 'stock':
+    from pretrain.models.ops import STOCK_OPS as ops
+  else:
+    raise ConfigError(f'unknown model.ops {name!r}; known: {", ".join(OPS)}')
+  return dataclasses.replace(ops, attention=attention_impl(attention),
+                             attention_in_compute_dtype=attention != 'cpu')
+
+
+def attention_impl(name: str):
+  """The attention function (q, k, v, key_mask, causal) of a resolved `model.attention`."""
+  if name == 'cpu':
+    from pretrain.backends.cpu.ops import attention
+  elif name == 'splash':
+    from pretrain.backends.tpu.splash import attention
+  elif name == 'cudnn':
+    from pretrain.models.ops import cudnn_attention as attention
+  elif name == 'xla':
+    from pretrain.models.ops import attention
+  else:
+    raise ConfigError(f'unknown model.attention {name!r}; known: {", ".join(ATTENTION[1:])}')
+  return attention
 
 
 def will_run_on_accelerator(environ: Mapping[str, str] = os.environ,

@@ -22,9 +22,9 @@ HISTORY_FILE = 'config_history.jsonl'
 MAY_CHANGE = (
     'total_steps', 'log_every', 'checkpoint_every', 'keep_checkpoints', 'exit_after_step',
     'max_consecutive_skips', 'prefault_step_memory', 'tower_batch_chunks', 'debug.', 'mesh.',
-    'param_sharding', 'accum_steps', 'model.ops', 'model.image_remat', 'model.text_remat',
-    'compile_cache_dir', 'deterministic', 'data.num_threads', 'data.prefetch', 'data.workers',
-    'data.max_unknown_token_rate', 'eval.',
+    'param_sharding', 'accum_steps', 'model.ops', 'model.attention', 'model.image_remat',
+    'model.text_remat', 'compile_cache_dir', 'deterministic', 'data.num_threads', 'data.prefetch',
+    'data.workers', 'data.max_unknown_token_rate', 'eval.',
 )
 
 

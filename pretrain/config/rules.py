@@ -14,7 +14,7 @@ import ml_collections
 from data.errors import ConfigError
 from data.records import BAD_POLICIES
 from data.transforms import AUGMENTS
-from pretrain.backends import OPS
+from pretrain.backends import ATTENTION, OPS
 from pretrain.losses import LOSS_IMPLS
 from pretrain.models.layers import ACTIVATIONS, REMAT_POLICIES
 from pretrain.models.towers import IMAGE_POOLS, TEXT_POOLS
@@ -110,6 +110,7 @@ RULES: dict[str, Rule] = {
     'model.activation': Rule('str', choices=tuple(ACTIVATIONS)),
     'model.dtype': Rule('str', choices=DTYPES),
     'model.ops': Rule('str', choices=OPS),
+    'model.attention': Rule('str', choices=ATTENTION),
     'model.image_remat': Rule('str', choices=tuple(REMAT_POLICIES)),
     'model.text_remat': Rule('str', choices=tuple(REMAT_POLICIES)),
     'model.scan_layers': BOOL,

@@ -52,9 +52,10 @@ def build_model(model_cfg, loss_cfg, rngs: nnx.Rngs) -> DualEncoder:
   """Builds the dual encoder named by `config.model` with the temperature of `config.loss`.
 
   Its ops are the set `model_cfg.ops` names ('stock' or 'cpu', as resolve_for_platform leaves
-  it; 'auto' picks for this process's backend)."""
+  it; 'auto' picks for this process's backend) with the attention `model_cfg.attention` names."""
   size = model_size(model_cfg)
-  ops = backends.op_set(model_cfg.get('ops', 'auto'))
+  ops = backends.op_set(model_cfg.get('ops', 'auto'), model_cfg.get('attention', 'auto'),
+                        model_cfg.dtype)
   dtype = DTYPES[model_cfg.dtype]
   if image_tower_kind(size) != 'vit':
     image = EfficientNetTower(

@@ -61,19 +61,16 @@ class SelfAttention(nnx.Module):
     self.qkv = dense(width, 3 * width, dtype=dtype, rngs=rngs, ops=ops)
     self.out = dense(width, width, dtype=dtype, rngs=rngs, ops=ops)
     self.attention = ops.attention
+    # q, k, v in the compute dtype for the fused kernels (bf16 on accelerators), fp32 for the CPU
+    # attention (OpSet.attention_in_compute_dtype says why).
+    self.qkv_dtype = dtype if ops.attention_in_compute_dtype else jnp.float32
 
   def __call__(self, x: Array, key_mask: Array | None = None, causal: bool = False) -> Array:
     batch, length, width = x.shape
-    # q, k, v stay fp32 (the projection's output) under bf16 compute too: XLA:CPU runs batched
-    # bf16 matmuls by converting them to fp32, so bf16 attention there is slower, not faster.
     q, k, v = jnp.split(self.qkv(x), 3, axis=-1)
     shape = (batch, length, self.heads, width // self.heads)
-    q, k, v = (t.reshape(shape) for t in (q, k, v))
-    mask = None if key_mask is None else key_mask[:, None, None, :]
-    if causal:
-      tril = jnp.tril(jnp.ones((length, length), bool))[None, None]
-      mask = tril if mask is None else mask & tril
-    y = self.attention(q, k, v, mask)
+    q, k, v = (t.reshape(shape).astype(self.qkv_dtype) for t in (q, k, v))
+    y = self.attention(q, k, v, key_mask, causal)
     return self.out(y.reshape(batch, length, width))
 
 
@@ -157,6 +154,7 @@ class AttentionPool(nnx.Module):
     self.out = dense(width, width, dtype=dtype, rngs=rngs, ops=ops)
     self.ln = layer_norm(width, rngs=rngs, ops=ops)
     self.mlp = Mlp(width, mlp_dim, dtype=dtype, rngs=rngs, ops=ops, activation=activation)
+    self.qkv_dtype = dtype if ops.attention_in_compute_dtype else jnp.float32  # As SelfAttention.
 
   def __call__(self, x: Array) -> Array:
     batch, length, width = x.shape
@@ -165,6 +163,8 @@ class AttentionPool(nnx.Module):
     q = self.q(probe).reshape(batch, 1, self.heads, head_dim)
     k, v = jnp.split(self.kv(x), 2, axis=-1)
     k, v = (t.reshape(batch, length, self.heads, head_dim) for t in (k, v))
+    # One query: XLA's attention (fp32 softmax), with the blocks' q, k, v dtype.
+    q, k, v = (t.astype(self.qkv_dtype) for t in (q, k, v))
     y = self.out(jax.nn.dot_product_attention(q, k, v).reshape(batch, 1, width))
     y = y + self.mlp(self.ln(y))
     return y[:, 0]

@@ -19,13 +19,20 @@ Array = jax.Array
 @dataclasses.dataclass(frozen=True)
 class OpSet:
   """linear(d_in, d_out, *, dtype, kernel_init, use_bias, rngs) and layer_norm(width, *, epsilon,
-  rngs) build modules; activations[name](x); attention(q, k, v, mask) over [B, T, heads, d] with a
-  bool mask broadcastable to [B, heads, T, T] (or None)."""
+  rngs) build modules; activations[name](x); attention(q, k, v, key_mask, causal) over
+  [B, T, heads, d] with a bool key mask [B, T] (or None) and a static causal flag.
+
+  `attention_in_compute_dtype`: whether the layers hand attention q, k, v in the compute dtype
+  (bf16 under `model.dtype=bfloat16`: what the fused GPU/TPU kernels take) or in fp32 (the CPU
+  attention: XLA:CPU runs batched bf16 matmuls by converting them to fp32, so slower, not faster).
+  `model.attention` replaces the set's attention (pretrain/backends: op_set).
+  """
   name: str
   linear: type
   layer_norm: type
   activations: Mapping[str, Callable[[Array], Array]]
   attention: Callable[..., Array]
+  attention_in_compute_dtype: bool = True
 
 
 class Linear(nnx.Module):
@@ -41,9 +48,38 @@ class Linear(nnx.Module):
     self.dtype = dtype
 
   def __call__(self, x: Array) -> Array:
-    y = jax.lax.dot_general(x.astype(self.dtype), self.kernel[...].astype(self.dtype),
-                            (((x.ndim - 1,), (0,)), ((), ())), preferred_element_type=jnp.float32)
+    y = matmul(x.astype(self.dtype), self.kernel[...].astype(self.dtype))
     return y if self.bias is None else y + self.bias[...]
+
+
+def _matmul_fwd(x: Array, kernel: Array) -> tuple[Array, tuple]:
+  y = jax.lax.dot_general(x, kernel, (((x.ndim - 1,), (0,)), ((), ())),
+                          preferred_element_type=jnp.float32)
+  return y, (x, kernel)
+
+
+def _matmul_bwd(residuals, g):
+  # The fp32 output gradient enters both products in the inputs' dtype (bf16 x bf16 with fp32
+  # accumulation, as under torch.autocast): autodiff would pair it, fp32, with a bf16 operand,
+  # and XLA would run that product in fp32.
+  x, kernel = residuals
+  g = g.astype(x.dtype)
+  d_x = jax.lax.dot_general(g, kernel, (((g.ndim - 1,), (1,)), ((), ())),
+                            preferred_element_type=jnp.float32)
+  axes = tuple(range(x.ndim - 1))
+  d_kernel = jax.lax.dot_general(x, g, ((axes, axes), ((), ())),
+                                 preferred_element_type=jnp.float32)
+  return d_x.astype(x.dtype), d_kernel.astype(kernel.dtype)
+
+
+@jax.custom_vjp
+def matmul(x: Array, kernel: Array) -> Array:
+  """x @ kernel over x's last axis: fp32 accumulation and output; the backward's two products
+  take the inputs' dtype too."""
+  return _matmul_fwd(x, kernel)[0]
+
+
+matmul.defvjp(_matmul_fwd, _matmul_bwd)
 
 
 class LayerNorm(nnx.Module):
@@ -77,9 +113,36 @@ def quick_gelu(x: Array) -> Array:
   return x * jax.nn.sigmoid(1.702 * x)
 
 
-def attention(q: Array, k: Array, v: Array, mask: Array | None) -> Array:
-  """softmax(q k^T / sqrt(d), masked) v: jax.nn.dot_product_attention, inputs in their dtype."""
-  return jax.nn.dot_product_attention(q, k, v, mask=mask)
+def combined_mask(key_mask: Array | None, causal: bool, length: int) -> Array | None:
+  """The bool mask [B|1, 1, T, T] of a key-padding mask [B, T] and/or a causal flag (or None)."""
+  mask = None if key_mask is None else key_mask[:, None, None, :]
+  if causal:
+    tril = jnp.tril(jnp.ones((length, length), bool))[None, None]
+    mask = tril if mask is None else mask & tril
+  return mask
+
+
+def attention(q: Array, k: Array, v: Array, key_mask: Array | None = None,
+              causal: bool = False) -> Array:
+  """softmax(q k^T / sqrt(d), masked) v with XLA's implementation (jax.nn.dot_product_attention):
+  fp32 logits and softmax whatever the inputs' dtype, the output in q's dtype."""
+  return jax.nn.dot_product_attention(q, k, v, mask=combined_mask(key_mask, causal, q.shape[1]),
+                                      implementation='xla')
+
+
+def cudnn_attention(q: Array, k: Array, v: Array, key_mask: Array | None = None,
+                    causal: bool = False) -> Array:
+  """The same function with cuDNN's fused flash-attention kernel (NVIDIA GPUs; bf16/fp16 q, k, v).
+
+  The causal mask goes in as `is_causal`, so cuDNN skips the masked blocks rather than computing
+  and masking them; a padding mask goes in as a mask, which jax turns into an additive bias:
+  broadcast here to [B, 1, T, T], the bias shape cuDNN takes without broadcasting over queries.
+  """
+  length = q.shape[1]
+  mask = (None if key_mask is None else
+          jnp.broadcast_to(key_mask[:, None, None, :], (q.shape[0], 1, length, length)))
+  return jax.nn.dot_product_attention(q, k, v, mask=mask, is_causal=causal,
+                                      implementation='cudnn')
 
 
 STOCK_OPS = OpSet(name='stock', linear=Linear, layer_norm=LayerNorm,

@@ -7,6 +7,7 @@ from flax import nnx
 from data.errors import require
 from pretrain.models.layers import EMBED_INIT, AttentionPool, Dtype, Encoder, dense, layer_norm
 from pretrain.models.ops import OpSet
+from pretrain.parallel.activations import batch_sharded, gathered
 
 Array = jax.Array
 IMAGE_POOLS = ('cls', 'gap', 'map')
@@ -109,7 +110,10 @@ class TextTower(nnx.Module):
   def __call__(self, tokens: Array) -> Array:
     """tokens: int32 [B, T], padded with 0 after the end-of-text token."""
     valid = tokens != 0
-    x = self.token_embed(tokens)
+    # Rows of the fp32 table (gathered whole: activations.gathered says why), into the fp32
+    # residual stream with the fp32 positions: the lookup's and the positions' gradients are
+    # sums over the batch, kept out of bf16 (the policy in README, "Mixed precision").
+    x = batch_sharded(jnp.take(gathered(self.token_embed.embedding[...]), tokens, axis=0))
     if self.pool == 'cls':
       cls = jnp.broadcast_to(self.cls_token[...].astype(x.dtype), (x.shape[0], 1, x.shape[-1]))
       x = jnp.concatenate([cls, x], axis=1)
@@ -118,7 +122,7 @@ class TextTower(nnx.Module):
     # it can see padding. Leaving it out also keeps a vocabulary whose id 0 is a real token (CLIP's
     # BPE: '!') exact.
     key_mask = None if self.causal else valid
-    x = self.encoder(x + self.pos_embed[...].astype(x.dtype), key_mask=key_mask,
+    x = self.encoder(x + self.pos_embed[...], key_mask=key_mask,
                      causal=self.causal)
     pooled = jnp.take_along_axis(x, self.pool_index(tokens)[:, None, None], axis=1)[:, 0]
     return l2_normalize(self.proj(pooled))

@@ -21,9 +21,11 @@ from pretrain.step.optim import make_optimizer
 from pretrain.step.train_step import StepBuilder
 
 PLATFORMS = ('cpu', 'cuda', 'tpu')
-# The attention each op set runs (pretrain/backends): the stock ops call
-# jax.nn.dot_product_attention with XLA's implementation; the CPU set has its own derivative.
-ATTENTION_BY_OPS = {'stock': 'xla', 'cpu': 'cpu'}
+# Where `model.attention` resolves to cuDNN, the cuda module is lowered with XLA's attention: jax
+# refuses to trace cuDNN attention without a local GPU ("cuDNN is not detected").
+CUDNN_ELSEWHERE = 'xla here, cudnn on a GPU'
+# The custom call a Pallas TPU kernel (splash attention) lowers to.
+PALLAS_TPU_TARGET = 'tpu_custom_call'
 # custom_call targets that sharding and SPMD partitioning insert on every platform.
 PARTITIONING_TARGETS = ('Sharding', 'SPMDFullToShardShape', 'SPMDShardToFullShape',
                         'annotate_device_placement')
@@ -49,6 +51,8 @@ class LoweredStep:
     host = [t for t in self.custom_calls if 'callback' in t.lower()]
     if host:
       found.append(f'host callbacks {host}')
+    if self.attention == 'splash' and PALLAS_TPU_TARGET not in self.custom_calls:
+      found.append(f'attention splash but no {PALLAS_TPU_TARGET} in the module')
     if self.platform != 'cpu':
       foreign = [t for t in self.custom_calls if t not in PARTITIONING_TARGETS and t not in host
                  and not _runs_on(t, self.platform)]
@@ -97,13 +101,35 @@ def _donated_arguments(text: str) -> int:
   return len(re.findall(r'tf\.aliasing_output|jax\.buffer_donor', arguments))
 
 
+def lowerable(config, platform: str) -> tuple[object, str]:
+  """(`config` as this host can lower it for `platform`, the attention line to print).
+
+  cuDNN attention cannot be traced without a GPU here: the step is lowered with XLA's attention
+  instead (same function, same parameters) and the line says what a GPU would run.
+  """
+  resolved = backends.resolve_for_platform(config, platform)
+  attention = resolved.model.attention
+  if attention != 'cudnn' or _has_gpu():
+    return resolved, attention
+  with resolved.unlocked():
+    resolved.model.attention = 'xla'
+  return resolved, CUDNN_ELSEWHERE
+
+
+def _has_gpu() -> bool:
+  try:
+    return bool(jax.devices('gpu'))
+  except RuntimeError:
+    return False
+
+
 def lower_step(config, mesh: Mesh, platforms=PLATFORMS) -> list[LoweredStep]:
   """Lowers the step for each platform; platforms that get the same step share one trace."""
   traces, results = {}, []
   for platform in platforms:
-    resolved = backends.resolve_for_platform(config, platform)
+    resolved, attention = lowerable(config, platform)
     if resolved.to_json() not in traces:
-      builder = step_builder(config, mesh, platform)
+      builder = step_builder(resolved, mesh, platform)
       traced = builder.jit_step().trace(builder.abstract_state, abstract_batch(config, mesh))
       traces[resolved.to_json()] = builder, traced
     builder, traced = traces[resolved.to_json()]
@@ -111,7 +137,7 @@ def lower_step(config, mesh: Mesh, platforms=PLATFORMS) -> list[LoweredStep]:
     text = lowered.as_text()
     results.append(LoweredStep(
         platform=platform, ops=_count_ops(lowered.compiler_ir('stablehlo')),
-        attention=ATTENTION_BY_OPS[resolved.model.ops],
+        attention=attention,
         state_leaves=len(jax.tree.leaves(builder.abstract_state)),
         donated_state_leaves=_donated_arguments(text),
         custom_calls=tuple(sorted({a or b for a, b in _CUSTOM_CALL.findall(text)}))))

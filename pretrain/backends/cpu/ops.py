@@ -175,8 +175,14 @@ def _attention(q, k, v, mask):
   return _attention_fwd(q, k, v, mask)[0]
 
 
-attention = jax.custom_vjp(_attention)
-attention.defvjp(_attention_fwd, _attention_bwd)
+masked_attention = jax.custom_vjp(_attention)
+masked_attention.defvjp(_attention_fwd, _attention_bwd)
+
+
+def attention(q: Array, k: Array, v: Array, key_mask: Array | None = None,
+              causal: bool = False) -> Array:
+  """`masked_attention` with the op sets' mask arguments (a key mask [B, T], a causal flag)."""
+  return masked_attention(q, k, v, stock.combined_mask(key_mask, causal, q.shape[1]))
 
 
 def _contract_leading(x: Array, g: Array) -> Array:
@@ -237,4 +243,5 @@ class Linear(stock.Linear):
 
 
 CPU_OPS = stock.OpSet(name='cpu', linear=Linear, layer_norm=LayerNorm,
-                      activations={'gelu': gelu, 'quick_gelu': quick_gelu}, attention=attention)
+                      activations={'gelu': gelu, 'quick_gelu': quick_gelu}, attention=attention,
+                      attention_in_compute_dtype=False)

@@ -1,0 +1,1 @@
+"""TPU mechanisms: Pallas splash attention."""
