@@ -22,6 +22,7 @@ import time
 
 import jax
 
+from data import storage
 from data.errors import ConfigError
 from data.records import BadRecord, BrokenSource
 from data.sources import index_cache_dir, open_source
@@ -35,7 +36,7 @@ from pretrain.runtime.checkpoint import Checkpointer, CheckpointWriteError
 from pretrain.runtime.init_from import init_from
 from pretrain.runtime.logger import MetricsLogger
 from pretrain.runtime.loop import NonFiniteError, run_loop
-from pretrain.runtime.run_control import WorkdirLock, quiet_background_errors
+from pretrain.runtime.run_control import lock_workdir, quiet_background_errors
 from pretrain.step.optim import make_optimizer
 from pretrain.step.state import merge_variables, split_variables
 from pretrain.step.train_step import StepBuilder
@@ -46,7 +47,7 @@ def prepare_run(config, workdir: str, allow_config_change: bool):
   shape = validate.check_training(config, jax.device_count(), jax.process_count())
   validate.check_workdir(workdir)
   # Taken before anything in the workdir is written, so a second trainer changes nothing.
-  lock = WorkdirLock(workdir) if jax.process_index() == 0 else None
+  lock = lock_workdir(workdir) if jax.process_index() == 0 else None
   changes = identity.check_resume(workdir, config, allow_config_change)
   tokenizer = get_tokenizer(config.data.tokenizer, config.data.lowercase)
   validate.check_vocab(tokenizer.vocab_size, config.model.vocab_size, config.data.tokenizer)
@@ -79,7 +80,7 @@ def record_run_config(config, workdir: str, changes: dict, step: int | None,
     return
   identity.record_changes(workdir, changes, step, allowed and any(
       not identity.may_change(name) for name in changes))
-  save_config(config, os.path.join(workdir, 'config.json'))
+  save_config(config, storage.join(workdir, 'config.json'))
   save_to_workdir(config.data.tokenizer, workdir)
 
 
@@ -107,6 +108,8 @@ def restore_or_init(ckpt: Checkpointer, latest: int | None, builder: StepBuilder
 
 def train(config, workdir: str, allow_config_change: bool = False) -> dict | None:
   """Runs (or resumes) training to `config.total_steps`; returns the final eval metrics."""
+  if storage.is_bucket(workdir):  # gs://b/run/ and gs://b/run are one workdir
+    workdir = storage.absolute(workdir)
   shape, tokenizer, dataset, problems, lock, changes = prepare_run(config, workdir,
                                                                    allow_config_change)
   try:

@@ -86,6 +86,7 @@ def run_loop(config, workdir, builder, mesh, ckpt, data_iter, state, problems):
         log_step(logger, timer, config, step, state, metrics, batch_fingerprint(local), problems)
       stopping = step == config.exit_after_step or stop.requested
       if step % config.checkpoint_every == 0 or step == config.total_steps or stopping:
+        logger.flush()  # a resume from this checkpoint finds every row up to it (buckets buffer)
         ckpt.save(step, state, data_iter)
       if stopping:
         ckpt.wait()
