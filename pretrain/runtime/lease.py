@@ -12,6 +12,7 @@ since another trainer may take over meanwhile. TTL: $PRETRAIN_LEASE_SECONDS, def
 
 import json
 import os
+import re
 import socket
 import sys
 import threading
@@ -113,8 +114,8 @@ class BucketLease:
         self._lost('another trainer took the lease over (this one was not renewed in time)')
       except Exception as e:  # pylint: disable=broad-except  (network errors of every kind)
         if time.monotonic() - renewed >= self.ttl - interval:
-          self._lost(f'it could not be renewed for {time.monotonic() - renewed:.0f} s '
-                     f'({type(e).__name__}: {_first_line(e)})')
+          self._lost(f'the bucket did not answer for {time.monotonic() - renewed:.0f} s '
+                     f'({_cause(e)})')
 
   def _lost(self, why: str) -> None:
     """Stops the process at once: another trainer may own the workdir now."""
@@ -136,6 +137,12 @@ class BucketLease:
       self._bucket.blob(self._name).delete(if_generation_match=self._generation, timeout=10)
     except Exception:  # pylint: disable=broad-except  (gone, taken over or unreachable: expires)
       pass
+
+
+def _cause(error: BaseException) -> str:
+  """'[Errno 111] Connection refused' rather than a client's whole retry story."""
+  found = re.search(r'\[Errno -?\d+\] [^"\')]+', str(error))
+  return found.group(0) if found else f'{type(error).__name__}: {_first_line(error)}'
 
 
 def _first_line(error: BaseException) -> str:
