@@ -48,6 +48,16 @@ def prepare_run(config, workdir: str, allow_config_change: bool):
   validate.check_workdir(workdir)
   # Taken before anything in the workdir is written, so a second trainer changes nothing.
   lock = lock_workdir(workdir) if jax.process_index() == 0 else None
+  try:
+    return (shape, *open_run(config, workdir, allow_config_change), lock)
+  except BaseException:  # a refused run frees its workdir at once (a bucket lease would linger)
+    if lock:
+      lock.release()
+    raise
+
+
+def open_run(config, workdir: str, allow_config_change: bool):
+  """(tokenizer, dataset, problems, changes): the run's identity checked, its data opened."""
   changes = identity.check_resume(workdir, config, allow_config_change)
   tokenizer = get_tokenizer(config.data.tokenizer, config.data.lowercase)
   validate.check_vocab(tokenizer.vocab_size, config.model.vocab_size, config.data.tokenizer)
@@ -69,7 +79,7 @@ def prepare_run(config, workdir: str, allow_config_change: bool):
                           context_length=config.model.context_length,
                           global_batch=config.batch_size, seed=config.seed,
                           process_index=jax.process_index(), process_count=jax.process_count())
-  return shape, tokenizer, dataset, problems, lock, changes
+  return tokenizer, dataset, problems, changes
 
 
 def record_run_config(config, workdir: str, changes: dict, step: int | None,
@@ -110,7 +120,7 @@ def train(config, workdir: str, allow_config_change: bool = False) -> dict | Non
   """Runs (or resumes) training to `config.total_steps`; returns the final eval metrics."""
   if storage.is_bucket(workdir):  # gs://b/run/ and gs://b/run are one workdir
     workdir = storage.absolute(workdir)
-  shape, tokenizer, dataset, problems, lock, changes = prepare_run(config, workdir,
+  shape, tokenizer, dataset, problems, changes, lock = prepare_run(config, workdir,
                                                                    allow_config_change)
   try:
     ckpt = Checkpointer(workdir, config.keep_checkpoints)
