@@ -46,9 +46,8 @@ def complete_steps(workdir: str) -> list[int]:
 def _forget_listings(folder: str) -> None:
   """Drops the bucket client's cached listings under `folder`: orbax writes through tensorstore
   (and other processes write too), past that cache, so a listing may be stale."""
-  if storage.is_bucket(folder):
-    fs, inner = storage.filesystem(folder)
-    fs.invalidate_cache(inner)
+  if storage.is_bucket(folder):  # all of them: gcsfs forgets a path's parents only, not children
+    storage.filesystem(folder)[0].invalidate_cache()
 
 
 class CheckpointWriteError(RuntimeError):
