@@ -230,3 +230,14 @@ def append_bytes(path: str, data: bytes) -> None:
       fs.rm_file(part)
   else:
     write_bytes(path, read_bytes(path) + data)
+
+
+def refresh(path: str) -> None:
+  """Forgets the bucket client's cached listings, so the next exists/is_dir/listdir sees objects
+  that other writers (orbax's tensorstore, other processes) made meanwhile. A no-op locally."""
+  if not is_bucket(path):
+    return
+  filesystem(path)[0].invalidate_cache()
+  backend = getattr(as_path(path), '_backend', None)  # epath keeps an fsspec instance of its own
+  if hasattr(backend, 'fs'):
+    backend.fs(os.fspath(path)).invalidate_cache()

@@ -33,7 +33,7 @@ def complete_steps(workdir: str) -> list[int]:
   """Steps of checkpoints whose writing has finished (locally orbax renames them into place when
   done; in a bucket it writes their commit marker last)."""
   folder = checkpoint_dir(workdir)
-  _forget_listings(folder)
+  storage.refresh(folder)  # orbax writes past the client's listing cache
   if not storage.is_dir(folder):
     return []
   steps = [name for name in storage.listdir(folder) if name.isdigit()]
@@ -41,13 +41,6 @@ def complete_steps(workdir: str) -> list[int]:
     return sorted(int(name) for name in steps
                   if storage.is_file(storage.join(folder, name, COMMIT_MARKER)))
   return sorted(int(name) for name in steps if storage.is_dir(storage.join(folder, name)))
-
-
-def _forget_listings(folder: str) -> None:
-  """Drops the bucket client's cached listings under `folder`: orbax writes through tensorstore
-  (and other processes write too), past that cache, so a listing may be stale."""
-  if storage.is_bucket(folder):  # all of them: gcsfs forgets a path's parents only, not children
-    storage.filesystem(folder)[0].invalidate_cache()
 
 
 class CheckpointWriteError(RuntimeError):
@@ -180,7 +173,7 @@ def restore_model(workdir: str, step: int | None, abstract_params: Any,
   """(step, parameters, BatchNorm running averages) of checkpoint `step` (None: newest), no
   optimizer state, onto any mesh; reads the legacy layout too."""
   directory = checkpoint_dir(workdir)
-  _forget_listings(directory)
+  storage.refresh(directory)
   manager = ocp.CheckpointManager(directory)
   try:
     step = manager.latest_step() if step is None else step
