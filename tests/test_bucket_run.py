@@ -127,6 +127,19 @@ def test_lease_refuses_a_live_holder_and_frees_a_dead_ones_workdir(gcs, monkeypa
   BucketLease(workdir).release()  # released: free at once
 
 
+@pytest.mark.parametrize('kind', ['local', 'gs', 's3'])
+def test_append_bytes(kind, tmp_path, request):
+  if kind == 'local':
+    path = str(tmp_path / 'sub' / 'log.jsonl')
+  else:
+    emulator = request.getfixturevalue('gcs' if kind == 'gs' else 's3')
+    path = storage.join(emulator.bucket(f'append-{kind}'), 'run', 'log.jsonl')
+  for i in range(5):
+    storage.append_bytes(path, f'{i}\n'.encode())
+  assert storage.read_text(path) == '0\n1\n2\n3\n4\n'
+  assert storage.listdir(storage.parent(path)) == ['log.jsonl']  # no part objects left
+
+
 def test_metrics_and_events_append_to_bucket_objects(gcs, tmp_path):
   workdir = storage.join(gcs.bucket('logger-unit'), 'run')
   for start in (1, 4):  # a second logger (a resumed run) appends to the same objects
