@@ -10,11 +10,11 @@ shapes corpus; point `data.train` at your pairs for a real run.
 """
 
 import json
-import os
 
 import ml_collections
 
 from configs.common import base_config
+from data import storage
 from data.tokenizer import workdir_spec
 
 
@@ -22,16 +22,15 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   """LiT from the pretrained workdir `arg`."""
   if not arg:
     raise ValueError('configs/lit.py needs the pretrained workdir: --config configs/lit.py:DIR')
-  path = os.path.join(arg, 'config.json')
-  if not os.path.isfile(path):
+  path = storage.join(arg, 'config.json')
+  if not storage.is_file(path):
     raise ValueError(f'{arg} has no config.json: give a training or import_weights workdir')
-  with open(path) as f:
-    pretrained = json.load(f)
+  pretrained = json.loads(storage.read_text(path))
   config = base_config()
   config.model.update(pretrained['model'])
-  config.data.tokenizer = workdir_spec(pretrained['data']['tokenizer'], os.path.abspath(arg))
+  config.data.tokenizer = workdir_spec(pretrained['data']['tokenizer'], storage.absolute(arg))
   config.data.lowercase = pretrained['data'].get('lowercase', True)
-  config.init_from = os.path.abspath(arg)
+  config.init_from = storage.absolute(arg)
   config.init_from_include = ('img/.*',)   # The image tower; the text tower and temperature start fresh.
   config.freeze = ('img/.*',)              # Locked: LiT's best setting ("Lu").
   config.loss.max_logit_scale = 100.0

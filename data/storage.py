@@ -11,6 +11,7 @@ user path.
 import glob as globlib
 import os
 import re
+import time
 from typing import IO
 
 import fsspec
@@ -223,3 +224,41 @@ def _credential_hint(path: str) -> str:
     return ('gcloud auth application-default login, or GOOGLE_APPLICATION_CREDENTIALS; '
             'STORAGE_EMULATOR_HOST for an emulator')
   return 'AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY or AWS_PROFILE; AWS_ENDPOINT_URL for other S3 hosts'
+
+
+def append_bytes(path: str, data: bytes) -> None:
+  """Adds `data` at the end of the file, creating it (and, locally, its folder) if missing.
+
+  Buckets have no append. On GCS the new bytes go up as a part object that is composed onto the
+  end server-side, so each call uploads only `data`, not the whole file; on S3 (no compose) the
+  object is read and rewritten. One writer per file: callers are process 0.
+  """
+  if not is_bucket(path):
+    makedirs(os.path.dirname(path) or '.')
+    with open(path, 'ab') as f:
+      f.write(data)
+    return
+  fs, inner = filesystem(path)
+  fs.invalidate_cache(inner)
+  if not fs.exists(inner):
+    write_bytes(path, data)
+  elif scheme(path) == 'gs':
+    part = f'{inner}.part-{os.getpid()}-{time.monotonic_ns()}'
+    fs.pipe_file(part, data)
+    try:
+      fs.merge(inner, [inner, part])
+    finally:
+      fs.rm_file(part)
+  else:
+    write_bytes(path, read_bytes(path) + data)
+
+
+def refresh(path: str) -> None:
+  """Forgets the bucket client's cached listings, so the next exists/is_dir/listdir sees objects
+  that other writers (orbax's tensorstore, other processes) made meanwhile. A no-op locally."""
+  if not is_bucket(path):
+    return
+  filesystem(path)[0].invalidate_cache()
+  backend = getattr(as_path(path), '_backend', None)  # epath keeps an fsspec instance of its own
+  if hasattr(backend, 'fs'):
+    backend.fs(os.fspath(path)).invalidate_cache()

@@ -22,6 +22,7 @@ import time
 
 import jax
 
+from data import storage
 from data.errors import ConfigError
 from data.records import BadRecord, BrokenSource
 from data.sources import index_cache_dir, open_source
@@ -36,7 +37,7 @@ from pretrain.runtime.checkpoint import Checkpointer, CheckpointWriteError
 from pretrain.runtime.init_from import init_from
 from pretrain.runtime.logger import MetricsLogger
 from pretrain.runtime.loop import NonFiniteError, run_loop
-from pretrain.runtime.run_control import WorkdirLock, quiet_background_errors
+from pretrain.runtime.run_control import lock_workdir, quiet_background_errors
 from pretrain.step.optim import make_optimizer
 from pretrain.step.state import merge_variables, split_variables
 from pretrain.step.train_step import StepBuilder
@@ -51,7 +52,17 @@ def prepare_run(config, workdir: str, allow_config_change: bool):
   backends.resolve_for_platform(config, jax.default_backend())
   validate.check_workdir(workdir)
   # Taken before anything in the workdir is written, so a second trainer changes nothing.
-  lock = WorkdirLock(workdir) if jax.process_index() == 0 else None
+  lock = lock_workdir(workdir) if jax.process_index() == 0 else None
+  try:
+    return (shape, *open_run(config, workdir, allow_config_change), lock)
+  except BaseException:  # a refused run frees its workdir at once (a bucket lease would linger)
+    if lock:
+      lock.release()
+    raise
+
+
+def open_run(config, workdir: str, allow_config_change: bool):
+  """(tokenizer, dataset, problems, changes): the run's identity checked, its data opened."""
   changes = identity.check_resume(workdir, config, allow_config_change)
   tokenizer = get_tokenizer(config.data.tokenizer, config.data.lowercase)
   validate.check_vocab(tokenizer.vocab_size, config.model.vocab_size, config.data.tokenizer)
@@ -73,7 +84,7 @@ def prepare_run(config, workdir: str, allow_config_change: bool):
                           context_length=config.model.context_length,
                           global_batch=config.batch_size, seed=config.seed,
                           process_index=jax.process_index(), process_count=jax.process_count())
-  return shape, tokenizer, dataset, problems, lock, changes
+  return tokenizer, dataset, problems, changes
 
 
 def record_run_config(config, workdir: str, changes: dict, step: int | None,
@@ -84,7 +95,7 @@ def record_run_config(config, workdir: str, changes: dict, step: int | None,
     return
   identity.record_changes(workdir, changes, step, allowed and any(
       not identity.may_change(name) for name in changes))
-  save_config(config, os.path.join(workdir, 'config.json'))
+  save_config(config, storage.join(workdir, 'config.json'))
   save_to_workdir(config.data.tokenizer, workdir)
 
 
@@ -112,8 +123,10 @@ def restore_or_init(ckpt: Checkpointer, latest: int | None, builder: StepBuilder
 
 def train(config, workdir: str, allow_config_change: bool = False) -> dict | None:
   """Runs (or resumes) training to `config.total_steps`; returns the final eval metrics."""
+  if storage.is_bucket(workdir):  # gs://b/run/ and gs://b/run are one workdir
+    workdir = storage.absolute(workdir)
   compile_cache.enable(config.compile_cache_dir, workdir)  # before the run's first compile
-  shape, tokenizer, dataset, problems, lock, changes = prepare_run(config, workdir,
+  shape, tokenizer, dataset, problems, changes, lock = prepare_run(config, workdir,
                                                                    allow_config_change)
   try:
     ckpt = Checkpointer(workdir, config.keep_checkpoints)

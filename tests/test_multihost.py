@@ -82,3 +82,27 @@ def test_two_hosts_ring_losses_equal_one_host(tmp_path, loss):
           f"diff {abs(a['loss'] - b['loss']):.1e}")  # shown with pytest -s
     assert abs(a['loss'] - b['loss']) <= 1e-6, (a, b)
     assert a['acc_i2t'] == b['acc_i2t'] and a['acc_t2i'] == b['acc_t2i']
+
+
+@pytest.mark.slow
+def test_two_hosts_on_a_gs_workdir_write_run_files_once(gcs, tmp_path):
+  """Both processes read and write one bucket workdir (a real GCS API emulator); process 0 alone
+  writes the run-level files, orbax the checkpoints of both."""
+  import json
+  from data import storage
+  from pretrain.runtime.checkpoint import complete_steps
+  workdir = storage.join(gcs.bucket('two-hosts'), 'run')
+  procs = start_two_processes(workdir, '--config.total_steps=4')
+  one = run_train(tmp_path / 'one', *COMMON, '--config.total_steps=4', devices=8)
+  codes, outputs = finish(procs)
+  assert codes == [0, 0], outputs[0][1][-2000:] + outputs[1][1][-2000:]
+  assert one.returncode == 0, one.stderr[-2000:]
+  two_rows = [json.loads(line) for line in storage.read_text(
+      storage.join(workdir, 'metrics.jsonl')).splitlines()]
+  assert [r['step'] for r in two_rows] == [1, 2, 3, 4]  # one writer: no row twice
+  for a, b in zip(two_rows, read_metrics(tmp_path / 'one')):
+    assert abs(a['loss'] - b['loss']) <= 1e-6, (a, b)
+  assert complete_steps(workdir) == [2, 4]
+  assert sorted(storage.listdir(workdir)) == ['checkpoints', 'config.json', 'metrics.jsonl', 'tb',
+                                              'tokenizer.json']  # the lease released
+  assert 'step 4/4' in outputs[0][0] and 'step 4/4' not in outputs[1][0]

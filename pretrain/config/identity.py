@@ -8,11 +8,11 @@ unless the user passes --allow_config_change, which is recorded too.
 """
 
 import json
-import os
 import time
 
 import ml_collections
 
+from data import storage
 from data.errors import ConfigError
 from pretrain.config.cli import load_saved_config
 from pretrain.runtime.checkpoint import complete_steps
@@ -60,8 +60,8 @@ def may_change(field: str) -> bool:
 def check_resume(workdir: str, config: ml_collections.ConfigDict, allow: bool) -> dict:
   """The changes this resume makes to the run's config (empty for a fresh run); refuses changes
   to the run's identity, in one line, unless `allow` (or the run has no checkpoint to lose)."""
-  path = os.path.join(workdir, 'config.json')
-  if not os.path.isfile(path):
+  path = storage.join(workdir, 'config.json')
+  if not storage.is_file(path):
     return {}
   changes = changes_between(plain(load_saved_config(path)), plain(config))
   refused = [name for name in changes if not may_change(name)]
@@ -77,11 +77,11 @@ def check_resume(workdir: str, config: ml_collections.ConfigDict, allow: bool) -
 
 
 def record_changes(workdir: str, changes: dict, step: int | None, allowed: bool) -> None:
-  """Appends one line to config_history.jsonl naming each change and the step it applies from."""
+  """Appends one line to config_history.jsonl naming each change and the step it applies from
+  (in a bucket, which has no append, through storage.append_bytes)."""
   if not changes:
     return
   entry = {'time': time.strftime('%Y-%m-%dT%H:%M:%S'), 'from_step': step or 0,
            'allow_config_change': allowed,
            'changes': {name: {'was': old, 'now': new} for name, (old, new) in changes.items()}}
-  with open(os.path.join(workdir, HISTORY_FILE), 'a') as f:
-    f.write(json.dumps(entry) + '\n')
+  storage.append_bytes(storage.join(workdir, HISTORY_FILE), (json.dumps(entry) + '\n').encode())

@@ -3,6 +3,7 @@
 import os
 import re
 
+from data import storage
 from data.errors import ConfigError, require
 from data.sources import check_spec
 from pretrain.config.rules import check_fields
@@ -84,7 +85,8 @@ def check_patterns(config) -> None:
           'freeze with accum_steps > 1 is not supported: gradient caching differentiates every '
           'parameter; use accum_steps=1')
   if config.init_from:
-    require(os.path.isfile(os.path.join(config.init_from, 'config.json')),
+    storage.check_reachable(config.init_from, 'init_from')
+    require(storage.is_file(storage.join(config.init_from, 'config.json')),
             f'init_from {config.init_from} has no config.json: give the workdir of a training run '
             'or of pretrain.import_weights')
 
@@ -96,7 +98,10 @@ def check_vocab(tokenizer_vocab: int, model_vocab: int, spec: str) -> None:
 
 
 def check_workdir(workdir: str) -> None:
-  """The workdir exists (or can be created) and is writable."""
+  """The workdir exists (or can be created) and is writable; a bucket's is reachable."""
+  if storage.scheme(workdir):
+    check_bucket_workdir(workdir)
+    return
   try:
     os.makedirs(workdir, exist_ok=True)
   except OSError as e:
@@ -106,3 +111,16 @@ def check_workdir(workdir: str) -> None:
   require(not os.path.isdir(checkpoints) or os.access(checkpoints, os.W_OK),
           f'checkpoint directory {checkpoints} is not writable')
 
+
+
+def check_bucket_workdir(workdir: str) -> None:
+  """A gs:// workdir's bucket answers; s3:// (and other schemes) refused before anything is made.
+
+  orbax 0.12.8 writes checkpoints to local paths and gs:// only: given s3:// it first makes a local
+  folder named `s3:` and then fails.
+  """
+  require(storage.scheme(workdir) != 's3',
+          f'workdir {workdir}: checkpoints cannot be written to s3:// (orbax supports local paths '
+          'and gs:// only); use a gs:// workdir or a local/NFS folder (s3:// works for data)')
+  storage.as_path(workdir)  # other schemes: one line
+  storage.check_reachable(workdir, 'workdir')

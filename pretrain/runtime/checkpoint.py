@@ -7,30 +7,40 @@ hold the running averages inside `params` and Adam moments for them in `opt_stat
 through `restore_legacy_arrays`.
 """
 
-import os
 from typing import Any
 
 import jax
 import orbax.checkpoint as ocp
 
+from data import storage
 from data.errors import ConfigError
 from pretrain.models.param_paths import named_leaves
 from pretrain.step.state import (COUNTERS_ITEM, TrainState, checkpoint_items,
                                  from_checkpoint_items)
 
 
+# On GCS orbax writes a step straight into its final folder (a bucket cannot rename a folder
+# atomically) and marks it complete with this object, written last.
+COMMIT_MARKER = 'commit_success.txt'
+
+
 def checkpoint_dir(workdir: str) -> str:
   """Where a run's checkpoints live."""
-  return os.path.join(os.path.abspath(workdir), 'checkpoints')
+  return storage.join(storage.absolute(workdir), 'checkpoints')
 
 
 def complete_steps(workdir: str) -> list[int]:
-  """Steps of checkpoints whose writing has finished (orbax renames them into place when done)."""
+  """Steps of checkpoints whose writing has finished (locally orbax renames them into place when
+  done; in a bucket it writes their commit marker last)."""
   folder = checkpoint_dir(workdir)
-  if not os.path.isdir(folder):
+  storage.refresh(folder)  # orbax writes past the client's listing cache
+  if not storage.is_dir(folder):
     return []
-  return sorted(int(name) for name in os.listdir(folder)
-                if name.isdigit() and os.path.isdir(os.path.join(folder, name)))
+  steps = [name for name in storage.listdir(folder) if name.isdigit()]
+  if storage.is_bucket(folder):
+    return sorted(int(name) for name in steps
+                  if storage.is_file(storage.join(folder, name, COMMIT_MARKER)))
+  return sorted(int(name) for name in steps if storage.is_dir(storage.join(folder, name)))
 
 
 class CheckpointWriteError(RuntimeError):
@@ -86,7 +96,7 @@ class Checkpointer:
 
   def restore(self, step: int, abstract_state: TrainState, data_iterator: Any) -> TrainState:
     """The train state at `step`, placed as `abstract_state`'s shardings; moves the data iterator."""
-    step_dir = os.path.join(self.directory, str(step))
+    step_dir = storage.join(self.directory, str(step))
     check_shapes(self.directory, step, abstract_state.params)
     wanted = checkpoint_items(abstract_state)
     legacy = is_legacy_layout(step_dir, abstract_state.batch_stats)
@@ -114,7 +124,8 @@ class Checkpointer:
 
 def check_shapes(directory, step: int, abstract_params: Any) -> None:
   """Raises ConfigError naming the first parameter whose saved shape differs from the config's."""
-  metadata = ocp.StandardCheckpointer().metadata(os.path.join(str(directory), str(step), 'params'))
+  item = storage.join(str(directory), str(step), 'params')
+  metadata = ocp.StandardCheckpointer().metadata(item)
   saved = getattr(metadata, 'item_metadata', metadata)
   saved = {name: tuple(leaf.shape)
            for name, leaf in named_leaves(getattr(saved, 'tree', saved)).items()}
@@ -132,8 +143,8 @@ def check_shapes(directory, step: int, abstract_params: Any) -> None:
 def is_legacy_layout(step_dir: str, abstract_stats: Any) -> bool:
   """Whether checkpoint `step_dir` keeps a BatchNorm model's running averages inside `params`
   (written before they had their own `batch_stats` item)."""
-  return bool(jax.tree.leaves(abstract_stats)) and not os.path.isdir(
-      os.path.join(step_dir, 'batch_stats'))
+  return bool(jax.tree.leaves(abstract_stats)) and not storage.is_dir(
+      storage.join(step_dir, 'batch_stats'))
 
 
 def _restore_subtree(item_dir: str, abstract: Any) -> Any:
@@ -148,11 +159,11 @@ def restore_legacy_arrays(step_dir: str, abstract: TrainState) -> dict[str, Any]
   """The `params`, `batch_stats` and `opt_state` items of a legacy-layout checkpoint, migrated: the
   running averages pulled out of its `params`, their optimizer moments left behind in its
   `opt_state` (the new optimizer state has the same paths, minus those of the averages)."""
-  restored = {'params': _restore_subtree(os.path.join(step_dir, 'params'), abstract.params),
-              'batch_stats': _restore_subtree(os.path.join(step_dir, 'params'),
+  restored = {'params': _restore_subtree(storage.join(step_dir, 'params'), abstract.params),
+              'batch_stats': _restore_subtree(storage.join(step_dir, 'params'),
                                               abstract.batch_stats)}
   if jax.tree.leaves(abstract.opt_state):
-    restored['opt_state'] = _restore_subtree(os.path.join(step_dir, 'opt_state'),
+    restored['opt_state'] = _restore_subtree(storage.join(step_dir, 'opt_state'),
                                              abstract.opt_state)
   return restored
 
@@ -162,23 +173,24 @@ def restore_model(workdir: str, step: int | None, abstract_params: Any,
   """(step, parameters, BatchNorm running averages) of checkpoint `step` (None: newest), no
   optimizer state, onto any mesh; reads the legacy layout too."""
   directory = checkpoint_dir(workdir)
+  storage.refresh(directory)
   manager = ocp.CheckpointManager(directory)
   try:
     step = manager.latest_step() if step is None else step
     if step is None:
       raise FileNotFoundError(f'no complete checkpoint in {directory}')
-    step_dir = os.path.join(directory, str(step))
-    if not os.path.isdir(step_dir):
+    step_dir = storage.join(directory, str(step))
+    if not storage.is_dir(step_dir):
       raise FileNotFoundError(f'no checkpoint {step} in {directory}')
     check_shapes(directory, step, abstract_params)
   finally:
     manager.close()
   # Partial restores read `params` alone from either layout (and skip legacy averages in it).
-  params = _restore_subtree(os.path.join(step_dir, 'params'), abstract_params)
+  params = _restore_subtree(storage.join(step_dir, 'params'), abstract_params)
   if not jax.tree.leaves(abstract_stats):
     return step, params, abstract_stats
   stats_item = 'params' if is_legacy_layout(step_dir, abstract_stats) else 'batch_stats'
-  return step, params, _restore_subtree(os.path.join(step_dir, stats_item), abstract_stats)
+  return step, params, _restore_subtree(storage.join(step_dir, stats_item), abstract_stats)
 
 
 def restore_params(workdir: str, step: int | None, abstract_params: Any) -> tuple[int, Any]:

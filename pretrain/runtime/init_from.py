@@ -1,12 +1,12 @@
 """`config.init_from`: a fresh run takes chosen parameters from another run's or import's checkpoint."""
 
-import os
 from typing import Any
 
 import jax
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
+from data import storage
 from data.errors import ConfigError
 from pretrain.config.cli import load_saved_config
 from pretrain.models.param_paths import from_named, named_leaves, param_name
@@ -22,7 +22,7 @@ def init_from(config, params: Any, shardings: Any, mesh) -> Any:
   `config.init_from`'s newest checkpoint, placed in `shardings`; shapes must agree."""
   source = config.init_from
   _, source_params, source_stats = model_graphdef_and_variables(
-      load_saved_config(os.path.join(source, 'config.json')))
+      load_saved_config(storage.join(source, 'config.json')))
   source_shapes = merge_variables(source_params, source_stats)
   take = named_leaves(matching_mask(params, config.init_from_include, 'init_from_include'))
   ours, our_shardings = named_leaves(params), named_leaves(shardings)

@@ -1,10 +1,25 @@
-"""Progress lines, WORKDIR/metrics.jsonl and TensorBoard events (process 0 writes)."""
+"""Progress lines, WORKDIR/metrics.jsonl and TensorBoard events (process 0 writes).
+
+Locally both files are appended and flushed at every logged step, as always. A bucket has no
+append: rows and events are buffered and added to the end of their objects by
+storage.append_bytes (on GCS a server-side compose, so each flush uploads only the new bytes and
+a run's total upload grows with its rows, not their square). Flushes happen at most every
+BUCKET_FLUSH_SECONDS (GCS allows about one update per second to an object, and each flush is a few
+requests), before every checkpoint (see flush) and at close: a resumed run's history therefore
+holds every row up to its checkpoint, and a SIGKILL loses only rows that the resume logs again.
+"""
 
 import json
 import os
+import shutil
+import tempfile
 import time
 
 import numpy as np
+
+from data import storage
+
+BUCKET_FLUSH_SECONDS = 10.0
 
 # Values that identify rather than measure. TensorBoard scalars are float32 (tensorboardX's
 # simple_value), exact for integers up to 2**24 only (crc 1622306901 would show as 1622306944), and
@@ -23,14 +38,18 @@ class MetricsLogger:
 
   def __init__(self, workdir: str, total_steps: int, enabled: bool = True):
     self.total_steps, self.enabled = total_steps, enabled
-    self._jsonl = self._tb = None
+    self._jsonl = self._tb = self._tb_upload = None
     if enabled:
-      self._jsonl = open(os.path.join(workdir, 'metrics.jsonl'), 'a')
+      self._jsonl = AppendFile(storage.join(workdir, 'metrics.jsonl'))
       try:
         from tensorboardX import SummaryWriter
-        self._tb = SummaryWriter(os.path.join(workdir, 'tb'))
       except ImportError:  # TensorBoard is optional; metrics.jsonl is the record.
-        self._tb = None
+        return
+      tb_dir = storage.join(workdir, 'tb')
+      if storage.is_bucket(tb_dir):  # tensorboardX would re-upload the whole file at each flush
+        self._tb_upload = EventUploader(tb_dir)
+        tb_dir = self._tb_upload.local_dir
+      self._tb = SummaryWriter(tb_dir)
 
   def write(self, step: int, metrics: dict) -> None:
     """Appends `metrics` at `step` to metrics.jsonl and TensorBoard."""
@@ -38,7 +57,6 @@ class MetricsLogger:
       return
     row = {'step': int(step), **{k: float(np.asarray(v)) for k, v in metrics.items()}}
     self._jsonl.write(json.dumps(row) + '\n')
-    self._jsonl.flush()
     if self._tb is not None:
       for key, value in row.items():
         if key == 'step':
@@ -47,7 +65,17 @@ class MetricsLogger:
           self._tb.add_text(key, str(int(value)), step)
         else:
           self._tb.add_scalar(key, value, step)
+    self.flush(force=False)
+
+  def flush(self, force: bool = True) -> None:
+    """Makes the rows so far durable; in a bucket only when `force` or the interval has passed."""
+    if not self.enabled:
+      return
+    if self._tb is not None:
       self._tb.flush()
+    due = self._jsonl.flush(force)
+    if self._tb_upload is not None and due:
+      self._tb_upload.upload()
 
   def progress(self, step: int, metrics: dict, examples_per_s: float, seconds_per_step: float,
                bad_records: dict[str, int] | None = None, skipped_updates: int = 0) -> None:
@@ -67,10 +95,74 @@ class MetricsLogger:
 
   def close(self) -> None:
     """Flushes and closes the files."""
-    if self._jsonl:
-      self._jsonl.close()
     if self._tb is not None:
       self._tb.close()
+    if self._tb_upload is not None:
+      self._tb_upload.upload()
+      self._tb_upload.close()
+    if self._jsonl:
+      self._jsonl.close()
+
+
+class AppendFile:
+  """A text file written at its end: a local file handle, or a buffer added to a bucket object."""
+
+  def __init__(self, path: str):
+    self.path, self._bucket = path, storage.is_bucket(path)
+    self._local = None if self._bucket else open(path, 'a')
+    self._pending: list[str] = []
+    self._flushed_at = time.monotonic()
+
+  def write(self, text: str) -> None:
+    """Adds text (durable at the next flush)."""
+    if self._local is not None:
+      self._local.write(text)
+    else:
+      self._pending.append(text)
+
+  def flush(self, force: bool = True) -> bool:
+    """Writes out what is buffered: locally always, in a bucket when `force` or the interval
+    has passed; returns whether it flushed."""
+    if self._local is not None:
+      self._local.flush()
+      return True
+    if not force and time.monotonic() - self._flushed_at < BUCKET_FLUSH_SECONDS:
+      return False
+    if self._pending:
+      storage.append_bytes(self.path, ''.join(self._pending).encode())
+      self._pending = []  # kept on failure: the next flush retries them
+    self._flushed_at = time.monotonic()
+    return True
+
+  def close(self) -> None:
+    """Flushes and closes."""
+    self.flush()
+    if self._local is not None:
+      self._local.close()
+
+
+class EventUploader:
+  """TensorBoard event files written in a local temporary folder, their new bytes appended to
+  objects of the same names in the bucket folder at each upload (TFRecords concatenate)."""
+
+  def __init__(self, bucket_dir: str):
+    self.bucket_dir = bucket_dir
+    self.local_dir = tempfile.mkdtemp(prefix='tb_')
+    self._sent: dict[str, int] = {}
+
+  def upload(self) -> None:
+    """Appends what each local event file gained since the last upload."""
+    for name in sorted(os.listdir(self.local_dir)):
+      with open(os.path.join(self.local_dir, name), 'rb') as f:
+        f.seek(self._sent.get(name, 0))
+        new = f.read()
+      if new:
+        storage.append_bytes(storage.join(self.bucket_dir, name), new)
+        self._sent[name] = self._sent.get(name, 0) + len(new)
+
+  def close(self) -> None:
+    """Removes the local copies."""
+    shutil.rmtree(self.local_dir, ignore_errors=True)
 
 
 class Throughput:

@@ -109,6 +109,7 @@ def run_loop(config, workdir, builder, mesh, ckpt, data_iter, state, problems):
         log_step(logger, timer, config, step, counters, batch_fingerprint(stepped), problems)
       stopping = step == config.exit_after_step or stopping
       if step % config.checkpoint_every == 0 or step == config.total_steps or stopping:
+        logger.flush()  # a resume from this checkpoint finds every row up to it (buckets buffer)
         ckpt.save(step, state, data_iter)
       if stopping:
         ckpt.wait()

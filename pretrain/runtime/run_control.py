@@ -8,7 +8,17 @@ import socket
 import sys
 import time
 
+from data import storage
 from data.errors import ConfigError
+
+
+def lock_workdir(workdir: str):
+  """The lock on a workdir: an flock locally (and on NFS), a lease object in a gs:// bucket
+  (pretrain/runtime/lease.py); either has release()."""
+  if storage.is_bucket(workdir):
+    from pretrain.runtime.lease import BucketLease  # pylint: disable=import-outside-toplevel
+    return BucketLease(workdir)
+  return WorkdirLock(workdir)
 
 
 class WorkdirLock:
