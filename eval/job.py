@@ -20,7 +20,7 @@ import numpy as np
 from data import storage
 from data.errors import ConfigError
 from data.records import BadRecord
-from eval.checkpoints import complete_steps, has_checkpoint
+from pretrain.runtime.checkpoint import complete_steps, has_checkpoint
 from eval.provenance import settings_hash
 
 Evaluate = Callable[[int | None], tuple[int, dict]]  # step (None: newest) -> (step, metrics)

@@ -6,7 +6,7 @@ from jax.sharding import PartitionSpec as P
 
 from data import storage
 from data.tokenizer import load_from_workdir
-from eval.checkpoints import check_checkpoint_workdir, restore_model
+from pretrain.runtime.checkpoint import check_checkpoint_location, restore_model
 from eval.embed import Embedder
 from pretrain.parallel import sharding
 from pretrain.config.cli import load_saved_config
@@ -18,7 +18,7 @@ class RunModel:
   onto this job's devices."""
 
   def __init__(self, workdir: str):
-    check_checkpoint_workdir(workdir)
+    check_checkpoint_location(workdir, '--workdir')
     self.workdir = workdir
     self.config = load_saved_config(storage.join(workdir, 'config.json'))
     self.tokenizer = load_from_workdir(self.config.data.tokenizer, workdir,

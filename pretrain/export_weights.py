@@ -26,7 +26,7 @@ import numpy as np
 
 from data import storage
 from data.tokenizer import Tokenizer
-from eval.checkpoints import restore_params
+from pretrain.runtime.checkpoint import restore_params
 from eval.run_model import RunModel
 from pretrain.models.param_paths import named_leaves
 from data.errors import ConfigError, require

@@ -21,7 +21,7 @@ import orbax.checkpoint as ocp
 
 from data import storage
 from data.tokenizer import get_tokenizer, save_to_workdir
-from eval.checkpoints import check_checkpoint_workdir, checkpoint_folder
+from pretrain.runtime.checkpoint import check_checkpoint_location, checkpoint_dir
 from pretrain.config import validate
 from pretrain.models.param_paths import from_named, named_leaves
 from pretrain.config.cli import save_config
@@ -88,11 +88,8 @@ def imported_params(source: str, config, weights: str) -> dict:
 
 def write_workdir(workdir: str, config, params: dict, provenance: dict) -> None:
   """config.json, the tokenizer, checkpoint 0 (parameters only) and imported.json."""
-  if storage.is_bucket(workdir):
-    check_checkpoint_workdir(workdir)
-  else:
-    validate.check_workdir(workdir)
-  directory = checkpoint_folder(workdir)
+  validate.check_workdir(workdir)
+  directory = checkpoint_dir(workdir)
   require(not (storage.is_dir(directory) and storage.listdir(directory)),
           f'{workdir} already has checkpoints; import into a new workdir')
   config.lock()

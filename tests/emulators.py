@@ -43,8 +43,12 @@ def _clear_client_caches() -> None:
   """fsspec caches one filesystem per set of arguments; the endpoint comes from the environment."""
   import gcsfs  # pylint: disable=import-outside-toplevel
   import s3fs  # pylint: disable=import-outside-toplevel
+  from etils.epath import backend  # pylint: disable=import-outside-toplevel
   gcsfs.GCSFileSystem.clear_instance_cache()
   s3fs.S3FileSystem.clear_instance_cache()
+  # etils.epath keeps one filesystem per protocol for the whole process (lru_cache): one made for
+  # an earlier module's emulator would still call that emulator's port.
+  backend._FileSystemSpecBackend._get_filesystem.cache_clear()  # pylint: disable=protected-access
 
 
 class Emulator:

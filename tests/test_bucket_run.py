@@ -161,7 +161,7 @@ def test_s3_workdir_is_refused_in_one_line_before_anything_is_made(tmp_path):
   result = run_train('s3://some-bucket/run', *FAST)
   errors = _errors(result)
   assert result.returncode == 2 and len(errors) == 1, result.stderr[-2000:]
-  assert 'checkpoints cannot be written to s3://' in errors[0]
+  assert 'cannot read or write checkpoints in s3://' in errors[0]
   assert 'use a gs:// workdir or a local/NFS folder' in errors[0]
   assert not os.path.exists(os.path.join(ROOT, 's3:'))
 

@@ -14,7 +14,7 @@ import pytest
 from data import storage
 from data.errors import ConfigError
 from eval import zeroshot
-from eval.checkpoints import check_checkpoint_workdir, complete_steps, restore_params
+from pretrain.runtime.checkpoint import check_checkpoint_location, complete_steps, restore_params
 from eval.job import watch
 from eval.run_model import RunModel
 from pretrain import import_weights
@@ -190,7 +190,7 @@ def test_export_to_gs_and_s3_and_import_back_give_identical_params(gcs, s3, tmp_
 
 def test_s3_workdir_and_missing_bucket_are_one_line_errors(gcs):
   with pytest.raises(ConfigError, match='cannot read or write checkpoints in s3://') as info:
-    check_checkpoint_workdir('s3://some-bucket/run')
+    check_checkpoint_location('s3://some-bucket/run')
   assert '\n' not in str(info.value)
   with pytest.raises(ConfigError, match="bucket 'no-such-bucket' does not exist"):
     RunModel('gs://no-such-bucket/run')

@@ -10,6 +10,7 @@ from pretrain.config.rules import check_fields
 from pretrain.losses import LOSS_IMPLS
 from pretrain.models.variants import image_tower_kind, model_size
 from pretrain.parallel.sharding import batch_ways, resolve_mesh_shape
+from pretrain.runtime.checkpoint import check_checkpoint_location
 
 
 def check_model(model) -> None:
@@ -100,7 +101,7 @@ def check_vocab(tokenizer_vocab: int, model_vocab: int, spec: str) -> None:
 def check_workdir(workdir: str) -> None:
   """The workdir exists (or can be created) and is writable; a bucket's is reachable."""
   if storage.scheme(workdir):
-    check_bucket_workdir(workdir)
+    check_checkpoint_location(workdir)
     return
   try:
     os.makedirs(workdir, exist_ok=True)
@@ -110,17 +111,3 @@ def check_workdir(workdir: str) -> None:
   checkpoints = os.path.join(workdir, 'checkpoints')
   require(not os.path.isdir(checkpoints) or os.access(checkpoints, os.W_OK),
           f'checkpoint directory {checkpoints} is not writable')
-
-
-
-def check_bucket_workdir(workdir: str) -> None:
-  """A gs:// workdir's bucket answers; s3:// (and other schemes) refused before anything is made.
-
-  orbax 0.12.8 writes checkpoints to local paths and gs:// only: given s3:// it first makes a local
-  folder named `s3:` and then fails.
-  """
-  require(storage.scheme(workdir) != 's3',
-          f'workdir {workdir}: checkpoints cannot be written to s3:// (orbax supports local paths '
-          'and gs:// only); use a gs:// workdir or a local/NFS folder (s3:// works for data)')
-  storage.as_path(workdir)  # other schemes: one line
-  storage.check_reachable(workdir, 'workdir')

@@ -29,6 +29,23 @@ def checkpoint_dir(workdir: str) -> str:
   return storage.join(storage.absolute(workdir), 'checkpoints')
 
 
+def check_checkpoint_location(workdir: str, what: str = 'workdir') -> None:
+  """One-line ConfigError, before anything is made or compiled, for a workdir whose checkpoints
+  orbax cannot read or write: s3:// (orbax 0.12.8 handles local paths and gs:// only; given s3://
+  it first makes a local folder named `s3:`), another URL scheme, or an unreachable bucket."""
+  if storage.scheme(workdir) == 's3':
+    raise ConfigError(f'{what} {workdir}: orbax cannot read or write checkpoints in s3:// (it '
+                      'supports local paths and gs:// only); use a gs:// workdir or a local/NFS '
+                      'folder (s3:// works for data and exports)')
+  storage.as_path(workdir)  # other schemes: one line
+  storage.check_reachable(workdir, what)
+
+
+def has_checkpoint(workdir: str, step: int) -> bool:
+  """Whether checkpoint `step` is (still) there: keep-N may delete one while an eval job waits."""
+  return storage.is_dir(storage.join(checkpoint_dir(workdir), str(step)))
+
+
 def complete_steps(workdir: str) -> list[int]:
   """Steps of checkpoints whose writing has finished (locally orbax renames them into place when
   done; in a bucket it writes their commit marker last)."""
