@@ -301,22 +301,6 @@ def test_tfds_converts_its_pixels_as_png(tmp_path):
     np.testing.assert_array_equal(np.asarray(a['image']), np.asarray(b['image']))
 
 
-@pytest.mark.slow
-def test_trainer_losses_from_arrayrecord_equal_the_original(corpora, tmp_path):
-  """The demo trainer, end to end (with OpenCLIP's crop too): the same loss at every step."""
-  from tests.helpers import read_metrics, run_train
-  common = ['--config.model.image_size=16', '--config.model.context_length=12',
-            '--config.batch_size=16', '--config.optim.warmup_steps=1', '--config.log_every=1',
-            '--config.eval.zeroshot=', '--config.total_steps=3',
-            '--config.data.augment=random_resized_crop']
-  losses = []
-  for name, spec in zip(('original', 'converted'), corpora['wds']):
-    done = run_train(tmp_path / name, *common, f'--config.data.train={spec}')
-    assert done.returncode == 0, done.stderr[-2000:]
-    losses.append([row['loss'] for row in read_metrics(tmp_path / name)])
-  assert len(losses[0]) == 3 and losses[0] == losses[1]
-
-
 def test_bad_records_are_skipped_and_counted_by_kind(tmp_path):
   from tests.corpora import csv_with_bad_records
   path, expected = csv_with_bad_records(str(tmp_path / 'csv'), 5, max_pixels=4096)

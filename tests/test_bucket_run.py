@@ -1,6 +1,7 @@
 """The trainer's run files on a gs:// workdir (a real fake-gcs-server, tests/emulators.py).
 
-Checkpoints, metrics.jsonl, TensorBoard events, config.json and config_history.jsonl in the bucket;
+The trainings read their data from the bucket too (a mixture of wds:gs:// shards and a csv:gs://
+file) and are compared with the same config and data on local disk. Checkpoints, metrics.jsonl, TensorBoard events, config.json and config_history.jsonl in the bucket;
 SIGKILL mid-run and mid-checkpoint resumes bit-identical to a local run; the lease lock; the
 endpoint going away; a missing bucket and an s3:// workdir refused in one line.
 """
@@ -19,6 +20,7 @@ from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from data import storage
+from data.make_corpus import write_corpus
 from data.errors import ConfigError
 from pretrain.config.cli import load_saved_config
 from pretrain.runtime.checkpoint import complete_steps, restore_params
@@ -98,11 +100,27 @@ def _rerun(workdir: str, *overrides):
       os.environ.pop(k) if v is None else os.environ.__setitem__(k, v)
 
 
+def _mixture(root: str) -> str:
+  """Half wds shards, half a csv file, under `root` (a local folder or a bucket)."""
+  wds = write_corpus('wds', storage.join(root, 'wds'), 48, image_size=16, per_shard=16)
+  csv = write_corpus('csv', storage.join(root, 'csv'), 48, image_size=16)
+  return f'--config.data.train=0.5*{wds};0.5*{csv}'
+
+
 @pytest.fixture(scope='module')
-def local_reference(tmp_path_factory):
-  """Parameters after 6 steps of the same config on local disk, uninterrupted."""
+def data(gcs, tmp_path_factory):
+  """(the data override on local disk, the same corpus's override in a bucket)."""
+  local = _mixture(str(tmp_path_factory.mktemp('corpus')))
+  in_bucket = _mixture(storage.join(gcs.bucket('run-corpus'), 'corpus'))
+  assert 'wds:gs://run-corpus/corpus/wds/' in in_bucket and 'csv:gs://' in in_bucket
+  return local, in_bucket
+
+
+@pytest.fixture(scope='module')
+def local_reference(data, tmp_path_factory):
+  """Parameters after 6 steps of the same config and data on local disk, uninterrupted."""
   workdir = str(tmp_path_factory.mktemp('local_run'))
-  result = run_train(workdir, *FAST)
+  result = run_train(workdir, *FAST, data[0])
   assert result.returncode == 0, result.stderr[-2000:]
   return _params(workdir, 6)
 
@@ -176,19 +194,19 @@ def test_missing_bucket_is_one_line(gcs):
 
 
 @pytest.mark.slow
-def test_killed_mid_checkpoint_and_mid_run_resumes_bit_identical(gcs, local_reference):
+def test_killed_mid_checkpoint_and_mid_run_resumes_bit_identical(gcs, data, local_reference):
   workdir = storage.join(gcs.bucket('killed-run'), 'run')
-  trainer = _start(workdir)
+  trainer = _start(workdir, data[1])
   _wait_until(lambda: _writing(workdir, 4), trainer)  # checkpoint 2 done, 4 being written
   trainer.kill()
   trainer.wait()
   assert complete_steps(workdir) == [2]
-  trainer = _start(workdir)  # resumes from 2 (its lease expired); killed between checkpoints
+  trainer = _start(workdir, data[1])  # resumes from 2 (lease expired); killed between checkpoints
   _wait_until(lambda: complete_steps(workdir) == [2, 4], trainer)
   trainer.kill()
   trainer.wait()
   time.sleep(LEASE_S)
-  last = _rerun(workdir, '--config.log_every=2')  # a field a resume may change: recorded
+  last = _rerun(workdir, data[1], '--config.log_every=2')  # a field a resume may change
   assert last.returncode == 0, last.stderr[-3000:]
   assert f'resumed from {workdir}/checkpoints/4' in last.stdout
   assert _identical(_params(workdir, 6), local_reference)
@@ -228,9 +246,10 @@ def test_a_second_trainer_is_refused_and_a_killed_ones_lease_expires(gcs):
 
 
 @pytest.mark.slow
-def test_storage_outage_during_a_checkpoint_is_one_line_and_the_run_resumes(gcs, local_reference):
+def test_storage_outage_during_a_checkpoint_is_one_line_and_the_run_resumes(gcs, data,
+                                                                            local_reference):
   workdir = storage.join(gcs.bucket('outage-run'), 'run')
-  trainer = _start(workdir)
+  trainer = _start(workdir, data[1])
   try:
     _wait_until(lambda: _writing(workdir, 4), trainer)
     gcs.stop()
@@ -244,7 +263,7 @@ def test_storage_outage_during_a_checkpoint_is_one_line_and_the_run_resumes(gcs,
   assert 'Traceback' not in err
   assert complete_steps(workdir) == [2]
   time.sleep(LEASE_S)
-  again = _rerun(workdir)
+  again = _rerun(workdir, data[1])
   assert again.returncode == 0, again.stderr[-3000:]
   assert f'resumed from {workdir}/checkpoints/2' in again.stdout
   assert _identical(_params(workdir, 6), local_reference)

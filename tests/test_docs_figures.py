@@ -79,10 +79,16 @@ def test_readme_plan_tables_have_the_rows_this_test_regenerates():
   assert list(readme_table(CLIP_HEADER)) == list(CLIP_ROWS)
 
 
+# The CLIP table's rows re-planned in the suite: each variant as written (the L/14 remat rows
+# share their compile path with B/32's, which are all re-planned; ~90 s of 2 cores per row).
+CLIP_CHECKED = ('`b16` as written (bf16, unrolled, no remat)',
+                '`l14` as written (bf16, scan, remat=dots)')
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize('header,rows', [
     (HEADER, {label: (B32, overrides) for label, overrides in ROWS.items()}),
-    (CLIP_HEADER, CLIP_ROWS)], ids=['b32', 'clip'])
+    (CLIP_HEADER, {label: CLIP_ROWS[label] for label in CLIP_CHECKED})], ids=['b32', 'clip'])
 def test_readme_plan_table_matches_what_plan_prints(header, rows):
   documented = readme_table(header)
   fresh = {label: planned(overrides, spec) for label, (spec, overrides) in rows.items()}
