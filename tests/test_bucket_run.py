@@ -201,6 +201,7 @@ def test_killed_mid_checkpoint_and_mid_run_resumes_bit_identical(gcs, data, loca
   trainer.kill()
   trainer.wait()
   assert complete_steps(workdir) == [2]
+  time.sleep(LEASE_S)  # the killed trainer's lease expires
   trainer = _start(workdir, data[1])  # resumes from 2 (lease expired); killed between checkpoints
   _wait_until(lambda: complete_steps(workdir) == [2, 4], trainer)
   trainer.kill()
