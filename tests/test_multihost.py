@@ -103,6 +103,7 @@ def test_two_hosts_on_a_gs_workdir_write_run_files_once(gcs, tmp_path):
   for a, b in zip(two_rows, read_metrics(tmp_path / 'one')):
     assert abs(a['loss'] - b['loss']) <= 1e-6, (a, b)
   assert complete_steps(workdir) == [2, 4]
-  assert sorted(storage.listdir(workdir)) == ['checkpoints', 'config.json', 'metrics.jsonl', 'tb',
-                                              'tokenizer.json']  # the lease released
+  assert sorted(storage.listdir(workdir)) == [
+      'checkpoints', 'compile_cache', 'config.json', 'metrics.jsonl', 'tb',
+      'tokenizer.json']  # the lease released
   assert 'step 4/4' in outputs[0][0] and 'step 4/4' not in outputs[1][0]
