@@ -170,7 +170,8 @@ def test_bf16_linear_backward_is_the_bf16_product_with_fp32_accumulation():
   """Under bf16 compute, dx and dW are fp32-accumulated products of bf16-rounded operands."""
   x = jax.random.normal(jax.random.key(0), (2, 5, 24))
   kernel, g = jax.random.normal(jax.random.key(1), (24, 8)), jax.random.normal(jax.random.key(2), (2, 5, 8))
-  _, vjp = jax.vjp(lambda x, kernel: cpu_ops.linear(x, kernel, None, jnp.bfloat16), x, kernel)
+  _, vjp = jax.vjp(lambda x, kernel: cpu_ops.linear(x, kernel, None, jnp.bfloat16, jnp.float32),
+                   x, kernel)
   d_x, d_kernel = vjp(g)
   rounded = lambda a: np.asarray(a.astype(jnp.bfloat16).astype(jnp.float32), np.float64)
   np.testing.assert_allclose(d_x, rounded(g) @ rounded(kernel).T, rtol=1e-6, atol=1e-6)

@@ -1,6 +1,7 @@
 """The bf16 mixed-precision policy (README, "Mixed precision"), read off the traced computation:
-matmul inputs bf16, reductions (LayerNorm statistics, softmax, embedding normalisation, loss) in
-fp32, parameters and optimizer state fp32 before and after a step."""
+matmul inputs, activations and the residual stream bf16; reductions (LayerNorm statistics,
+softmax, embedding normalisation, loss, gradient sums over the batch) in fp32; parameters,
+gradients and optimizer state fp32 before and after a step."""
 
 import jax
 import jax.numpy as jnp
@@ -27,11 +28,22 @@ def _equations(jaxpr):
           yield from _equations(sub)
 
 
-def _dtypes(jaxpr):
-  """({operand dtypes of each dot_general}, {operand dtype of each float reduction})."""
-  dots, reductions = set(), set()
+def _policy(jaxpr) -> dict[str, set]:
+  """The dtypes a jaxpr computes in: 'dots' (operand pairs), 'reductions' (float ones), 'carries'
+  (float carries of each scan: the residual stream over scanned blocks, forward and backward),
+  'gelu' (erf/erfc operands) and 'softmax' (exp operands of rank >= 4: attention's scores)."""
+  dots, reductions, carries, gelu, softmax = set(), set(), set(), set(), set()
   for eqn in _equations(jaxpr):
     dtypes = tuple(str(v.aval.dtype) for v in eqn.invars if hasattr(v.aval, 'dtype'))
+    name = eqn.primitive.name
+    if name == 'scan':
+      first = eqn.params['num_consts']
+      carries |= {str(v.aval.dtype) for v in eqn.invars[first:first + eqn.params['num_carry']]
+                  if jnp.issubdtype(v.aval.dtype, jnp.floating)}
+    elif name in ('erf', 'erfc'):
+      gelu.add(dtypes[0])
+    elif name == 'exp' and eqn.invars[0].aval.ndim >= 4:
+      softmax.add(dtypes[0])
     if eqn.primitive.name == 'dot_general':
       # jax.nn's attention pins its fp32-gradient x bf16 products to this algorithm: operands
       # rounded to bf16, fp32 accumulation, whatever their declared dtype.
@@ -39,7 +51,7 @@ def _dtypes(jaxpr):
       dots.add(('bfloat16', 'bfloat16') if bf16_algorithm else dtypes)
     elif eqn.primitive.name in REDUCTIONS and jnp.issubdtype(dtypes[0], jnp.floating):
       reductions.add(dtypes[0])
-  return dots, reductions
+  return dict(dots=dots, reductions=reductions, carries=carries, gelu=gelu, softmax=softmax)
 
 
 def _bf16_model(ops: str, pool: str = 'cls'):
@@ -49,11 +61,12 @@ def _bf16_model(ops: str, pool: str = 'cls'):
   return config, build_model(config.model, config.loss, nnx.Rngs(0))
 
 
-@pytest.mark.parametrize('pool', ['cls', 'map'])
+@pytest.mark.parametrize('pool', ['cls', 'gap', 'map'])
 def test_bf16_towers_multiply_in_bf16_and_reduce_in_fp32(pool):
   """The stock ops (what GPUs and TPUs run): every matmul, attention's included, takes bf16, in
-  the forward and the backward pass; every reduction (gradient sums over the batch included) is
-  fp32."""
+  the forward and the backward pass; the residual stream (and its gradient) and GELU are bf16;
+  every reduction (LayerNorm statistics, softmax, gradient sums over the batch) is fp32, and so
+  are attention's softmax and the towers' normalised outputs."""
   config, model = _bf16_model('stock', pool)
   graphdef, state = nnx.split(model)
   images = jnp.zeros((2, 16, 16, 3), jnp.uint8)
@@ -64,22 +77,28 @@ def test_bf16_towers_multiply_in_bf16_and_reduce_in_fp32(pool):
     return model.embed_images(images), model.embed_texts(tokens)
 
   loss = lambda state: sum(jnp.sum(e) for e in towers(state, images, tokens))
-  dots, reductions = _dtypes(jax.make_jaxpr(jax.value_and_grad(loss))(state).jaxpr)
-  assert dots == {('bfloat16', 'bfloat16')}
-  assert reductions == {'float32'}
+  found = _policy(jax.make_jaxpr(jax.value_and_grad(loss))(state).jaxpr)
+  assert found['dots'] == {('bfloat16', 'bfloat16')}
+  assert found['reductions'] == {'float32'}
+  assert found['carries'] == {'bfloat16'}
+  assert found['gelu'] == {'bfloat16'}
+  assert found['softmax'] == {'float32'}
   assert all(out.dtype == jnp.float32 for out in towers(state, images, tokens))
 
 
 def test_bf16_cpu_ops_keep_only_attention_in_fp32():
   """The CPU set's attention takes fp32 q, k, v (ops.OpSet.attention_in_compute_dtype says why);
-  every other matmul takes bf16, forward and backward."""
+  every other matmul takes bf16, forward and backward; the residual stream and GELU are bf16 and
+  every reduction fp32, as with the stock ops."""
   config, model = _bf16_model('cpu')
   graphdef, state = nnx.split(model)
   tokens = jnp.ones((2, config.model.context_length), jnp.int32)
   loss = lambda state: jnp.sum(nnx.merge(graphdef, state).embed_texts(tokens))
-  dots, reductions = _dtypes(jax.make_jaxpr(jax.grad(loss))(state).jaxpr)
-  assert dots == {('bfloat16', 'bfloat16'), ('float32', 'float32')}
-  assert reductions == {'float32'}
+  found = _policy(jax.make_jaxpr(jax.grad(loss))(state).jaxpr)
+  assert found['dots'] == {('bfloat16', 'bfloat16'), ('float32', 'float32')}
+  assert found['reductions'] == {'float32'}
+  assert found['carries'] == found['gelu'] == {'bfloat16'}
+  assert found['softmax'] == {'float32'}
 
 
 def _float_dtypes(tree) -> set[str]:

@@ -141,7 +141,8 @@ class EfficientNetTower(nnx.Module):
     self.head_width = round_filters(HEAD, width)
     self.head = conv(specs[-1][1], self.head_width, 1, rngs=rngs, dtype=dtype)
     self.head_bn = norm(self.head_width)
-    self.proj = dense(self.head_width, embed_dim, use_bias=False, dtype=dtype, rngs=rngs, ops=ops)
+    self.proj = dense(self.head_width, embed_dim, use_bias=False, dtype=dtype, rngs=rngs, ops=ops,
+                      out_dtype=jnp.float32)  # fp32 into the L2 normalisation, as the ViT's.
 
   def features(self, images: Array, train: bool = False, key: Array | None = None) -> Array:
     """uint8 images [B, H, W, 3] -> globally pooled features [B, head_width]."""

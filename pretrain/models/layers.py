@@ -18,18 +18,17 @@ EMBED_INIT = nnx.initializers.normal(stddev=0.02)
 
 
 def dense(d_in: int, d_out: int, *, dtype: Dtype, rngs: nnx.Rngs, ops: OpSet,
-          use_bias: bool = True) -> nnx.Module:
-  """A dense layer with fp32 parameters, `dtype` matmul inputs and fp32 accumulation and output.
-
-  fp32 outputs keep the residual stream and normalisations in fp32 under bf16 compute, as mixed
-  precision on TPU does, and use the bf16-in/fp32-accumulate matmul kernels.
-  """
+          use_bias: bool = True, out_dtype: Dtype | None = None) -> nnx.Module:
+  """A dense layer with fp32 parameters, `dtype` matmul inputs, fp32 accumulation and bias, and
+  its output in `out_dtype` (default `dtype`: bf16 activations under bf16 compute, which halves
+  what the backward pass keeps and the memory traffic per layer; README, "Mixed precision")."""
   return ops.linear(d_in, d_out, dtype=dtype, kernel_init=KERNEL_INIT, use_bias=use_bias,
-                    rngs=rngs)
+                    rngs=rngs, out_dtype=out_dtype)
 
 
 def layer_norm(width: int, *, rngs: nnx.Rngs, ops: OpSet) -> nnx.Module:
-  """LayerNorm with fp32 parameters, statistics and output; epsilon 1e-5 as in CLIP."""
+  """LayerNorm with fp32 parameters and statistics, its output in the input's dtype; epsilon 1e-5
+  as in CLIP."""
   return ops.layer_norm(width, epsilon=1e-5, rngs=rngs)
 
 
@@ -116,7 +115,7 @@ class Encoder(nnx.Module):
                activation: str = 'gelu'):
     if remat not in REMAT_POLICIES:
       raise ValueError(f'unknown remat policy {remat!r}; known: {", ".join(REMAT_POLICIES)}')
-    self.remat, self.scan = remat, scan
+    self.remat, self.scan, self.dtype = remat, scan, dtype
     blocks = [EncoderBlock(width, heads, mlp_dim, dtype=dtype, rngs=rngs, ops=ops,
                            activation=activation) for _ in range(depth)]
     self.blocks = stack_modules(blocks) if scan else nnx.List(blocks)
@@ -124,9 +123,10 @@ class Encoder(nnx.Module):
 
   def __call__(self, x: Array, key_mask: Array | None = None, causal: bool = False) -> Array:
     graphdef = nnx.graphdef(self.blocks[0] if not self.scan else self.blocks)
-    # The residual stream is fp32 whatever the compute dtype (a bf16 token embedding enters here):
-    # each block's output is fp32, and a scanned block's carry must keep one type.
-    x = x.astype(jnp.float32)
+    # The residual stream is in the compute dtype (bf16 under bf16 compute, as MaxText and torch
+    # autocast users run it): the towers hand in fp32 embeddings, so that the lookups' and
+    # positions' gradients are summed over the batch in fp32; each block's output has x's dtype.
+    x = x.astype(self.dtype)
 
     def run_block(x, block_state):
       return batch_sharded(nnx.merge(graphdef, block_state)(batch_sharded(x), key_mask, causal))
@@ -159,7 +159,8 @@ class AttentionPool(nnx.Module):
   def __call__(self, x: Array) -> Array:
     batch, length, width = x.shape
     head_dim = width // self.heads
-    probe = jnp.broadcast_to(self.probe[...].astype(x.dtype), (batch, 1, width))
+    # fp32, rounded by the dense layer: the probe's gradient is a sum over the batch.
+    probe = jnp.broadcast_to(self.probe[...], (batch, 1, width))
     q = self.q(probe).reshape(batch, 1, self.heads, head_dim)
     k, v = jnp.split(self.kv(x), 2, axis=-1)
     k, v = (t.reshape(batch, length, self.heads, head_dim) for t in (k, v))

@@ -18,9 +18,10 @@ Array = jax.Array
 
 @dataclasses.dataclass(frozen=True)
 class OpSet:
-  """linear(d_in, d_out, *, dtype, kernel_init, use_bias, rngs) and layer_norm(width, *, epsilon,
-  rngs) build modules; activations[name](x); attention(q, k, v, key_mask, causal) over
-  [B, T, heads, d] with a bool key mask [B, T] (or None) and a static causal flag.
+  """linear(d_in, d_out, *, dtype, kernel_init, use_bias, rngs, out_dtype=None) and
+  layer_norm(width, *, epsilon, rngs) build modules; activations[name](x); attention(q, k, v,
+  key_mask, causal) over [B, T, heads, d] with a bool key mask [B, T] (or None) and a static
+  causal flag.
 
   `attention_in_compute_dtype`: whether the layers hand attention q, k, v in the compute dtype
   (bf16 under `model.dtype=bfloat16`: what the fused GPU/TPU kernels take) or in fp32 (the CPU
@@ -37,19 +38,21 @@ class OpSet:
 
 class Linear(nnx.Module):
   """A dense layer with fp32 `kernel` [in, out] and `bias` (nnx.Linear's names and init order):
-  `dtype` matmul inputs, fp32 accumulation and output."""
+  `dtype` matmul inputs, fp32 accumulation and bias, output in `out_dtype` (default `dtype`)."""
 
   def __init__(self, d_in: int, d_out: int, *, dtype, kernel_init, use_bias: bool = True,
-               rngs: nnx.Rngs):
+               rngs: nnx.Rngs, out_dtype=None):
     self.kernel = nnx.Param(kernel_init(rngs.params(), (d_in, d_out), jnp.float32))
     self.bias = nnx.Param(jnp.zeros((d_out,), jnp.float32)) if use_bias else nnx.data(None)
     if use_bias:
       rngs.params()  # nnx.Linear draws a bias key: keep the same stream, so inits stay the same.
     self.dtype = dtype
+    self.out_dtype = dtype if out_dtype is None else out_dtype
 
   def __call__(self, x: Array) -> Array:
     y = matmul(x.astype(self.dtype), self.kernel[...].astype(self.dtype))
-    return y if self.bias is None else y + self.bias[...]
+    # The bias is added to the fp32 accumulator; its gradient (a sum over the batch) stays fp32.
+    return (y if self.bias is None else y + self.bias[...]).astype(self.out_dtype)
 
 
 def _matmul_fwd(x: Array, kernel: Array) -> tuple[Array, tuple]:
@@ -85,8 +88,8 @@ matmul.defvjp(_matmul_fwd, _matmul_bwd)
 class LayerNorm(nnx.Module):
   """LayerNorm over the last axis with parameters `scale` and `bias` (nnx.LayerNorm's names).
 
-  Statistics and output in fp32 whatever the input dtype: every consumer is a dense layer that
-  rounds its input to the compute dtype itself.
+  Statistics and the affine step in fp32 whatever the input dtype; the output in the input's dtype
+  (the residual stream's: bf16 under bf16 compute), which the next dense layer takes as it is.
   """
 
   def __init__(self, width: int, *, epsilon: float, rngs: nnx.Rngs | None = None):
@@ -96,11 +99,12 @@ class LayerNorm(nnx.Module):
     self.epsilon = epsilon
 
   def __call__(self, x: Array) -> Array:
-    x = x.astype(jnp.float32)
+    dtype, x = x.dtype, x.astype(jnp.float32)
     mean = jnp.mean(x, axis=-1, keepdims=True)
     # E[x^2] - E[x]^2, clipped at 0: nnx.LayerNorm's default (use_fast_variance) and the CPU set's.
     var = jnp.maximum(jnp.mean(x * x, axis=-1, keepdims=True) - mean * mean, 0.0)
-    return (x - mean) * jax.lax.rsqrt(var + self.epsilon) * self.scale[...] + self.bias[...]
+    y = (x - mean) * jax.lax.rsqrt(var + self.epsilon) * self.scale[...] + self.bias[...]
+    return y.astype(dtype)
 
 
 def gelu(x: Array) -> Array:

@@ -65,23 +65,28 @@ class ImageTower(nnx.Module):
       self.ln_pre = layer_norm(width, rngs=rngs, ops=ops)
     self.encoder = Encoder(width, depth, heads, mlp_dim, dtype=dtype, rngs=rngs, ops=ops,
                            remat=remat, scan=scan, activation=activation)
-    self.proj = dense(width, embed_dim, use_bias=False, dtype=dtype, rngs=rngs, ops=ops)
+    # fp32 output: the embedding's L2 normalisation and the loss are fp32 (a [B, D] tensor).
+    self.proj = dense(width, embed_dim, use_bias=False, dtype=dtype, rngs=rngs, ops=ops,
+                      out_dtype=jnp.float32)
 
   def __call__(self, images: Array, train: bool = False, key: Array | None = None) -> Array:
     del train, key  # No BatchNorm or stochastic depth in the ViT.
     x = self.patch_embed(patchify(normalize_pixels(images, self.mean, self.std, self.dtype),
                                   self.patch))
+    # [CLS] and positions join in fp32, then the stream takes the compute dtype: their gradients
+    # are sums over the batch, kept out of bf16 (README, "Mixed precision").
+    x = x.astype(jnp.float32)
     if self.pool == 'cls':
-      cls = jnp.broadcast_to(self.cls_token[...].astype(x.dtype), (x.shape[0], 1, x.shape[-1]))
+      cls = jnp.broadcast_to(self.cls_token[...], (x.shape[0], 1, x.shape[-1]))
       x = jnp.concatenate([cls, x], axis=1)
-    x = x + self.pos_embed[...].astype(x.dtype)
+    x = (x + self.pos_embed[...]).astype(self.dtype)
     if hasattr(self, 'ln_pre'):
       x = self.ln_pre(x)
     x = self.encoder(x)
     if self.pool == 'cls':
       pooled = x[:, 0]
     elif self.pool == 'gap':
-      pooled = jnp.mean(x, axis=1)
+      pooled = jnp.mean(x.astype(jnp.float32), axis=1)
     else:
       pooled = self.map_head(x)
     return l2_normalize(self.proj(pooled))
@@ -105,14 +110,15 @@ class TextTower(nnx.Module):
       self.cls_token = nnx.Param(EMBED_INIT(rngs.params(), (1, 1, width), jnp.float32))
     self.encoder = Encoder(width, depth, heads, mlp_dim, dtype=dtype, rngs=rngs, ops=ops,
                            remat=remat, scan=scan, activation=activation)
-    self.proj = dense(width, embed_dim, use_bias=False, dtype=dtype, rngs=rngs, ops=ops)
+    self.proj = dense(width, embed_dim, use_bias=False, dtype=dtype, rngs=rngs, ops=ops,
+                      out_dtype=jnp.float32)  # As ImageTower.proj.
 
   def __call__(self, tokens: Array) -> Array:
     """tokens: int32 [B, T], padded with 0 after the end-of-text token."""
     valid = tokens != 0
-    # Rows of the fp32 table (gathered whole: activations.gathered says why), into the fp32
-    # residual stream with the fp32 positions: the lookup's and the positions' gradients are
-    # sums over the batch, kept out of bf16 (the policy in README, "Mixed precision").
+    # Rows of the fp32 table (gathered whole: activations.gathered says why) plus the fp32
+    # positions, cast to the compute dtype by the encoder: the lookup's and the positions'
+    # gradients are sums over the batch, kept out of bf16 (README, "Mixed precision").
     x = batch_sharded(jnp.take(gathered(self.token_embed.embedding[...]), tokens, axis=0))
     if self.pool == 'cls':
       cls = jnp.broadcast_to(self.cls_token[...].astype(x.dtype), (x.shape[0], 1, x.shape[-1]))

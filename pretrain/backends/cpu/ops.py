@@ -70,7 +70,8 @@ quick_gelu.defvjp(lambda x: (_quick_gelu(x), x), _quick_gelu_bwd)
 
 
 def _layer_norm(x: Array, scale: Array, bias: Array, epsilon: float) -> Array:
-  """(x - mean) / sqrt(var + eps) * scale + bias over the last axis, in fp32."""
+  """(x - mean) / sqrt(var + eps) * scale + bias over the last axis, computed in fp32; the
+  output in x's dtype."""
   return _layer_norm_fwd(x, scale, bias, epsilon)[0]
 
 
@@ -82,7 +83,7 @@ def _layer_norm_fwd(x, scale, bias, epsilon):
   var = jnp.maximum(jnp.mean(x * x, axis=-1, keepdims=True) - mean * mean, 0.0)
   inv_std = jax.lax.rsqrt(var + epsilon)
   normed = (x - mean) * inv_std
-  return normed * scale + bias, (normed, inv_std, scale, dtype_token)
+  return (normed * scale + bias).astype(dtype_token.dtype), (normed, inv_std, scale, dtype_token)
 
 
 def _layer_norm_bwd(epsilon, residuals, g):
@@ -105,11 +106,8 @@ layer_norm.defvjp(_layer_norm_fwd, _layer_norm_bwd)
 
 
 class LayerNorm(stock.LayerNorm):
-  """The stock LayerNorm's module (parameters `scale`, `bias`; fp32 output) over `layer_norm`.
-
-  Its fp32 output under bf16 compute also keeps the gradient coming back from the next dense
-  layer in fp32, instead of rounding it to bf16 and converting it back (two passes per LayerNorm).
-  """
+  """The stock LayerNorm's module (parameters `scale`, `bias`; output in the input's dtype) over
+  `layer_norm`."""
 
   def __call__(self, x: Array) -> Array:
     return layer_norm(x, self.scale[...], self.bias[...], self.epsilon)
@@ -196,23 +194,26 @@ def _contract_leading(x: Array, g: Array) -> Array:
   return jax.lax.dot_general(x, g, ((axes, axes), ((), ())), preferred_element_type=jnp.float32)
 
 
-def _linear(x: Array, kernel: Array, bias: Array | None, dtype) -> Array:
-  """x @ kernel + bias over x's last axis: `dtype` matmul inputs, fp32 accumulation and output."""
-  return _linear_fwd(x, kernel, bias, dtype)[0]
+def _linear(x: Array, kernel: Array, bias: Array | None, dtype, out_dtype) -> Array:
+  """x @ kernel + bias over x's last axis: `dtype` matmul inputs, fp32 accumulation and bias,
+  output in `out_dtype`."""
+  return _linear_fwd(x, kernel, bias, dtype, out_dtype)[0]
 
 
-def _linear_fwd(x, kernel, bias, dtype):
+def _linear_fwd(x, kernel, bias, dtype, out_dtype):
   x_c, kernel_c = x.astype(dtype), kernel.astype(dtype)
   y = jax.lax.dot_general(x_c, kernel_c, (((x.ndim - 1,), (0,)), ((), ())),
                           preferred_element_type=jnp.float32)
   if bias is not None:
     y = y + bias
-  return y, (x_c, kernel_c, jnp.zeros((), x.dtype), bias is not None)
+  return y.astype(out_dtype), (x_c, kernel_c, jnp.zeros((), x.dtype), bias is not None)
 
 
-def _linear_bwd(dtype, residuals, g):
+def _linear_bwd(dtype, out_dtype, residuals, g):
+  del out_dtype  # g has it; the bias gradient (a sum over the batch) is fp32 whatever it is.
   x_c, kernel_c, dtype_token, has_bias = residuals
-  d_bias = jnp.sum(g, axis=tuple(range(g.ndim - 1))) if has_bias else None
+  d_bias = (jnp.sum(g.astype(jnp.float32), axis=tuple(range(g.ndim - 1))) if has_bias
+            else None)
   # The output gradient enters both matmuls in the compute dtype, as under torch.autocast: with
   # bf16 compute the backward runs bf16 kernels too, instead of fp32 ones on an fp32 gradient.
   g_c = g.astype(dtype)
@@ -230,7 +231,7 @@ def _linear_bwd(dtype, residuals, g):
   return d_x.astype(dtype_token.dtype), d_kernel, d_bias
 
 
-linear = jax.custom_vjp(_linear, nondiff_argnums=(3,))
+linear = jax.custom_vjp(_linear, nondiff_argnums=(3, 4))
 linear.defvjp(_linear_fwd, _linear_bwd)
 
 
@@ -239,7 +240,7 @@ class Linear(stock.Linear):
 
   def __call__(self, x: Array) -> Array:
     bias = None if self.bias is None else self.bias[...]
-    return linear(x, self.kernel[...], bias, self.dtype)
+    return linear(x, self.kernel[...], bias, self.dtype, self.out_dtype)
 
 
 CPU_OPS = stock.OpSet(name='cpu', linear=Linear, layer_norm=LayerNorm,
