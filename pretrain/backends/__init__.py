@@ -24,7 +24,8 @@ OPS = ('auto', 'stock', 'cpu')  # `model.ops`; 'auto': 'cpu' on the CPU platform
 # (cuDNN flash attention, NVIDIA GPUs, bf16/fp16), 'splash' (Pallas splash attention, TPU), 'cpu'
 # (the CPU op set's hand-derivative attention, XLA:CPU); 'auto' picks (resolve_attention).
 ATTENTION = ('auto', 'xla', 'cudnn', 'splash', 'cpu')
-GPU_PLATFORMS = ('gpu', 'cuda')  # Where cuDNN runs: jax's name for a CUDA backend and the lowering name.
+# Where cuDNN runs: jax's name for a CUDA backend, and the lowering name.
+CUDNN_PLATFORMS = ('gpu', 'cuda')
 HALF_DTYPES = ('bfloat16', 'float16')  # q, k, v dtypes cuDNN flash attention takes.
 # `tower_batch_chunks = 0`: the CPU rule (backends/cpu/tower_slices.py) on the CPU, 1 elsewhere.
 AUTO_CHUNKS = 0
@@ -57,12 +58,12 @@ def resolve_attention(requested: str, platform: str, dtype: str, ops: str = 'cpu
   if requested not in ATTENTION:
     raise ConfigError(f'unknown model.attention {requested!r}; known: {", ".join(ATTENTION)}')
   if requested == 'auto':
-    if platform in GPU_PLATFORMS:
+    if platform in CUDNN_PLATFORMS:
       return 'cudnn' if dtype in HALF_DTYPES else 'xla'
     if platform == 'tpu':
       return 'splash'
     return 'cpu' if platform == CPU and ops == 'cpu' else 'xla'
-  runs_on = {'cudnn': GPU_PLATFORMS, 'splash': ('tpu',), 'cpu': (CPU,)}.get(requested)
+  runs_on = {'cudnn': CUDNN_PLATFORMS, 'splash': ('tpu',), 'cpu': (CPU,)}.get(requested)
   if runs_on and platform not in runs_on:
     raise ConfigError(f'model.attention {requested!r} runs on {"/".join(runs_on)}, not on '
                       f"platform {platform!r}; use 'auto' or 'xla'")
@@ -183,7 +184,7 @@ def with_xla_flags(xla_flags: str, flags: tuple[str, ...]) -> str:
 def will_run_on_gpu(environ: Mapping[str, str] = os.environ,
                     find_spec: Callable = importlib.util.find_spec,
                     exists: Callable[[str], bool] = os.path.exists) -> bool:
-  """Whether jax in this process will (probably) run on a GPU; decided without starting jax's backend."""
+  """Whether jax in this process will (probably) run on a GPU (decided without starting jax)."""
   platforms = [p.strip() for p in environ.get('JAX_PLATFORMS', '').split(',') if p.strip()]
   if platforms:
     return platforms[0] in GPU_PLATFORMS
