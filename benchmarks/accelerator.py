@@ -113,7 +113,6 @@ def run_row(model: str, dtype: str, attention: str, per_chip: int, steps: int,
   from benchmarks.train_throughput import synthetic_batch
   from pretrain.parallel import sharding
   from pretrain.plan import step_flops
-  from pretrain.step.lowering import ATTENTION_BY_OPS
   from pretrain.step.optim import make_optimizer
   from pretrain.step.train_step import StepBuilder
 
@@ -146,8 +145,7 @@ def run_row(model: str, dtype: str, attention: str, per_chip: int, steps: int,
   peak_mem = stats.get('peak_bytes_in_use')
   return {
       'model': model + (' (smoke)' if smoke else ''), 'dtype': dtype, 'attention': attention,
-      'resolved_attention': str(builder.config.model.get('attention')
-                                or ATTENTION_BY_OPS[builder.config.model.ops]),
+      'resolved_attention': builder.config.model.attention,  # what 'auto' became here
       'batch_per_chip': per_chip, 'chips': chips, 'device': device.device_kind,
       'step_ms': round(seconds * 1e3, 2), 'examples_s_chip': round(per_chip / seconds, 1),
       'model_tflop': round(flops / 1e12, 4), 'xla_tflop': round(step_flops(compiled) / 1e12, 4),

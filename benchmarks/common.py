@@ -47,7 +47,7 @@ def peak_rss_bytes() -> int:
 def print_table(rows: list[dict], columns: list[str]) -> None:
   """A fixed-width table of `rows` (dicts) in `columns` order."""
   cells = [[str(row.get(c, '')) for c in columns] for row in rows]
-  widths = [max(len(c), *(len(r[i]) for r in cells)) for i, c in enumerate(columns)]
+  widths = [max([len(c), *(len(r[i]) for r in cells)]) for i, c in enumerate(columns)]
   print('  '.join(c.ljust(w) for c, w in zip(columns, widths)))
   for r in cells:
     print('  '.join(v.ljust(w) for v, w in zip(r, widths)))
