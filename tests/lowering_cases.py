@@ -30,3 +30,13 @@ def case_config(spec: str, case: dict, lit_base: str):
   # Two examples per device and micro-batch: the graph, not the batch, is under test.
   config.batch_size = 16 * config.accum_steps
   return config
+
+
+def expected_attention(platform: str, dtype: str) -> str:
+  """What `model.attention='auto'` lowers to here: the CPU set's own, splash on TPU, cuDNN on a
+  GPU under bf16 (lowered with XLA on this GPU-less host)."""
+  if platform == 'cpu':
+    return 'cpu'
+  if platform == 'tpu':
+    return 'splash'
+  return 'xla here, cudnn on a GPU' if dtype == 'bfloat16' else 'xla'

@@ -21,7 +21,7 @@ from pretrain.config.cli import load_config_file
 from pretrain.parallel import sharding
 from pretrain.step.lowering import PLATFORMS, lower_step
 from tests.helpers import ROOT
-from tests.lowering_cases import case_config, lit_base  # noqa: F401  (a fixture)
+from tests.lowering_cases import case_config, expected_attention, lit_base  # noqa: F401
 
 SETTINGS = {
     'dtype': ('float32', 'bfloat16'),
@@ -62,16 +62,6 @@ def test_pairwise_cases_cover_every_pair_and_the_bf16_scan_combination():
   assert len(PAIRWISE) < 20  # against 144 for every combination
   # The combination the README recommends for accelerators (and that once failed to build).
   assert any(c['dtype'] == 'bfloat16' and c['scan'] for c in PAIRWISE)
-
-
-def expected_attention(platform: str, dtype: str) -> str:
-  """What `model.attention='auto'` lowers to here: the CPU set's own, splash on TPU, cuDNN on a
-  GPU under bf16 (lowered with XLA on this GPU-less host)."""
-  if platform == 'cpu':
-    return 'cpu'
-  if platform == 'tpu':
-    return 'splash'
-  return 'xla here, cudnn on a GPU' if dtype == 'bfloat16' else 'xla'
 
 
 @pytest.mark.parametrize('spec,case', CASES, ids=[f'{spec}-{case}' for spec, case in CASES])

@@ -8,7 +8,7 @@ import pytest
 from pretrain.config import validate
 from pretrain.parallel import sharding
 from pretrain.step.lowering import PLATFORMS, lower_step
-from tests.lowering_cases import case_config, lit_base  # noqa: F401  (a fixture)
+from tests.lowering_cases import case_config, expected_attention, lit_base  # noqa: F401
 
 # ViT configs other than the demo: as written, then with every lever pulled.
 LEVERS = dict(dtype='bfloat16', scan=True, remat='full', loss=('sigmoid', 'ring'), accum=2,
@@ -35,16 +35,6 @@ CASES = (
 # `python -m pretrain.plan --config configs/clip.py:l14 --mesh data=8 --lower_for cpu,cuda,tpu`
 # (benchmarks/README.md records those lines).
 SLOW = {'configs/align.py:b7', 'configs/clip.py:b16', 'configs/siglip.py:so400m'}
-
-
-def expected_attention(platform: str, dtype: str) -> str:
-  """What `model.attention='auto'` lowers to here: the CPU set's own, splash on TPU, cuDNN on a
-  GPU under bf16 (lowered with XLA on this GPU-less host)."""
-  if platform == 'cpu':
-    return 'cpu'
-  if platform == 'tpu':
-    return 'splash'
-  return 'xla here, cudnn on a GPU' if dtype == 'bfloat16' else 'xla'
 
 
 @pytest.mark.parametrize('spec,case', [
