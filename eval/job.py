@@ -6,11 +6,8 @@ settings skips finished steps, until the run's final step is done.
 """
 
 import argparse
-import glob
 import json
-import os
 import sys
-import tempfile
 import time
 from typing import Callable
 
@@ -21,6 +18,7 @@ from data import storage
 from data.errors import ConfigError
 from data.records import BadRecord
 from pretrain.runtime.checkpoint import complete_steps, has_checkpoint
+from pretrain.runtime.logger import EventUploader
 from eval.provenance import settings_hash
 
 Evaluate = Callable[[int | None], tuple[int, dict]]  # step (None: newest) -> (step, metrics)
@@ -106,12 +104,13 @@ class Outputs:
     if not storage.is_bucket(self.folder):
       _add_scalars(SummaryWriter(self.folder), self, step, metrics)
       return
-    # A bucket object cannot be appended to: the file is written whole, then uploaded.
-    with tempfile.TemporaryDirectory() as local:
-      _add_scalars(SummaryWriter(local), self, step, metrics)
-      for path in glob.glob(os.path.join(local, 'events.out.tfevents.*')):
-        with open(path, 'rb') as f:
-          storage.write_bytes(storage.join(self.folder, os.path.basename(path)), f.read())
+    # Written locally, then uploaded as the trainer's events are (a bucket has no append).
+    uploader = EventUploader(self.folder)
+    try:
+      _add_scalars(SummaryWriter(uploader.local_dir), self, step, metrics)
+      uploader.upload()
+    finally:
+      uploader.close()
 
 
 def _add_scalars(writer, outputs: Outputs, step: int, metrics: dict) -> None:
