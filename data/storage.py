@@ -207,14 +207,16 @@ def check_reachable(path: str, what: str) -> None:
     raise ConfigError(f'{what} {path}: bucket {bucket!r} does not exist '
                       f'(create it first, or check the name)') from None
   except PermissionError as e:
-    raise ConfigError(f'{what} {path}: access denied ({_first_line(e)}); check the credentials '
+    raise ConfigError(f'{what} {path}: access denied ({first_line(e)}); check the credentials '
                       f'({_credential_hint(path)})') from None
   except Exception as e:  # pylint: disable=broad-except  (clients raise many types)
     raise ConfigError(f'{what} {path}: cannot reach the bucket ({type(e).__name__}: '
-                      f'{_first_line(e)}; {_credential_hint(path)})') from None
+                      f'{first_line(e)}; {_credential_hint(path)})') from None
 
 
-def _first_line(error: BaseException) -> str:
+def first_line(error: BaseException) -> str:
+  """An error's first message line (its type name when it has no message): client errors carry
+  whole retry stories."""
   text = str(error).strip()
   return text.splitlines()[0] if text else type(error).__name__
 

@@ -53,7 +53,7 @@ class BucketLease:
       self._bucket = gcs.Client().bucket(bucket)
     except Exception as e:  # pylint: disable=broad-except  (missing credentials, bad project)
       raise ConfigError(f'workdir {workdir}: cannot open the lease {self.path} '
-                        f'({type(e).__name__}: {_first_line(e)})') from None
+                        f'({type(e).__name__}: {storage.first_line(e)})') from None
     self._token = uuid.uuid4().hex
     self.owner = (f'pid {os.getpid()} on {socket.gethostname()} since '
                   f'{time.strftime("%Y-%m-%d %H:%M:%S")}')
@@ -92,7 +92,7 @@ class BucketLease:
                         f'{self.path} just now); wait for it to finish or stop it first') from None
     except self._errors.GoogleAPIError as e:
       raise ConfigError(f'workdir {self.workdir}: cannot take the lease {self.path} '
-                        f'({type(e).__name__}: {_first_line(e)})') from None
+                        f'({type(e).__name__}: {storage.first_line(e)})') from None
 
   def _renew(self, timeout: float) -> None:
     try:
@@ -142,9 +142,4 @@ class BucketLease:
 def _cause(error: BaseException) -> str:
   """'[Errno 111] Connection refused' rather than a client's whole retry story."""
   found = re.search(r'\[Errno -?\d+\] [^"\')]+', str(error))
-  return found.group(0) if found else f'{type(error).__name__}: {_first_line(error)}'
-
-
-def _first_line(error: BaseException) -> str:
-  text = str(error).strip()
-  return text.splitlines()[0] if text else type(error).__name__
+  return found.group(0) if found else f'{type(error).__name__}: {storage.first_line(error)}'
