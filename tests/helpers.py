@@ -70,8 +70,22 @@ def mesh(data: int, fsdp: int, devices=None):
                        axis_types=(jax.sharding.AxisType.Auto,) * 2)
 
 
+def shared_compile_cache(overrides) -> list[str]:
+  """`--config.compile_cache_dir=` the suite's one cache, unless `overrides` choose a cache.
+
+  Most tests train the same few tiny configs, so the suite compiles each program once instead of
+  once per test; jax keys an entry by program, devices and compile options, so a loaded program is
+  the one a fresh compile builds. tests/conftest.py names the folder for the session.
+  """
+  folder = os.environ.get('PRETRAIN_TEST_COMPILE_CACHE')
+  if not folder or any(o.startswith('--config.compile_cache_dir') for o in overrides):
+    return []
+  return [f'--config.compile_cache_dir={folder}']
+
+
 def run_train(workdir, *overrides, config='configs/demo.py', devices=8, timeout=600):
   """Runs `python -m pretrain.train` in a fresh process; returns the CompletedProcess."""
+  overrides = (*overrides, *shared_compile_cache(overrides))
   env = dict(os.environ)
   env['XLA_FLAGS'] = f'--xla_force_host_platform_device_count={devices}'
   env['PYTHONPATH'] = ROOT
