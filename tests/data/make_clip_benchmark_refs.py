@@ -4,7 +4,10 @@ Runs in an optional environment (never in CI, which has no torch), e.g. the peer
 package (its other requirements, open_clip/transformers/webdataset/pycocoevalcap, only serve model
 and data loading, which this script does not use):
   python3 -m venv /tmp/peers && /tmp/peers/bin/pip install -r benchmarks/requirements-peers.txt
-  /tmp/peers/bin/pip install scikit-learn==1.9.1 && /tmp/peers/bin/pip install --no-deps clip-benchmark==1.6.2
+  /tmp/peers/bin/pip install scikit-learn==1.9.1 numpy==2.3.5 \
+      && /tmp/peers/bin/pip install --no-deps clip-benchmark==1.6.2
+(numpy 2.3: clip-benchmark 1.6.2's accuracy() calls float() on a 1-element array, which numpy 2.4
+refuses.) The reference was made so, with the versions it records.
   /tmp/peers/bin/python tests/data/make_clip_benchmark_refs.py   # writes tests/data/clip_benchmark/
 
 The package's `evaluate` functions run unchanged on a model whose encoders return the fixed
