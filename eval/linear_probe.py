@@ -108,8 +108,8 @@ def make_job(args: argparse.Namespace):
   outputs = Outputs(args.workdir, 'linear_probe', name, settings, given)
 
   def compute(embedder):
-    embed = lambda source: _unit(embedder.embed_images(source, image_size, args.batch_size))
-    train_x, test_x = embed(train), embed(test)
+    train_x, test_x = (_unit(embedder.embed_images(source, image_size, args.batch_size))
+                       for source in (train, test))
     metrics = linear_probe_lib.linear_probe(train_x, train_y, test_x, test_y, classes,
                                             args.holdout)
     confusion = metrics.pop('lp_confusion')

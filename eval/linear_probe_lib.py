@@ -187,7 +187,8 @@ def _score(fit_x, fit_y, val_x, val_y, final_x, final_y, test_x, test_y, num_cla
   return {f'lp_{k}': v for k, v in metrics.items()}, scale
 
 
-def _check(train_y: np.ndarray, val: np.ndarray) -> None:
+def _check_holdout(val: np.ndarray) -> None:
+  """A probe needs held-out examples to choose its regularisation."""
   if len(val) == 0:
     raise ConfigError('linear probe: the training split needs two or more examples of some '
                       'class to hold any out for choosing the regularisation')
@@ -198,7 +199,7 @@ def linear_probe(train_x: np.ndarray, train_y: np.ndarray, test_x: np.ndarray,
   """The full probe: lp_acc1, lp_acc5 (>= 5 classes), lp_mean_per_class_recall, lp_l2_scale and
   lp_confusion (an array)."""
   fit, val = holdout_split(train_y, holdout)
-  _check(train_y, val)
+  _check_holdout(val)
   metrics, scale = _score(train_x[fit], train_y[fit], train_x[val], train_y[val], train_x,
                           train_y, test_x, test_y, num_classes)
   metrics['lp_l2_scale'] = scale
@@ -211,7 +212,7 @@ def fewshot_probe(train_x: np.ndarray, train_y: np.ndarray, test_x: np.ndarray,
   """k-shot probes for each k in `shots`, seeds 0..seeds-1: 'lp_acc1@5shot' (mean over seeds),
   'lp_acc1@5shot_std' (std over seeds, ddof 0), ... and 'lp_per_seed': every seed's values."""
   fit, val = holdout_split(train_y, holdout)
-  _check(train_y, val)
+  _check_holdout(val)
   val_x, val_y = train_x[val], train_y[val]
   metrics, per_seed = {}, {}
   for k in shots:
