@@ -5,8 +5,10 @@ few-shot evaluator does, rather than CLIP's L-BFGS logistic regression (which CL
 replaces by AdamW epochs): one eigendecomposition of the centred D x D Gram matrix gives the
 exact solution for every regularisation of the sweep at the cost of a matrix product each, with no
 iterations, learning rate or convergence test, so results are deterministic and cheap enough to
-run during training. Accuracy differs from logistic regression by a little (big_vision reports
-both rank models alike); the metric definitions are CLIP_benchmark's (eval.zeroshot_lib).
+run during training. Its numbers are not logistic regression's (not comparable digit for digit
+with a paper's L-BFGS probe); they compare checkpoints and models under one protocol. The metric
+definitions are CLIP_benchmark's (eval.zeroshot_lib; lp_acc5
+with >= 5 classes, as its zero-shot acc5, where its probe asks for a label >= 5).
 
 Protocol, as CLIP_benchmark's: the regularisation is chosen on a held-out part of train (a fixed,
 class-stratified `holdout` fraction), best held-out acc1 over a log sweep of L2 values (relative
