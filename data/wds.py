@@ -2,7 +2,8 @@
 
 A sample is the tar members sharing a key (the member path up to the first dot of its base name):
 an image (.jpg .jpeg .png .webp) and a caption (.txt, or .json with a "caption" field); a .txt of
-several lines is several captions (evaluation uses all, training the first). Each shard is indexed
+several lines is several captions (evaluation uses all, training the first); a .cls member holds a
+class index (CLIP_benchmark's classification sets), read while indexing. Each shard is indexed
 once (member offsets), cached as JSON in `cache_dir` (beside the run: in its bucket when the
 workdir is one), and rebuilt when the shard's version stamp changes (size and modification time
 locally; size and generation / ETag in a bucket). A truncated shard keeps the complete samples
@@ -24,6 +25,7 @@ from data.errors import ConfigError
 
 IMAGE_EXTS = ('jpg', 'jpeg', 'png', 'webp')
 CAPTION_EXTS = ('txt', 'json')
+LABEL_EXTS = ('cls',)  # a class index as text: a few bytes, so kept in the index itself
 _BRACES = re.compile(r'\{(\d+)\.\.(\d+)\}')
 
 
@@ -49,8 +51,9 @@ def _split_name(name: str) -> tuple[str, str]:
 
 
 def index_shard(path: str) -> dict:
-  """{'samples': [[key, img_off, img_len, cap_off, cap_len, cap_ext], ...], 'truncated': bool}."""
-  members, truncated = {}, False
+  """{'samples': [[key, img_off, img_len, cap_off, cap_len, cap_ext], ...], 'truncated': bool,
+  'labels': [the .cls text of each sample, or None]}."""
+  members, labels, truncated = {}, {}, False
   size = storage.version_stamp(path)[0]
   try:
     # One front-to-back pass with read-ahead: headers sit between members, so a bucket shard
@@ -64,9 +67,11 @@ def index_shard(path: str) -> dict:
           break
         key, ext = _split_name(info.name)
         members.setdefault(key, {})[ext] = (info.offset_data, info.size)
+        if ext in LABEL_EXTS:  # read in passing: the scan's read-ahead already holds it
+          labels[key] = tar.extractfile(info).read().decode('utf-8', 'replace').strip()
   except (tarfile.ReadError, EOFError, OSError):
     truncated = True
-  samples = []
+  samples, sample_labels = [], []
   for key, parts in members.items():
     image = next((parts[e] for e in IMAGE_EXTS if e in parts), None)
     caption_ext = next((e for e in CAPTION_EXTS if e in parts), None)
@@ -74,7 +79,8 @@ def index_shard(path: str) -> dict:
       continue  # Not a sample (e.g. a lone metadata file).
     cap = parts[caption_ext] if caption_ext else (-1, 0)
     samples.append([key, *(image or (-1, 0)), *cap, caption_ext or ''])
-  return {'samples': samples, 'truncated': truncated}
+    sample_labels.append(labels.get(key))
+  return {'samples': samples, 'truncated': truncated, 'labels': sample_labels}
 
 
 def cached_index(path: str, cache_dir: str | None) -> dict:
@@ -89,7 +95,7 @@ def cached_index(path: str, cache_dir: str | None) -> dict:
     cache = storage.join(cache_dir, f'wds_{zlib.crc32(stamp[0].encode()):08x}.json')
     try:
       cached = json.loads(storage.read_text(cache))
-      if cached['stamp'] == stamp:
+      if cached['stamp'] == stamp and 'labels' in cached:  # older caches had no labels
         return cached
     except (OSError, ValueError, KeyError):
       pass
@@ -154,10 +160,11 @@ class WdsSource:
       raise ConfigError(f'wds data path {missing[0] if missing else pattern} does not exist')
     self.name = pattern.split('{')[0].rstrip('-_/').rsplit('/', 1)[-1] or 'wds'
     self.max_pixels = max_pixels
-    self.samples, self.problems = [], []
+    self.samples, self.label_texts, self.problems = [], [], []
     indexes = _map(lambda path: cached_index(path, cache_dir), self.paths)
     for shard, (path, index) in enumerate(zip(self.paths, indexes)):
       self.samples.extend((shard, *s) for s in index['samples'])
+      self.label_texts.extend(index['labels'])
       if index['truncated']:
         self.problems.append(BadRecord('truncated_shard', self.name, storage.basename(path),
                                        'tar shard is truncated; its complete samples are kept'))
@@ -189,6 +196,15 @@ class WdsSource:
     text = decode_caption(raw, self.name, key)
     return [line.strip() for line in text.splitlines() if line.strip()]
 
+  def label(self, i: int) -> int:
+    """Sample i's class index, from its .cls member."""
+    text = self.label_texts[i]
+    try:
+      return int(text)
+    except (TypeError, ValueError):
+      what = 'sample has no .cls member' if text is None else f'.cls is not an integer: {text[:20]!r}'
+      raise BadRecord('missing_file', self.name, self._key(i), what) from None
+
   def encoded_image(self, i: int) -> bytes:
     """Sample i's image member as stored (not decoded)."""
     shard, _, img_off, img_len = self.samples[i][:4]
@@ -198,6 +214,11 @@ class WdsSource:
 
   def __getitem__(self, i: int) -> dict:
     key = self._key(i)
-    captions = self.text(i)
-    image = decode_image(self.encoded_image(i), self.name, key, self.max_pixels)
-    return {'image': image, 'caption': captions[0], 'captions': captions, 'key': key}
+    record = {'key': key}
+    if self.label_texts[i] is not None:  # a classification sample needs no caption
+      record['label'] = self.label(i)
+    if self.samples[i][4] >= 0 or 'label' not in record:
+      captions = self.text(i)
+      record.update(caption=captions[0], captions=captions)
+    record['image'] = decode_image(self.encoded_image(i), self.name, key, self.max_pixels)
+    return record

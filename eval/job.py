@@ -24,11 +24,13 @@ from eval.provenance import settings_hash
 Evaluate = Callable[[int | None], tuple[int, dict]]  # step (None: newest) -> (step, metrics)
 
 
-def add_common_flags(parser: argparse.ArgumentParser) -> None:
-  """--workdir, --dataset, --step/--once/--watch, --batch_size, --poll_seconds."""
+def add_common_flags(parser: argparse.ArgumentParser, dataset_required: bool = True) -> None:
+  """--workdir, --dataset, --step/--once/--watch, --batch_size, --poll_seconds (a job with other
+  ways to name its data, e.g. the linear probe's --train/--test, makes --dataset optional)."""
   parser.add_argument('--workdir', required=True,
                       help='the training run to evaluate (a folder or gs://BUCKET/PATH)')
-  parser.add_argument('--dataset', required=True, help='data spec, e.g. shapes:zeroshot')
+  parser.add_argument('--dataset', required=dataset_required,
+                      help='data spec, e.g. shapes:zeroshot')
   which = parser.add_mutually_exclusive_group()
   which.add_argument('--step', type=int, default=None, help='evaluate this checkpoint')
   which.add_argument('--once', action='store_true', help='evaluate the newest checkpoint (default)')
@@ -40,7 +42,8 @@ def add_common_flags(parser: argparse.ArgumentParser) -> None:
 def dataset_name(source, spec: str) -> str:
   """A file-system-safe name for the dataset's output folder."""
   name = getattr(source, 'name', None) or spec
-  return ''.join(c if c.isalnum() or c in '-_.' else '_' for c in name).strip('_')
+  # Stripping '.' too: a shard glob's name ('*.tar' -> '.tar') must not make a hidden folder.
+  return ''.join(c if c.isalnum() or c in '-_.' else '_' for c in name).strip('_.')
 
 
 class Outputs:

@@ -2,7 +2,17 @@
 
 The rank of a query is the position of its best positive in the database sorted by descending
 score, ties broken by lower index (a stable sort). recall@k is the fraction of queries whose rank
-is <= k; for image->text a query is a hit when ANY of its captions is in the top k.
+is <= k; for image->text a query is a hit when ANY of its captions is in the top k; each caption
+belongs to one image. Conventions of CLIP_benchmark (zeroshot_retrieval.py), checked value for value
+against the package by tests/test_metric_parity.py:
+- recall@k is a float32 mean there (`(recall > 0).float().mean()`), so it is the float32 nearest
+  hits / queries here too (e.g. 0.8999999761581421 for 9/10, not 0.9).
+- Captions are numbered image by image (eval/retrieval.py lists them so, as CLIP_benchmark does)
+  and with exactly equal scores the lower-numbered caption or image ranks first. CLIP_benchmark
+  takes torch.topk, whose order among exactly equal scores is unspecified (on CPU whatever
+  std::partial_sort / std::nth_element leave, on GPU a radix select): no index rule reproduces it,
+  so where exact ties straddle the k-th place the two can differ by those ties, both within the
+  all-ties-lost / all-ties-won bounds. Embeddings from a model seldom tie exactly.
 Two passes over blocks of the similarity matrix (never all of it): the first finds each query's
 best positive score, the second counts the items ranked above it. Both directions share the blocks.
 """
@@ -89,14 +99,21 @@ def retrieval_ranks(image_emb: np.ndarray, text_emb: np.ndarray, text_owner: np.
   return count_i[:n_img] + 1, count_t[:n_txt] + 1
 
 
+def float32_fraction(hits: np.ndarray) -> float:
+  """The fraction of true entries as CLIP_benchmark's float32 mean gives it (nan when empty)."""
+  if hits.size == 0:
+    return float('nan')
+  return float(np.float32(np.count_nonzero(hits)) / np.float32(hits.size))
+
+
 def retrieval_metrics(image_emb: np.ndarray, text_emb: np.ndarray, text_owner: np.ndarray,
                       **chunking) -> dict:
   """text_retrieval_recall@k (image->text), image_retrieval_recall@k (text->image), mean ranks."""
   rank_i2t, rank_t2i = retrieval_ranks(image_emb, text_emb, text_owner, **chunking)
   metrics = {}
   for k in KS:
-    metrics[f'text_retrieval_recall@{k}'] = float(np.mean(rank_i2t <= k))
-    metrics[f'image_retrieval_recall@{k}'] = float(np.mean(rank_t2i <= k))
+    metrics[f'text_retrieval_recall@{k}'] = float32_fraction(rank_i2t <= k)
+    metrics[f'image_retrieval_recall@{k}'] = float32_fraction(rank_t2i <= k)
   metrics['text_retrieval_mean_rank'] = float(np.mean(rank_i2t))
   metrics['image_retrieval_mean_rank'] = float(np.mean(rank_t2i))
   return metrics

@@ -1,4 +1,21 @@
-"""Zero-shot classification with CLIP_benchmark's definitions (pure functions of arrays)."""
+"""Zero-shot classification with CLIP_benchmark's definitions (pure functions of arrays).
+
+Conventions of CLIP_benchmark (zeroshot_classification.py), checked value for value against the
+package by tests/test_metric_parity.py:
+- acc1 / acc5: the fraction of images whose label is among the 1 / 5 best-scored classes (acc5
+  only with >= 5 classes; CLIP_benchmark reports nan there, we leave the key out), hits / images
+  in float64. With exactly equal scores the lower class index ranks first: torch.argmax's
+  documented rule. CLIP_benchmark's acc1/acc5 take torch.topk, whose order among exactly equal
+  scores is unspecified (on CPU whatever std::partial_sort / std::nth_element leave, on GPU a radix
+  select): no index rule reproduces it, so where exact ties straddle the k-th place the two can
+  differ by those ties, both within the all-ties-lost / all-ties-won bounds. Embeddings from a
+  model seldom tie exactly.
+- mean_per_class_recall: sklearn's balanced_accuracy_score of the argmax prediction (equal to
+  CLIP_benchmark's value even with ties, as argmax's rule is ours): the recall
+  of each class that has images, averaged over those classes (a class only predicted, never
+  true, does not count).
+- The scores are cosine similarities; CLIP_benchmark's 100x logit scale changes no ranking.
+"""
 
 import numpy as np
 
@@ -23,8 +40,13 @@ def class_embeddings(embedder: Embedder, tokenizer: Tokenizer, classnames: list[
 
 def zeroshot_metrics(image_emb: np.ndarray, labels: np.ndarray, class_emb: np.ndarray) -> dict:
   """acc1, acc5 (when >= 5 classes), mean_per_class_recall and the confusion matrix."""
-  num_classes = class_emb.shape[0]
-  scores = image_emb @ class_emb.T
+  return classification_metrics(image_emb @ class_emb.T, labels)
+
+
+def classification_metrics(scores: np.ndarray, labels: np.ndarray) -> dict:
+  """The metrics above of [N, C] class scores (any classifier's: zero-shot, linear probe)."""
+  num_classes = scores.shape[1]
+  labels = np.asarray(labels)
   # Stable descending order: among equal scores the lower class index ranks first.
   ranked = np.argsort(-scores, axis=1, kind='stable')
   pred = ranked[:, 0]
