@@ -24,13 +24,14 @@ Array = jax.Array
 
 
 def prefix_widths(dims: Sequence[int], width: int) -> tuple[int, ...]:
-  """The widths trained: `dims` (ascending, each <= width) with the full width appended if absent."""
+  """The widths trained: `dims` (ascending, each <= width), the full width appended if absent."""
   dims = tuple(int(d) for d in dims)
   return dims if dims and dims[-1] == width else dims + (width,)
 
 
 def prefix_weights(dims: Sequence[int], weights: Sequence[float], width: int) -> tuple[float, ...]:
-  """One weight per `prefix_widths` entry: `weights` (default all 1), 1 for an appended full width."""
+  """One weight per `prefix_widths` entry: `weights` (default all 1); 1 for an appended full
+  width."""
   listed = tuple(float(w) for w in weights) or (1.0,) * len(dims)
   return listed + (1.0,) * (len(prefix_widths(dims, width)) - len(listed))
 
