@@ -87,6 +87,12 @@ def base_config() -> ml_collections.ConfigDict:
       init_logit_scale=1 / 0.07,   # CLIP 1/0.07; ALIGN 1.0 (temperature 1).
       max_logit_scale=100.0,       # Clamp of the scale (CLIP: 100); 0 = none.
       label_smoothing=0.0,         # ALIGN: 0.1.
+      # Matryoshka (MRL): also train these prefixes of the embedding, e.g. (32, 64, 128); each
+      # L2-renormalised. Ascending, unique, each <= the embedding width; the full width is always
+      # trained (appended with weight 1 if not listed). () = off.
+      matryoshka_dims=(),
+      matryoshka_weights=(),       # One weight per matryoshka_dims entry; () = all 1.
+      matryoshka_per_prefix_temperature=False,  # One learned temperature (and SigLIP bias) per prefix.
   ))
   config.optim = ml_collections.ConfigDict(dict(
       name='adamw',                # 'adamw' or 'lamb' (ALIGN).

@@ -1,6 +1,7 @@
 """Image-text retrieval of a run's checkpoints.
 
   python -m eval.retrieval --workdir RUN --dataset SPEC [--step N | --once | --watch] [--batch_size N]
+      [--dims 32,64,full]
 """
 
 from pretrain.backends.cpu import host_memory
@@ -10,20 +11,24 @@ if __name__ == '__main__':  # first, before jax loads: the malloc the trainer ru
 
 import argparse
 import sys
+from typing import Sequence
 
 import numpy as np
 
 from data.sources import open_source
 from eval.embed import Embedder
 from eval.job import Outputs, add_common_flags, cli, dataset_name, timed_evaluator
+from eval.prefixes import add_dims_flag, metrics_at_prefixes, parse_dims, truncate, with_prefixes
 from eval.provenance import eval_settings
 from eval.retrieval_lib import retrieval_metrics
 from eval.run_model import RunModel
 
 
 def evaluate_retrieval(embedder: Embedder, tokenizer, source, *, image_size: int,
-                       context_length: int, batch_size: int) -> dict:
-  """Embeds every image once and every caption of every image once; returns the metrics."""
+                       context_length: int, batch_size: int,
+                       dims: Sequence[int] | None = None) -> dict:
+  """Embeds every image once and every caption of every image once; returns the metrics (with
+  `dims`, also at each narrower prefix: eval/prefixes.py)."""
   captions, owner = [], []
   for i in range(len(source)):
     texts = source.text(i)
@@ -32,7 +37,9 @@ def evaluate_retrieval(embedder: Embedder, tokenizer, source, *, image_size: int
 
   image_emb = embedder.embed_images(source, image_size, batch_size)
   text_emb = embedder.embed_texts(tokenizer.encode(captions, context_length), batch_size)
-  metrics = retrieval_metrics(image_emb, text_emb, np.asarray(owner))
+  widths = tuple(dims) if dims else (image_emb.shape[-1],)
+  metrics = metrics_at_prefixes(widths, lambda k: retrieval_metrics(
+      truncate(image_emb, k), truncate(text_emb, k), np.asarray(owner)))
   metrics.update(num_examples=len(source), num_captions=len(captions))
   return metrics
 
@@ -41,6 +48,7 @@ def parse(argv: list[str]) -> argparse.Namespace:
   """The job's flags."""
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   add_common_flags(parser)
+  add_dims_flag(parser)
   return parser.parse_args(argv)
 
 
@@ -48,15 +56,16 @@ def make_job(args: argparse.Namespace):
   """(outputs, evaluate) for the run and dataset the flags name."""
   run = RunModel(args.workdir)
   source = open_source(args.dataset, run.config.model.image_size, run.config.seed)
+  widths = parse_dims(args.dims, run.config)
   outputs = Outputs(args.workdir, 'retrieval', dataset_name(source, args.dataset),
-                    eval_settings(args.dataset, source, run.config.model),
+                    with_prefixes(eval_settings(args.dataset, source, run.config.model), widths),
                     {'dataset': args.dataset})
 
   def compute(embedder):
     metrics = evaluate_retrieval(embedder, run.tokenizer, source,
                                  image_size=run.config.model.image_size,
                                  context_length=run.config.model.context_length,
-                                 batch_size=args.batch_size)
+                                 batch_size=args.batch_size, dims=widths)
     return metrics, {}
 
   return outputs, timed_evaluator(run, outputs, compute)

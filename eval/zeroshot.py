@@ -1,7 +1,7 @@
 """Zero-shot classification of a run's checkpoints.
 
   python -m eval.zeroshot --workdir RUN --dataset SPEC [--classnames FILE] [--templates NAME|FILE]
-      [--step N | --once | --watch] [--batch_size N]
+      [--step N | --once | --watch] [--batch_size N] [--dims 32,64,full]
 """
 
 from pretrain.backends.cpu import host_memory
@@ -16,6 +16,7 @@ from data import storage
 from data.sources import open_source
 from eval.classnames import resolve_classnames
 from eval.job import Outputs, add_common_flags, cli, dataset_name, timed_evaluator
+from eval.prefixes import add_dims_flag, parse_dims, with_prefixes
 from eval.provenance import eval_settings
 from eval.run_model import RunModel
 from eval.templates import load_templates
@@ -30,6 +31,7 @@ def parse(argv: list[str]) -> argparse.Namespace:
                       help='file with one class name per line, in label order (or every class '
                            'of a set with named labels once, in any order: matched by name)')
   parser.add_argument('--templates', default='clip80', help='built-in set name or a file')
+  add_dims_flag(parser)
   return parser.parse_args(argv)
 
 
@@ -39,7 +41,9 @@ def make_job(args: argparse.Namespace):
   templates = load_templates(args.templates)
   source = open_source(args.dataset, run.config.model.image_size, run.config.seed)
   classnames = resolve_classnames(source, args.dataset, args.classnames)
-  settings = eval_settings(args.dataset, source, run.config.model, classnames, templates)
+  widths = parse_dims(args.dims, run.config)
+  settings = with_prefixes(eval_settings(args.dataset, source, run.config.model, classnames,
+                                         templates), widths)
   given = {'dataset': args.dataset, 'templates': args.templates,
            'classnames': args.classnames and storage.absolute(args.classnames)}
   outputs = Outputs(args.workdir, 'zeroshot', dataset_name(source, args.dataset), settings, given)
@@ -48,7 +52,7 @@ def make_job(args: argparse.Namespace):
     metrics = evaluate_zeroshot(
         embedder, run.tokenizer, source, templates, image_size=run.config.model.image_size,
         context_length=run.config.model.context_length, batch_size=args.batch_size,
-        classnames=classnames)
+        classnames=classnames, dims=widths)
     return metrics, {'confusion': metrics.pop('confusion')}
 
   return outputs, timed_evaluator(run, outputs, compute)

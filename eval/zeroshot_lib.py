@@ -17,11 +17,14 @@ package by tests/test_metric_parity.py:
 - The scores are cosine similarities; CLIP_benchmark's 100x logit scale changes no ranking.
 """
 
+from typing import Sequence
+
 import numpy as np
 
 from data.errors import ConfigError
 from data.tokenizer import Tokenizer
 from eval.embed import Embedder
+from eval.prefixes import metrics_at_prefixes, truncate
 
 
 def _normalize(x: np.ndarray) -> np.ndarray:
@@ -33,8 +36,13 @@ def class_embeddings(embedder: Embedder, tokenizer: Tokenizer, classnames: list[
   """[C, D]: per class, normalised prompt embeddings averaged, then re-normalised."""
   prompts = [t.replace('{c}', name) for name in classnames for t in templates]
   tokens = tokenizer.encode(prompts, context_length)
-  emb = _normalize(embedder.embed_texts(tokens, batch_size))
-  emb = emb.reshape(len(classnames), len(templates), -1).mean(axis=1)
+  return classifier(embedder.embed_texts(tokens, batch_size), len(classnames))
+
+
+def classifier(prompt_emb: np.ndarray, num_classes: int) -> np.ndarray:
+  """[C, D] from [C * templates, D] prompt embeddings (class-major): normalised, averaged per
+  class, re-normalised."""
+  emb = _normalize(prompt_emb).reshape(num_classes, -1, prompt_emb.shape[-1]).mean(axis=1)
   return _normalize(emb)
 
 
@@ -71,9 +79,11 @@ def source_labels(source) -> np.ndarray:
 
 def evaluate_zeroshot(embedder: Embedder, tokenizer: Tokenizer, source, templates: list[str], *,
                       image_size: int, context_length: int, batch_size: int,
-                      classnames: list[str] | None = None) -> dict:
+                      classnames: list[str] | None = None,
+                      dims: Sequence[int] | None = None) -> dict:
   """Embeds every image of a labelled source once and scores it against its class names
-  (`classnames`, default the source's own: one per label)."""
+  (`classnames`, default the source's own: one per label); with `dims` (ascending, the full width
+  last), also at each narrower prefix of the image and prompt embeddings (eval/prefixes.py)."""
   count = len(source)
   classnames = list(source.classnames if classnames is None else classnames)
   labels = source_labels(source)
@@ -81,8 +91,12 @@ def evaluate_zeroshot(embedder: Embedder, tokenizer: Tokenizer, source, template
     raise ConfigError(f'{len(classnames)} class names for labels {labels.min()}..{labels.max()} '
                       f'of {getattr(source, "name", "the set")}: give one name per class')
   image_emb = embedder.embed_images(source, image_size, batch_size)
-  class_emb = class_embeddings(embedder, tokenizer, classnames, templates, context_length,
-                               batch_size)
-  metrics = zeroshot_metrics(image_emb, labels, class_emb)
+  prompts = [t.replace('{c}', name) for name in classnames for t in templates]
+  prompt_emb = embedder.embed_texts(tokenizer.encode(prompts, context_length), batch_size)
+  widths = tuple(dims) if dims else (image_emb.shape[-1],)
+  # Each prefix's classifier from that prefix of every prompt embedding, as the model would
+  # build it at that width (not a truncation of the averaged full-width classifier).
+  metrics = metrics_at_prefixes(widths, lambda k: zeroshot_metrics(
+      truncate(image_emb, k), labels, classifier(truncate(prompt_emb, k), len(classnames))))
   metrics['num_examples'] = count
   return metrics

@@ -18,6 +18,7 @@ from tests.helpers import ROOT
     ('benchmarks.grad_cache', ['--smoke']),
     ('benchmarks.vs_openclip', ['--config', 'tiny', '--smoke', '--rounds', '1', '--steps', '2']),
     ('benchmarks.bf16_curve', ['--smoke']),
+    ('benchmarks.matryoshka', ['--smoke', '--dims', '16,32']),
     ('benchmarks.profile_step', ['--config', 'tiny', '--smoke']),
     ('benchmarks.refault', ['--smoke']),
     # cuDNN attention is refused on CPU: its row is skipped (a one-line reason), the auto row runs.

@@ -18,7 +18,8 @@ from pretrain.config.cli import load_saved_config
 from pretrain.runtime.checkpoint import complete_steps
 
 HISTORY_FILE = 'config_history.jsonl'
-# Dotted field names (or prefixes ending in '.') a resumed run may change.
+# Dotted field names (or prefixes ending in '.') a resumed run may change. Not the loss.* fields,
+# loss.matryoshka_* included: they change the objective (and per-prefix temperatures the parameters).
 MAY_CHANGE = (
     'total_steps', 'log_every', 'checkpoint_every', 'keep_checkpoints', 'exit_after_step',
     'max_consecutive_skips', 'prefault_step_memory', 'tower_batch_chunks', 'debug.', 'mesh.',

@@ -136,6 +136,9 @@ RULES: dict[str, Rule] = {
     'loss.init_logit_scale': _float(above=0.0),
     'loss.max_logit_scale': _float(low=0.0),
     'loss.label_smoothing': BELOW_ONE,
+    'loss.matryoshka_dims': Rule('ints', above=0),  # against the width: check_matryoshka
+    'loss.matryoshka_weights': Rule('floats', above=0.0),
+    'loss.matryoshka_per_prefix_temperature': BOOL,
     'optim': GROUP,
     'optim.name': Rule('str', choices=OPTIMIZERS),
     'optim.lr': _float(above=0.0),
@@ -250,3 +253,20 @@ def check_fields(config, prefix: str = '') -> None:
     check_field(name, value, rule)
     if name == 'model.custom':
       check_custom(value)
+
+
+def check_matryoshka(loss, width: int) -> None:
+  """`loss.matryoshka_dims`: ascending, unique, each <= the embedding `width`; the weights (if
+  given) one per dim; one temperature per prefix only with prefixes."""
+  dims, weights = tuple(loss.matryoshka_dims), tuple(loss.matryoshka_weights)
+  if not dims and (weights or loss.matryoshka_per_prefix_temperature):
+    raise ConfigError('loss.matryoshka_weights and loss.matryoshka_per_prefix_temperature need '
+                      'loss.matryoshka_dims')
+  if any(b <= a for a, b in zip(dims, dims[1:])):
+    raise ConfigError(f'loss.matryoshka_dims must be ascending and unique, got {dims!r}')
+  if dims and dims[-1] > width:
+    raise ConfigError(f'loss.matryoshka_dims {dims!r}: {dims[-1]} is wider than the embedding '
+                      f'({width}, model.variant)')
+  if weights and len(weights) != len(dims):
+    raise ConfigError(f'loss.matryoshka_weights must have one weight per matryoshka_dims entry '
+                      f'({len(dims)}), got {len(weights)}: {weights!r}')

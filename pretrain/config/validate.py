@@ -6,7 +6,7 @@ import re
 from data import storage
 from data.errors import ConfigError, require
 from data.sources import check_spec
-from pretrain.config.rules import check_fields
+from pretrain.config.rules import check_fields, check_matryoshka
 from pretrain.losses import LOSS_IMPLS
 from pretrain.models.variants import image_tower_kind, model_size
 from pretrain.parallel.sharding import batch_ways, resolve_mesh_shape
@@ -43,6 +43,7 @@ def check_training(config, num_devices: int, num_processes: int) -> dict[str, in
   impls = LOSS_IMPLS[config.loss.name]
   require(config.loss.impl in impls, f'unknown loss.impl {config.loss.impl!r} for '
           f'{config.loss.name}; known: {", ".join(impls)}')
+  check_matryoshka(config.loss, model_size(config.model)['embed_dim'])
   check_spec(config.data.train)
   require(config.accum_steps == 1 or image_tower_kind(model_size(config.model)) == 'vit',
           f'accum_steps {config.accum_steps}: gradient caching needs towers without BatchNorm '

@@ -89,7 +89,11 @@ class MetricsLogger:
       bad = f'  skipped {sum(bad_records.values())} bad ({detail})'
     if skipped_updates:
       bad += f'  {skipped_updates} non-finite updates skipped'
-    print(f'step {step}/{self.total_steps}  loss {metrics["loss"]:.4f}  '
+    # Matryoshka runs: the full-width loss, then the weighted sum over prefixes that is optimised.
+    widths = [int(key[len('loss@'):]) for key in metrics if key.startswith('loss@')]
+    loss = metrics[f'loss@{max(widths)}'] if widths else metrics['loss']
+    summed = f'  mrl {metrics["loss"]:.4f}' if widths else ''
+    print(f'step {step}/{self.total_steps}  loss {loss:.4f}{summed}  '
           f'temp {metrics["temperature"]:.4f}  acc i2t {metrics["acc_i2t"]:.3f} '
           f't2i {metrics["acc_t2i"]:.3f}  {examples_per_s:.1f} ex/s  ETA {eta}{bad}', flush=True)
 

@@ -15,7 +15,7 @@ from pretrain.backends import resolve_for_platform
 from pretrain.backends.cpu.tower_slices import map_over_chunks, resolve_chunks
 from pretrain.step.grad_cache import cached_loss_and_grads
 from pretrain.step.state import ARRAY_ITEMS, COUNTER_FIELDS, TrainState, merge_model
-from pretrain.losses import make_loss
+from pretrain.losses import make_loss, prefix_widths
 from pretrain.models import build_model
 from pretrain.parallel.activations import activations_split_over
 from pretrain.models.variants import image_tower_kind, model_size
@@ -76,7 +76,9 @@ class StepBuilder:
     self.abstract_state = jax.tree.map(
         lambda leaf, s: jax.ShapeDtypeStruct(leaf.shape, leaf.dtype, sharding=s),
         abstract, self.state_shardings)
-    self.loss_fn = make_loss(mesh, sharding.BATCH_AXES, config.loss)
+    width = model_size(config.model)['embed_dim']
+    self.loss_fn = make_loss(mesh, sharding.BATCH_AXES, config.loss, width)
+    self.prefix_widths = prefix_widths(config.loss.get('matryoshka_dims', ()), width)
     self.batch_shards = sharding.batch_parallelism(mesh)
     self.image_tower_is_vit = image_tower_kind(model_size(config.model)) == 'vit'
     # What auto tower slices depend on (tower_slices.resolve_chunks), read off the parameters'
@@ -138,8 +140,11 @@ class StepBuilder:
     """The global-batch contrastive loss of given embeddings (uses only the temperature/bias)."""
     model = merge_model(self.graphdef, params, batch_stats)
     scale = model.logit_scale()
-    extra = (model.logit_bias[...],) if self.config.loss.name == 'sigmoid' else ()
-    loss, metrics = self.loss_fn(img, txt, scale, *extra)
+    extra = (model.loss_logit_bias(),) if self.config.loss.name == 'sigmoid' else ()
+    scales = model.loss_logit_scale()  # a vector with one Matryoshka temperature per prefix
+    loss, metrics = self.loss_fn(img, txt, scales, *extra)
+    if scales.ndim:
+      metrics.update({f'temperature@{k}': 1.0 / s for k, s in zip(self.prefix_widths, scales[:-1])})
     return loss, {**metrics, 'logit_scale': scale, 'temperature': 1.0 / scale}
 
   def loss_and_metrics(self, params: Any, batch: dict, key: jax.Array | None = None,
