@@ -202,7 +202,8 @@ class WdsSource:
     try:
       return int(text)
     except (TypeError, ValueError):
-      what = 'sample has no .cls member' if text is None else f'.cls is not an integer: {text[:20]!r}'
+      what = ('sample has no .cls member' if text is None
+              else f'.cls is not an integer: {text[:20]!r}')
       raise BadRecord('missing_file', self.name, self._key(i), what) from None
 
   def encoded_image(self, i: int) -> bytes:

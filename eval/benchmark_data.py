@@ -80,7 +80,8 @@ class BenchmarkSource:
     if any(sample[4] >= 0 for sample in self.wds.samples):  # a caption member
       return 'retrieval'
     raise ConfigError(f'benchmark {self.name}: samples carry neither .cls (classification) nor '
-                      '.txt (retrieval)')
+                      '.txt (retrieval); multilabel .npy sets (voc2007_multilabel) are not '
+                      'supported: leave them out of --benchmarks')
 
   def __len__(self) -> int:
     return len(self.wds)

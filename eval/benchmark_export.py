@@ -3,9 +3,11 @@ CLIP_benchmark's own `wds/NAME` reader reads).
 
   python -m eval.benchmark_export --source SPEC --data_root ROOT --name NAME [--split test]
       --task classification|retrieval [--count N] [--per_shard 1000] [--templates NAME|FILE]
+      [--image_size 64]   (the size a generated source, shapes:, renders at)
 
-A classification set takes the records' labels (.jpg + .cls, classnames.txt), a retrieval set
-their captions (.jpg + .txt, every caption a line; dataset_type.txt says `retrieval`). ROOT may be
+A classification set takes the records' labels (.png + .cls, classnames.txt), a retrieval set
+their captions (.png + .txt, every caption a line; dataset_type.txt says `retrieval`). Images are
+PNG, lossless, so the set scores as its source does (JPEG would move the numbers). ROOT may be
 a bucket. E.g. the shapes corpus as both kinds:
   python -m eval.benchmark_export --source shapes:zeroshot --data_root R --name shapes_cls \
       --task classification
@@ -30,7 +32,7 @@ from eval.templates import load_templates
 
 def _image_bytes(record: dict) -> bytes:
   image = record['image']
-  return encode(np.asarray(image.convert('RGB') if hasattr(image, 'convert') else image))
+  return encode(np.asarray(image.convert('RGB') if hasattr(image, 'convert') else image), 'PNG')
 
 
 def export(source, data_root: str, name: str, task: str, split: str = 'test',
@@ -49,7 +51,7 @@ def export(source, data_root: str, name: str, task: str, split: str = 'test',
     with tarfile.open(fileobj=buffer, mode='w') as tar:
       for i in range(shard * per_shard, min(count, (shard + 1) * per_shard)):
         record = source[i]
-        add_member(tar, f's{i:09d}.jpg', _image_bytes(record))
+        add_member(tar, f's{i:09d}.png', _image_bytes(record))
         if task == 'classification':
           add_member(tar, f's{i:09d}.cls', str(int(record['label'])).encode())
         else:
@@ -76,9 +78,12 @@ def main(argv: list[str]) -> int:
   parser.add_argument('--per_shard', type=int, default=1000)
   parser.add_argument('--task', choices=('classification', 'retrieval'), required=True)
   parser.add_argument('--templates', default=None, help='also write these templates (name|file)')
+  parser.add_argument('--image_size', type=int, default=64,
+                      help="the size shapes: renders at (the run's model.image_size to score as "
+                           'the run scores shapes: itself)')
   args = parser.parse_args(argv)
   try:
-    source = open_source(args.source)
+    source = open_source(args.source, image_size=args.image_size)
     templates = load_templates(args.templates) if args.templates else None
     folder = export(source, args.data_root, args.name, args.task, args.split, args.count,
                     args.per_shard, templates)

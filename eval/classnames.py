@@ -1,5 +1,6 @@
 """The class names a zero-shot job scores against: the set's own, or `--classnames FILE` checked
-against them.
+against them. A tfds ImageNet set (imagenet2012, imagenet_v2, imagenet_sketch), whose own label
+names are WordNet ids, gets CLIP's curated names instead (CLIP_benchmark's, eval.benchmark_meta).
 
 A file renames the classes in label order, one per label. When the set's labels have names of
 their own (folder names, tfds label names, the shapes corpus) and the file uses some of them on
@@ -9,6 +10,8 @@ otherwise: a permuted list read by position would silently permute every label.
 
 from data import storage
 from data.errors import ConfigError
+from data.sources import parse_spec
+from eval import benchmark_meta
 
 
 def read_classnames(path: str) -> list[str]:
@@ -56,11 +59,24 @@ def _by_name(names: list[str], source, path: str, spec: str) -> list[str]:
       'map by name, or rename the classes in label order')
 
 
+def builtin_names(source, spec: str) -> list[str] | None:
+  """CLIP_benchmark's names for a tfds set whose labels are ImageNet's WordNet ids, in its order."""
+  kind, arg, _ = parse_spec(spec)
+  name = benchmark_meta.tfds_benchmark_name(arg) if kind == 'tfds' else None
+  names = benchmark_meta.builtin_classnames(name) if name else None
+  if names and list(getattr(source, 'classnames', None) or []) == benchmark_meta.imagenet_wnids():
+    return names
+  return None
+
+
 def resolve_classnames(source, spec: str, path: str | None) -> list[str]:
   """The names of the labels 0..C-1 of `source`, from `path` if given; ConfigError when they
   cannot be matched to the labels."""
   own = list(getattr(source, 'classnames', None) or [])
   if path is None:
+    builtin = builtin_names(source, spec)
+    if builtin:
+      return builtin
     if not own:
       raise ConfigError(f'{spec} has no class names: pass --classnames FILE')
     return own

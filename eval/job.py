@@ -24,13 +24,16 @@ from eval.provenance import settings_hash
 Evaluate = Callable[[int | None], tuple[int, dict]]  # step (None: newest) -> (step, metrics)
 
 
-def add_common_flags(parser: argparse.ArgumentParser, dataset_required: bool = True) -> None:
-  """--workdir, --dataset, --step/--once/--watch, --batch_size, --poll_seconds (a job with other
-  ways to name its data, e.g. the linear probe's --train/--test, makes --dataset optional)."""
+def add_common_flags(parser: argparse.ArgumentParser, dataset_required: bool = True,
+                     dataset: bool = True) -> None:
+  """--workdir, --dataset (unless `dataset` is False; optional for a job with other ways to name
+  its data, e.g. the linear probe's --train/--test), --step/--once/--watch, --batch_size,
+  --poll_seconds."""
   parser.add_argument('--workdir', required=True,
                       help='the training run to evaluate (a folder or gs://BUCKET/PATH)')
-  parser.add_argument('--dataset', required=dataset_required,
-                      help='data spec, e.g. shapes:zeroshot')
+  if dataset:
+    parser.add_argument('--dataset', required=dataset_required,
+                        help='data spec, e.g. shapes:zeroshot')
   which = parser.add_mutually_exclusive_group()
   which.add_argument('--step', type=int, default=None, help='evaluate this checkpoint')
   which.add_argument('--once', action='store_true', help='evaluate the newest checkpoint (default)')
@@ -57,10 +60,11 @@ class Outputs:
   """
 
   def __init__(self, workdir: str, kind: str, dataset: str, settings: dict,
-               given: dict | None = None):
+               given: dict | None = None, folder: str | None = None):
+    # folder: where the results go instead (the suite's one RUN/eval/suite/).
     self.kind, self.dataset, self.settings = kind, dataset, settings
     self.given, self.settings_hash = given or {}, settings_hash(settings)
-    self.folder = storage.join(workdir, 'eval', kind, f'{dataset}-{self.settings_hash}')
+    self.folder = folder or storage.join(workdir, 'eval', kind, f'{dataset}-{self.settings_hash}')
     self.is_main = jax.process_index() == 0
     if self.is_main:
       storage.makedirs(self.folder)

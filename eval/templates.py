@@ -2,6 +2,8 @@
 
 from data import storage
 from data.errors import ConfigError
+from data.sources import parse_spec
+from eval import benchmark_meta
 
 # CLIP's 80 ImageNet prompts (Radford et al. 2021, the prompt-engineering notebook).
 CLIP80 = (
@@ -94,6 +96,13 @@ TEMPLATE_SETS = {
     # The embedded shapes corpus (its captions use these phrasings).
     'shapes': ('a photo of a {c}', 'a {c}', 'a picture of a {c}', 'a drawing of a {c}'),
 }
+
+
+def default_templates(spec: str) -> list[str]:
+  """CLIP_benchmark's templates for a tfds set it knows (e.g. cifar10's 18), else CLIP's 80."""
+  kind, arg, _ = parse_spec(spec)
+  name = benchmark_meta.tfds_benchmark_name(arg) if kind == 'tfds' else None
+  return benchmark_meta.builtin_templates(name) if name else list(CLIP80)
 
 
 def load_templates(name_or_path: str) -> list[str]:

@@ -2,6 +2,8 @@
 
   python -m eval.zeroshot --workdir RUN --dataset SPEC [--classnames FILE] [--templates NAME|FILE]
       [--step N | --once | --watch] [--batch_size N] [--dims 32,64,full]
+Without --templates: CLIP_benchmark's for a tfds set it knows (tfds:cifar10 -> its 18), else
+CLIP's 80; tfds ImageNet sets are scored against CLIP's curated class names, not WordNet ids.
 """
 
 from pretrain.backends.cpu import host_memory
@@ -19,7 +21,7 @@ from eval.job import Outputs, add_common_flags, cli, dataset_name, timed_evaluat
 from eval.prefixes import add_dims_flag, parse_dims, with_prefixes
 from eval.provenance import eval_settings
 from eval.run_model import RunModel
-from eval.templates import load_templates
+from eval.templates import default_templates, load_templates
 from eval.zeroshot_lib import evaluate_zeroshot
 
 
@@ -30,7 +32,9 @@ def parse(argv: list[str]) -> argparse.Namespace:
   parser.add_argument('--classnames', default=None,
                       help='file with one class name per line, in label order (or every class '
                            'of a set with named labels once, in any order: matched by name)')
-  parser.add_argument('--templates', default='clip80', help='built-in set name or a file')
+  parser.add_argument('--templates', default=None,
+                      help="built-in set name or a file (default: CLIP_benchmark's for a tfds set "
+                           "it knows, else clip80)")
   add_dims_flag(parser)
   return parser.parse_args(argv)
 
@@ -38,7 +42,8 @@ def parse(argv: list[str]) -> argparse.Namespace:
 def make_job(args: argparse.Namespace):
   """(outputs, evaluate) for the run and dataset the flags name."""
   run = RunModel(args.workdir)
-  templates = load_templates(args.templates)
+  templates = (load_templates(args.templates) if args.templates
+               else default_templates(args.dataset))
   source = open_source(args.dataset, run.config.model.image_size, run.config.seed)
   classnames = resolve_classnames(source, args.dataset, args.classnames)
   widths = parse_dims(args.dims, run.config)
