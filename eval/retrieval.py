@@ -1,6 +1,7 @@
 """Image-text retrieval of a run's checkpoints.
 
   python -m eval.retrieval --workdir RUN --dataset SPEC [--step N | --once | --watch] [--batch_size N]
+      [--hubness inverted_softmax|qb_norm --query_bank SPEC] [--binary BITS [--binary_rerank K]]
 """
 
 from pretrain.backends.cpu import host_memory
@@ -17,12 +18,13 @@ from data.sources import open_source
 from eval.embed import Embedder
 from eval.job import Outputs, add_common_flags, cli, dataset_name, timed_evaluator
 from eval.provenance import eval_settings
-from eval.retrieval_lib import retrieval_metrics
+from eval import retrieval_variants
 from eval.run_model import RunModel
 
 
 def evaluate_retrieval(embedder: Embedder, tokenizer, source, *, image_size: int,
-                       context_length: int, batch_size: int) -> dict:
+                       context_length: int, batch_size: int, variant=None,
+                       bank_source=None) -> dict:
   """Embeds every image once and every caption of every image once; returns the metrics."""
   captions, owner = [], []
   for i in range(len(source)):
@@ -32,7 +34,12 @@ def evaluate_retrieval(embedder: Embedder, tokenizer, source, *, image_size: int
 
   image_emb = embedder.embed_images(source, image_size, batch_size)
   text_emb = embedder.embed_texts(tokenizer.encode(captions, context_length), batch_size)
-  metrics = retrieval_metrics(image_emb, text_emb, np.asarray(owner))
+  variant = variant or retrieval_variants.parse_defaults()
+  banks = None if bank_source is None else retrieval_variants.embed_bank(
+      embedder, tokenizer, bank_source, variant.query_bank_size, image_size, context_length,
+      batch_size)
+  metrics = retrieval_variants.variant_metrics(variant, image_emb, text_emb, np.asarray(owner),
+                                               banks)
   metrics.update(num_examples=len(source), num_captions=len(captions))
   return metrics
 
@@ -41,22 +48,28 @@ def parse(argv: list[str]) -> argparse.Namespace:
   """The job's flags."""
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   add_common_flags(parser)
+  retrieval_variants.add_flags(parser)
   return parser.parse_args(argv)
 
 
 def make_job(args: argparse.Namespace):
   """(outputs, evaluate) for the run and dataset the flags name."""
+  retrieval_variants.check(args)
   run = RunModel(args.workdir)
   source = open_source(args.dataset, run.config.model.image_size, run.config.seed)
-  outputs = Outputs(args.workdir, 'retrieval', dataset_name(source, args.dataset),
-                    eval_settings(args.dataset, source, run.config.model),
+  bank_source = None if args.hubness == 'none' else open_source(
+      args.query_bank, run.config.model.image_size, run.config.seed)
+  settings = eval_settings(args.dataset, source, run.config.model)
+  settings.update(retrieval_variants.settings(args, bank_source))
+  outputs = Outputs(args.workdir, 'retrieval', dataset_name(source, args.dataset), settings,
                     {'dataset': args.dataset})
 
   def compute(embedder):
     metrics = evaluate_retrieval(embedder, run.tokenizer, source,
                                  image_size=run.config.model.image_size,
                                  context_length=run.config.model.context_length,
-                                 batch_size=args.batch_size)
+                                 batch_size=args.batch_size, variant=args,
+                                 bank_source=bank_source)
     return metrics, {}
 
   return outputs, timed_evaluator(run, outputs, compute)
