@@ -7,10 +7,12 @@ codes have dot product BITS - 2 * Hamming, so float rankers that break ties the 
 eval/retrieval_lib.py) give exactly the Hamming ranking when fed `signs(x, bits)`.
 """
 
+from typing import Iterable
+
 import numpy as np
 
 from data.errors import ConfigError
-from eval.search_lib import chunked, merge_topk
+from eval.search_lib import merge_topk
 
 
 def check_bits(bits: int, dim: int) -> None:
@@ -37,13 +39,14 @@ def hamming(queries: np.ndarray, codes: np.ndarray) -> np.ndarray:
   return np.bitwise_count(xor).sum(-1, dtype=np.int32)
 
 
-def hamming_topk(queries: np.ndarray, codes: np.ndarray, k: int, chunk: int = 16384,
+def hamming_topk(queries: np.ndarray, chunks: Iterable[np.ndarray], k: int,
                  ) -> tuple[np.ndarray, np.ndarray]:
-  """(distances, ids) of the k nearest codes per query, ties by lower id, in chunks of the index."""
+  """(distances, ids) of the k nearest codes per query over the concatenated chunks of packed
+  codes (ids count across chunks), ties by lower id."""
   best_d = np.zeros((len(queries), 0), np.int32)
   best_i = np.zeros((len(queries), 0), np.int64)
   start = 0
-  for block in chunked(codes, chunk):
+  for block in chunks:
     d = hamming(queries, block)
     ids = np.broadcast_to(start + np.arange(d.shape[1]), d.shape)
     # merge_topk keeps the highest scores: negate distances, and back.

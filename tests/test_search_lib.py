@@ -124,7 +124,7 @@ def test_hamming_ranking_equals_numpy_with_ties():
     bits_g = np.unpackbits(codes, axis=1)[:, :bits]
     want = (bits_q[:, None, :] != bits_g[None, :, :]).sum(-1)
     np.testing.assert_array_equal(binary_codes.hamming(codes[[5, 9]], codes), want)
-    d, ids = binary_codes.hamming_topk(codes[[5, 9]], codes, 15, chunk=17)
+    d, ids = binary_codes.hamming_topk(codes[[5, 9]], search_lib.chunked(codes, 17), 15)
     order = np.argsort(want, axis=1, kind='stable')[:, :15]
     np.testing.assert_array_equal(ids, order)
     np.testing.assert_array_equal(d, np.take_along_axis(want, order, 1))
@@ -132,7 +132,7 @@ def test_hamming_ranking_equals_numpy_with_ties():
     s = binary_codes.signs(x, bits)
     np.testing.assert_array_equal(s[[5, 9]] @ s.T, bits - 2 * want)
   assert list(binary_codes.hamming_topk(binary_codes.pack(x[[5]], 13),
-                                        binary_codes.pack(x, 13), 12)[1][0]) == [
+                                        [binary_codes.pack(x, 13)], 12)[1][0]) == [
                                             5, *range(60, 70), 80]
   with pytest.raises(ConfigError, match='pick 1..40'):
     binary_codes.pack(x, 41)
