@@ -31,8 +31,23 @@ def compose(image_emb: np.ndarray, text_emb: np.ndarray) -> np.ndarray:
 
 def merge_topk(scores: np.ndarray, ids: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
   """Per row, the k best (score desc, id asc) of candidate (scores, ids), both [Q, C]."""
-  order = np.lexsort((ids, -scores), axis=-1)[:, :k]
-  return np.take_along_axis(scores, order, -1), np.take_along_axis(ids, order, -1)
+  k = min(k, scores.shape[1])
+  if k == 0:
+    return scores[:, :0], ids[:, :0]
+  if scores.shape[1] <= 4 * k:
+    order = np.lexsort((ids, -scores), axis=-1)[:, :k]
+    return np.take_along_axis(scores, order, -1), np.take_along_axis(ids, order, -1)
+  # A partition finds the k best values in O(C); only a row with ties at its k-th value (more
+  # candidates >= it than k) needs the full sort, to keep the lowest ids of the tie.
+  part = np.argpartition(-scores, k - 1, axis=-1)[:, :k]
+  top_s, top_i = np.take_along_axis(scores, part, -1), np.take_along_axis(ids, part, -1)
+  tied = np.nonzero((scores >= top_s.min(-1, keepdims=True)).sum(-1) > k)[0]
+  if len(tied):
+    full = np.lexsort((ids[tied], -scores[tied]), axis=-1)[:, :k]
+    top_s[tied] = np.take_along_axis(scores[tied], full, -1)
+    top_i[tied] = np.take_along_axis(ids[tied], full, -1)
+  order = np.lexsort((top_i, -top_s), axis=-1)
+  return np.take_along_axis(top_s, order, -1), np.take_along_axis(top_i, order, -1)
 
 
 def topk_chunks(queries: np.ndarray, chunks: Iterable[np.ndarray], k: int,

@@ -36,6 +36,8 @@ def test_chunked_exact_search_equals_brute_force_with_ties():
     np.testing.assert_array_equal(ids, want_i)
     np.testing.assert_array_equal(scores, want_s)
   assert list(ids[0, :11]) == [3, *range(150, 160)]  # the ties, in index order
+  for k in (1, 5, 11, 12):  # a tie across the k-th place: the lowest ids of the tie are kept
+    np.testing.assert_array_equal(search_lib.topk_chunks(queries, [index], k)[1], want_i[:, :k])
   assert list(search_lib.exact_search(queries, index, 500)[1][0]) == list(
       np.argsort(-(queries[0] @ index.T), kind='stable'))  # k > n: every row
 
@@ -134,6 +136,8 @@ def test_hamming_ranking_equals_numpy_with_ties():
   assert list(binary_codes.hamming_topk(binary_codes.pack(x[[5]], 13),
                                         [binary_codes.pack(x, 13)], 12)[1][0]) == [
                                             5, *range(60, 70), 80]
+  assert list(binary_codes.hamming_topk(binary_codes.pack(x[[5]], 13),
+                                        [binary_codes.pack(x, 13)], 6)[1][0]) == [5, *range(60, 65)]
   with pytest.raises(ConfigError, match='pick 1..40'):
     binary_codes.pack(x, 41)
 
