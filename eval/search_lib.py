@@ -89,10 +89,17 @@ def rerank(queries: np.ndarray, index: np.ndarray, candidates: np.ndarray, k: in
 
 
 def adaptive_search(queries: np.ndarray, index: np.ndarray, k: int, shortlist_dims: int,
-                    shortlist: int, chunk: int = 65536) -> tuple[np.ndarray, np.ndarray]:
+                    shortlist: int, chunk: int = 65536, short_index: np.ndarray | None = None,
+                    ) -> tuple[np.ndarray, np.ndarray]:
   """Matryoshka adaptive retrieval: the `shortlist` best at the prefix `shortlist_dims`, reranked
-  at full width; (scores, ids) of the top k."""
-  _, candidates = exact_search(queries, index, max(shortlist, k), chunk, shortlist_dims)
+  at full width; (scores, ids) of the top k. `short_index`: prefix(index, shortlist_dims) when
+  the caller keeps it (a deployed index stores it once), else computed chunk by chunk."""
+  q = prefix(queries, shortlist_dims)
+  if short_index is None:
+    short_chunks = (prefix(c, shortlist_dims) for c in chunked(index, chunk))
+  else:
+    short_chunks = chunked(short_index, chunk)
+  _, candidates = topk_chunks(q, short_chunks, max(shortlist, k))
   return rerank(queries, index, candidates, k)
 
 
