@@ -86,6 +86,7 @@ def build_index(args: argparse.Namespace) -> int:
               **eval_settings(args.data, source, run.config.model)}
   manifest = search_index.start_or_resume(args.out, settings, len(source), args.chunk_rows,
                                           args.binary)
+  _barrier('search_index_start')  # every process read the manifest before process 0 extends it
 
   def embed_chunk(start: int, stop: int):
     keys = {}
