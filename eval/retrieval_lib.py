@@ -106,10 +106,8 @@ def float32_fraction(hits: np.ndarray) -> float:
   return float(np.float32(np.count_nonzero(hits)) / np.float32(hits.size))
 
 
-def retrieval_metrics(image_emb: np.ndarray, text_emb: np.ndarray, text_owner: np.ndarray,
-                      **chunking) -> dict:
-  """text_retrieval_recall@k (image->text), image_retrieval_recall@k (text->image), mean ranks."""
-  rank_i2t, rank_t2i = retrieval_ranks(image_emb, text_emb, text_owner, **chunking)
+def metrics_from_ranks(rank_i2t: np.ndarray, rank_t2i: np.ndarray) -> dict:
+  """recall@k and mean rank of both directions from the 1-based ranks of the best positives."""
   metrics = {}
   for k in KS:
     metrics[f'text_retrieval_recall@{k}'] = float32_fraction(rank_i2t <= k)
@@ -117,3 +115,9 @@ def retrieval_metrics(image_emb: np.ndarray, text_emb: np.ndarray, text_owner: n
   metrics['text_retrieval_mean_rank'] = float(np.mean(rank_i2t))
   metrics['image_retrieval_mean_rank'] = float(np.mean(rank_t2i))
   return metrics
+
+
+def retrieval_metrics(image_emb: np.ndarray, text_emb: np.ndarray, text_owner: np.ndarray,
+                      **chunking) -> dict:
+  """text_retrieval_recall@k (image->text), image_retrieval_recall@k (text->image), mean ranks."""
+  return metrics_from_ranks(*retrieval_ranks(image_emb, text_emb, text_owner, **chunking))

@@ -13,6 +13,7 @@ from tests.helpers import ROOT
 @pytest.mark.parametrize('module, args', [
     ('benchmarks.train_throughput', ['--config', 'tiny', '--smoke', '--steps', '2']),
     ('benchmarks.retrieval_metrics', ['--smoke']),
+    ('benchmarks.search', ['--smoke']),
     ('benchmarks.input_pipeline', ['--smoke']),
     ('benchmarks.loss_memory', ['--smoke']),
     ('benchmarks.grad_cache', ['--smoke']),

@@ -235,3 +235,99 @@ def test_two_files_of_one_name_get_two_folders(run_copy, tmp_path, monkeypatch):
   assert fa != fb and os.path.basename(fa).split('-')[0] == os.path.basename(fb).split('-')[0]
   monkeypatch.chdir(tmp_path)
   assert folder(a.replace(str(tmp_path) + '/', '')) == fa  # a relative path to the same file
+
+
+def _search(capsys, *argv):
+  """eval.search's command line in this process (8 devices); (exit code, stdout lines)."""
+  from eval import search
+  code = search.main([str(a) for a in argv])
+  return code, capsys.readouterr().out.splitlines()
+
+
+def test_search_index_resumes_and_queries_match_brute_force(run_dir, tmp_path, capsys):
+  from PIL import Image
+  from eval import search, search_index, search_lib
+  out = tmp_path / 'index'
+  flags = ['--workdir', run_dir, '--data', 'shapes:retrieval', '--out', out, '--chunk_rows', 150,
+           '--batch_size', 64]
+  code, lines = _search(capsys, 'index', *flags, '--max_chunks', 2)
+  assert code == 0 and 'chunks 0 already there + 2 written of 4' in lines[-1]  # as if killed
+  code, lines = _search(capsys, 'query', '--index', out, '--workdir', run_dir, '--text', 'x')
+  assert code == 2  # an unfinished index is refused
+  code, lines = _search(capsys, 'index', *flags)
+  assert code == 0 and 'chunks 2 already there + 2 written of 4' in lines[-1]
+  manifest = search_index.open_index(str(out))
+  index = np.concatenate(list(search_index.chunks(str(out), manifest)))
+  keys = search_index.keys(str(out), manifest)
+  assert index.shape[0] == 500 and list(keys) == [f'shapes_retrieval/{i}' for i in range(500)]
+  np.testing.assert_allclose(np.linalg.norm(index, axis=1), 1, rtol=1e-5)
+  image = tmp_path / 'query.png'
+  Image.fromarray(ShapesSource('retrieval', 16)[7]['image']).save(image)
+  run = RunModel(str(run_dir))
+  _, embedder = run.embedder(6)
+  for flags in (['--text', 'a big red circle'], ['--image', image],
+                ['--image', image, '--text', 'on the left']):
+    code, lines = _search(capsys, 'query', '--index', out, '--workdir', run_dir, '--k', 7, *flags)
+    assert code == 0 and lines[0].startswith('# step 6, 500 items')
+    named = dict(zip(flags[::2], flags[1::2]))
+    query = search.embed_query(run, embedder, named.get('--text'), named.get('--image'), 8)
+    scores = (query.astype(np.float64) @ index.T.astype(np.float64))[0]
+    want = np.argsort(-scores, kind='stable')[:7]
+    got = [line.split('\t') for line in lines[1:]]
+    assert [g[2] for g in got] == list(keys[want])
+    np.testing.assert_allclose([float(g[1]) for g in got], scores[want], atol=1e-5)
+  parts = [search.embed_query(run, embedder, None, image, 8),
+           search.embed_query(run, embedder, 'on the left', None, 8)]
+  np.testing.assert_allclose(query, search_lib.compose(*parts), rtol=1e-6)
+  # Adaptive search reports its recall against exact search; a full shortlist is exact.
+  code, lines = _search(capsys, 'query', '--index', out, '--workdir', run_dir, '--k', 7,
+                        '--text', 'a big red circle', '--shortlist_dims', 8, '--shortlist', 500)
+  assert code == 0 and 'recall@7 vs exact: 1.0000' in lines[0]
+
+
+def test_binary_search_index_ranks_by_hamming(run_dir, tmp_path, capsys):
+  from eval import binary_codes, search, search_index
+  out = tmp_path / 'binary'
+  code, _ = _search(capsys, 'index', '--workdir', run_dir, '--data', 'shapes:retrieval', '--out',
+                    out, '--chunk_rows', 200, '--binary', 24, '--batch_size', 64)
+  assert code == 0
+  manifest = search_index.open_index(str(out))
+  codes = np.concatenate(list(search_index.chunks(str(out), manifest)))
+  assert codes.shape == (500, 3) and codes.dtype == np.uint8
+  code, lines = _search(capsys, 'query', '--index', out, '--workdir', run_dir, '--k', 9,
+                        '--text', 'a small blue square')
+  run = RunModel(str(run_dir))
+  query = search.embed_query(run, run.embedder(6)[1], 'a small blue square', None, 8)
+  bits_q = np.unpackbits(binary_codes.pack(query, 24), axis=1)
+  distance = (np.unpackbits(codes, axis=1) != bits_q).sum(1)
+  want = np.argsort(distance, kind='stable')[:9]
+  got = [line.split('\t') for line in lines[1:]]
+  assert [int(g[1]) for g in got] == list(distance[want])
+  assert [g[2] for g in got] == [f'shapes_retrieval/{i}' for i in want]
+
+
+def test_retrieval_with_hubness_reduction_and_binary_codes(run_copy, tmp_path):
+  from data.make_corpus import write_corpus
+  from eval.retrieval_variants import settings as variant_settings
+  spec = write_corpus('csv', str(tmp_path / 'corpus'), 40, 'retrieval', 16)
+
+  def job(*flags):
+    args = retrieval.parse(['--workdir', str(run_copy), '--dataset', spec,
+                            '--step', '6', '--batch_size', '64', *flags])
+    outputs, evaluate = retrieval.make_job(args)
+    return outputs, evaluate(6)[1]
+
+  plain, plain_m = job()
+  qb, qb_m = job('--hubness', 'qb_norm', '--query_bank', 'shapes:zeroshot',
+                 '--query_bank_size', '30')
+  binary, binary_m = job('--binary', '16', '--binary_rerank', '20')
+  assert len({plain.folder, qb.folder, binary.folder}) == 3
+  record = json.loads(open(qb.path(6)).read())['settings']['hubness']
+  assert record['method'] == 'qb_norm' and record['bank_size'] == 30 and record['k'] == 1
+  for m in (plain_m, qb_m, binary_m):
+    assert m['num_captions'] == 40 and 0 <= m['image_retrieval_recall@1'] <= 1
+    assert isinstance(m['image_retrieval_hubness@10'], float)
+    assert isinstance(m['text_retrieval_hubness@10'], float)
+  with pytest.raises(ConfigError, match='needs --query_bank'):
+    job('--hubness', 'inverted_softmax')
+  assert variant_settings(retrieval.parse(['--workdir', 'w', '--dataset', 'd']), None) == {}
