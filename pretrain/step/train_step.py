@@ -140,7 +140,9 @@ class StepBuilder:
     scale = model.logit_scale()
     extra = (model.logit_bias[...],) if self.config.loss.name == 'sigmoid' else ()
     loss, metrics = self.loss_fn(img, txt, scale, *extra)
-    return loss, {**metrics, 'logit_scale': scale, 'temperature': 1.0 / scale}
+    # SigLIP's learned bias is logged beside its temperature (eval.report draws both).
+    bias = {'logit_bias': extra[0]} if extra else {}
+    return loss, {**metrics, 'logit_scale': scale, 'temperature': 1.0 / scale, **bias}
 
   def loss_and_metrics(self, params: Any, batch: dict, key: jax.Array | None = None,
                        batch_stats: Any = None) -> tuple[jax.Array, tuple[dict, Any]]:
