@@ -30,7 +30,8 @@ body { font-family: sans-serif; margin: 2em; color: #222; }
 table { border-collapse: collapse; margin: 1em 0; font-size: 0.9em; }
 td, th { border: 1px solid #ccc; padding: 0.25em 0.6em; text-align: left; }
 td.num { text-align: right; font-family: monospace; }
-figure { margin: 1.5em 0; }
+div.figures { display: flex; flex-wrap: wrap; gap: 1em; align-items: flex-start; }
+figure { margin: 0.5em 0; }
 figure img { max-width: 100%; }
 .note { color: #666; }
 """
@@ -137,11 +138,13 @@ def build(runs: list[Run]) -> tuple[str, dict[str, bytes]]:
   for heading, figures in (('Training', TRAIN_FIGURES), ('Evaluation', eval_figures(runs))):
     drawn = [f for f in (with_data(f, runs) for f in figures) if f is not None]
     if drawn:
-      parts.append(f'<h2>{heading}</h2>')
+      parts.append(f'<h2>{heading}</h2><div class="figures">')
     for figure in drawn:
       png, legend = draw(figure, runs)
       pngs[f'{figure.id}.png'] = png
       parts.append(figure_html(figure, png, legend))
+    if drawn:
+      parts.append('</div>')
   page = ('<!DOCTYPE html><html><head><meta charset="utf-8"><title>Run report: '
           f'{html.escape(", ".join(labels))}</title><style>{STYLE}</style></head><body>'
           + '\n'.join(parts) + '</body></html>\n')
