@@ -172,3 +172,21 @@ def test_a_run_in_a_bucket_reports_into_the_bucket(run_a, gcs):  # noqa: F811
   for png in figures.values():
     assert_not_blank(png)
   assert json.loads(storage.read_text(storage.join(run, 'config.json')))['total_steps'] == 4
+
+
+def test_siglip_logs_its_bias_and_the_report_gives_it_a_panel():
+  from tests.helpers import loss_and_grads, mesh, random_batch, tiny_config
+  from eval.report_data import Run
+  from eval.report_plots import TRAIN_FIGURES as FIGURES, draw, with_data
+  config = tiny_config()
+  config.loss.name, config.loss.impl = 'sigmoid', 'ring'
+  _, metrics, _ = loss_and_grads(config, mesh(8, 1), random_batch(config, 16))
+  assert float(metrics['logit_bias']) == config.loss.init_logit_bias  # -10 at init
+  run = Run('siglip', 'siglip', {'temperature': {1: 0.1, 2: 0.09}, 'logit_bias': {1: -10.0, 2: -9.5}},
+            {}, {})
+  [temperature] = [f for f in FIGURES if f.id == 'temperature']
+  figure = with_data(temperature, [run])
+  assert [p.title for p in figure.panels] == ['temperature', 'SigLIP bias']
+  png, labels = draw(figure, [run])
+  assert labels == ['siglip']
+  assert_not_blank(png)
