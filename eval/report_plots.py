@@ -121,12 +121,12 @@ def draw(figure: Figure, runs: list[Run]) -> tuple[bytes, list[str]]:
                 linestyle=STYLES[keys.index(key) % len(STYLES)],
                 marker='o' if len(steps) <= MAX_MARKED_POINTS else None, markersize=3)
         labels.append(label)
-      steps_drawn = {x for line in ax.get_lines() for x in line.get_xdata()}
-      if len(steps_drawn) == 1:  # one eval so far: a dot at its step, not an axis of fractions
-        ax.set_xticks(sorted(steps_drawn))
       ax.set_title(panel.title, fontsize=10)
       ax.set_xlabel('step')
       ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # steps, not 2.5
+      steps_drawn = {x for line in ax.get_lines() for x in line.get_xdata()}
+      if len(steps_drawn) == 1:  # one eval so far: one tick at its step
+        ax.set_xticks(sorted(steps_drawn))
       ax.grid(True, alpha=0.3)
       if panel.log_y and all(v > 0 for line in ax.get_lines() for v in line.get_ydata()):
         ax.set_yscale('log')
