@@ -126,4 +126,17 @@ def base_config() -> ml_collections.ConfigDict:
       templates='shapes',          # Prompt set name (eval/templates.py) or a file of templates.
       batch_size=256,
   ))
+  # Experiment trackers beside TensorBoard and metrics.jsonl (process 0 logs the same rows).
+  config.log = ml_collections.ConfigDict(dict(
+      # Weights & Biases (pip install wandb; pretrain/runtime/tracker.py). The tracker run's id is
+      # kept in WORKDIR/wandb_run_id.txt, so a resumed run continues the same tracker run.
+      wandb=ml_collections.ConfigDict(dict(
+          project='',              # W&B project; '' = no W&B run.
+          entity='',               # W&B user or team; '' = your default entity.
+          name='',                 # The tracker run's display name; '' = W&B picks one.
+          # 'online' (sent as it trains), 'offline' (files under WANDB_DIR, else WORKDIR/wandb,
+          # for `wandb sync` later) or 'disabled' (no W&B run).
+          mode='online',
+      )),
+  ))
   return config

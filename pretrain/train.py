@@ -177,7 +177,8 @@ def final_eval(config, builder, state, tokenizer, mesh, workdir: str | None = No
           f'chance {chance:.4f}, {time.perf_counter() - start:.1f}s)', flush=True)
   if workdir is not None:
     from eval.job import dataset_name
-    logger = MetricsLogger(workdir, config.total_steps, enabled=jax.process_index() == 0)
+    logger = MetricsLogger(workdir, config.total_steps, enabled=jax.process_index() == 0,
+                           config=config)
     tag = f'zeroshot/{dataset_name(source, config.eval.zeroshot)}'
     logger.write(config.total_steps, {f'{tag}/{k}': v for k, v in metrics.items()
                                       if k != 'confusion'})

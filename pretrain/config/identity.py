@@ -2,7 +2,7 @@
 
 A re-run of the same command resumes; a re-run with other values must not quietly become another
 run. Fields that steer cadence, stopping, evaluation, the device layout, memory levers with the same
-maths, or input throughput may change on resume (each change is appended to config_history.jsonl);
+maths, input throughput or experiment tracking may change on resume (each change is appended to config_history.jsonl);
 any other field (the model, the loss, the optimizer, the data and its order, the batch) is refused
 unless the user passes --allow_config_change, which is recorded too.
 """
@@ -25,7 +25,7 @@ MAY_CHANGE = (
     'max_consecutive_skips', 'prefault_step_memory', 'tower_batch_chunks', 'debug.', 'mesh.',
     'param_sharding', 'accum_steps', 'model.ops', 'model.attention', 'model.image_remat',
     'model.text_remat', 'compile_cache_dir', 'deterministic', 'data.num_threads', 'data.prefetch',
-    'data.workers', 'data.max_unknown_token_rate', 'eval.',
+    'data.workers', 'data.max_unknown_token_rate', 'eval.', 'log.',
 )
 
 

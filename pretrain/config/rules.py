@@ -20,6 +20,7 @@ from pretrain.models.layers import ACTIVATIONS, REMAT_POLICIES
 from pretrain.models.towers import IMAGE_POOLS, TEXT_POOLS
 from pretrain.models.variants import SIZE_KEYS
 from pretrain.parallel.sharding import PARAM_RULES
+from pretrain.runtime.tracker import WANDB_MODES
 from pretrain.step.optim import OPTIMIZERS, SCHEDULES
 
 DTYPES = ('float32', 'bfloat16')
@@ -168,6 +169,12 @@ RULES: dict[str, Rule] = {
     'eval.zeroshot': STR,
     'eval.templates': PATH_OR_SPEC,
     'eval.batch_size': _int(above=0),
+    'log': GROUP,
+    'log.wandb': GROUP,
+    'log.wandb.project': STR,
+    'log.wandb.entity': STR,
+    'log.wandb.name': STR,
+    'log.wandb.mode': Rule('str', choices=WANDB_MODES),
 }
 
 

@@ -10,6 +10,7 @@ from pretrain.config.rules import check_fields, check_matryoshka
 from pretrain.losses import LOSS_IMPLS
 from pretrain.models.variants import image_tower_kind, model_size
 from pretrain.parallel.sharding import batch_ways, resolve_mesh_shape
+from pretrain.runtime import tracker
 from pretrain.runtime.checkpoint import check_checkpoint_location
 
 
@@ -70,6 +71,7 @@ def check_training(config, num_devices: int, num_processes: int) -> dict[str, in
   from data.pipeline import check_augment, check_process_split
   check_augment(config.data.augment, tuple(config.data.rrc_scale))
   check_process_split(config.batch_size, num_processes)
+  tracker.check_installed(config)  # config.log.wandb without wandb: refused before any work
   return shape
 
 

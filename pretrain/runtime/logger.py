@@ -18,6 +18,7 @@ import time
 import numpy as np
 
 from data import storage
+from pretrain.runtime import tracker
 
 BUCKET_FLUSH_SECONDS = 10.0
 
@@ -36,11 +37,13 @@ def _fmt_duration(seconds: float) -> str:
 class MetricsLogger:
   """Writes one row per logged step; prints a progress line."""
 
-  def __init__(self, workdir: str, total_steps: int, enabled: bool = True):
+  def __init__(self, workdir: str, total_steps: int, enabled: bool = True, config=None):
     self.total_steps, self.enabled = total_steps, enabled
-    self._jsonl = self._tb = self._tb_upload = None
+    self._jsonl = self._tb = self._tb_upload = self._tracker = None
     if enabled:
       self._jsonl = AppendFile(storage.join(workdir, 'metrics.jsonl'))
+      # config.log.wandb's tracker run, if asked for (pretrain/runtime/tracker.py).
+      self._tracker = None if config is None else tracker.open_tracker(config, workdir)
       try:
         from tensorboardX import SummaryWriter
       except ImportError:  # TensorBoard is optional; metrics.jsonl is the record.
@@ -57,6 +60,8 @@ class MetricsLogger:
       return
     row = {'step': int(step), **{k: float(np.asarray(v)) for k, v in metrics.items()}}
     self._jsonl.write(json.dumps(row) + '\n')
+    if self._tracker is not None:
+      self._tracker.log(row['step'], {k: v for k, v in row.items() if k != 'step'})
     if self._tb is not None:
       for key, value in row.items():
         if key == 'step':

@@ -65,7 +65,7 @@ def run_loop(config, workdir, builder, mesh, ckpt, data_iter, state, problems):
   """
   step_fn = prefault = None  # compiled ahead of the first step: its freed memory goes back first
   is_main = jax.process_index() == 0
-  logger = MetricsLogger(workdir, config.total_steps, enabled=is_main)
+  logger = MetricsLogger(workdir, config.total_steps, enabled=is_main, config=config)
   stop = StopRequest()
   step, consecutive, skipped = (int(x) for x in jax.device_get(
       (state.step, state.consecutive_skips, state.skipped_updates)))

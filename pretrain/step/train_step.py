@@ -145,7 +145,10 @@ class StepBuilder:
     loss, metrics = self.loss_fn(img, txt, scales, *extra)
     if scales.ndim:
       metrics.update({f'temperature@{k}': 1.0 / s for k, s in zip(self.prefix_widths, scales[:-1])})
-    return loss, {**metrics, 'logit_scale': scale, 'temperature': 1.0 / scale}
+    # SigLIP's learned bias (the full width's) is logged beside its temperature (eval.report draws
+    # both).
+    bias = {'logit_bias': model.logit_bias[...]} if extra else {}
+    return loss, {**metrics, 'logit_scale': scale, 'temperature': 1.0 / scale, **bias}
 
   def loss_and_metrics(self, params: Any, batch: dict, key: jax.Array | None = None,
                        batch_stats: Any = None) -> tuple[jax.Array, tuple[dict, Any]]:
