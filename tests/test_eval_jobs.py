@@ -39,7 +39,9 @@ def result_file(workdir, kind: str, name: str, step: int):
   return found
 
 
-def test_zeroshot_on_8_devices_equals_1_device_and_counts_each_example_once(run_dir):
+def test_zeroshot_on_8_devices_equals_1_device_and_counts_each_example_once(run_dir, monkeypatch,
+                                                                           capsys):
+  monkeypatch.setenv('EVAL_PROGRESS_SECONDS', '0')  # a progress line per batch (eval.progress)
   run = RunModel(str(run_dir))
   step, params = 6, run.embedder(6)[1].params
   source = ShapesSource('zeroshot', 16, size=13)  # 13: not divisible by 8 devices
@@ -49,9 +51,13 @@ def test_zeroshot_on_8_devices_equals_1_device_and_counts_each_example_once(run_
     embedder = Embedder(run.graphdef, jax.device_put(params, jax.sharding.NamedSharding(
         the_mesh, jax.sharding.PartitionSpec())), the_mesh)
     metrics = evaluate_zeroshot(embedder, run.tokenizer, source, load_templates('shapes'), **kwargs)
+    capsys.readouterr()
     images = embedder.embed('images', lambda idx: np.stack([source[int(i)]['image'] for i in idx]),
                             len(source), 8)
     results.append((metrics, images))
+    lines = capsys.readouterr().err.splitlines()  # 13 rows, 8 a batch: one line, then the total
+    assert len(lines) == 2 and lines[0].startswith('embedding images: 8/13 (61%)  ')
+    assert lines[1].startswith('embedded 13/13 images in '), lines
   (m8, e8), (m1, e1) = results
   assert m8['num_examples'] == 13 and m8['confusion'].sum() == 13 and e8.shape[0] == 13
   np.testing.assert_allclose(e8, e1, atol=1e-6)
