@@ -19,16 +19,18 @@ from eval.run_model import RunModel
 from eval.templates import load_templates
 from eval.zeroshot_lib import evaluate_zeroshot
 from pretrain.runtime.checkpoint import complete_steps
-from tests.helpers import ROOT, mesh, run_train
+from tests.helpers import ROOT, mesh, read_metrics, run_train, tb_events
 
 
 @pytest.fixture(scope='module')
 def run_dir(tmp_path_factory):
   workdir = tmp_path_factory.mktemp('run')
+  # Evaluated while training (eval.in_training) at step 4 and the final step 6.
   result = run_train(workdir, '--config.model.image_size=16', '--config.model.context_length=12',
                      '--config.batch_size=16', '--config.total_steps=6', '--config.log_every=2',
                      '--config.checkpoint_every=2', '--config.keep_checkpoints=5',
-                     '--config.optim.warmup_steps=1', '--config.eval.zeroshot=')
+                     '--config.optim.warmup_steps=1', '--config.eval.every=4',
+                     '--config.eval.tasks=retrieval=shapes:retrieval')
   assert result.returncode == 0, result.stderr[-2000:]
   return workdir
 
@@ -241,3 +243,23 @@ def test_two_files_of_one_name_get_two_folders(run_copy, tmp_path, monkeypatch):
   assert fa != fb and os.path.basename(fa).split('-')[0] == os.path.basename(fb).split('-')[0]
   monkeypatch.chdir(tmp_path)
   assert folder(a.replace(str(tmp_path) + '/', '')) == fa  # a relative path to the same file
+
+
+@pytest.mark.parametrize('kind, dataset', [('zeroshot', 'shapes:zeroshot'),
+                                           ('retrieval', 'shapes:retrieval')])
+def test_evals_during_training_equal_the_offline_job(run_copy, kind, dataset):
+  rows = read_metrics(run_copy, evals=True)
+  assert [r['step'] for r in rows] == [4, 6]  # eval.every=4, and the final step
+  module = {'zeroshot': zeroshot, 'retrieval': retrieval}[kind]
+  flags = ['--templates', 'shapes'] if kind == 'zeroshot' else []  # the run's eval.templates
+  args = module.parse(['--workdir', str(run_copy), '--dataset', dataset, '--step', '4',
+                       '--batch_size', '256', *flags])  # 256: the run's eval.batch_size
+  offline = module.make_job(args)[1](4)[1]
+  prefix = f'{kind}/{dataset.replace(":", "_")}/'
+  during = {k[len(prefix):]: v for k, v in rows[0].items() if k.startswith(prefix)}
+  expected = {k: v for k, v in offline.items() if k not in ('wall_s', 'confusion')}
+  assert during == expected and len(during) >= 4
+  assert not any(k.startswith(prefix) for k in read_metrics(run_copy)[1])  # not in train rows
+  tb = {(step, tag): value for step, tag, value in tb_events(run_copy / 'tb')}
+  for key in expected:
+    assert tb[4, prefix + key] == np.float32(expected[key])
