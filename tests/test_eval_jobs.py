@@ -261,5 +261,5 @@ def test_evals_during_training_equal_the_offline_job(run_copy, kind, dataset):
   assert during == expected and len(during) >= 4
   assert not any(k.startswith(prefix) for k in read_metrics(run_copy)[1])  # not in train rows
   tb = {(step, tag): value for step, tag, value in tb_events(run_copy / 'tb')}
-  for key in expected:
-    assert tb[4, prefix + key] == np.float32(expected[key])
+  for key in expected:  # TensorBoard writes '@' as '_' ('recall@1' -> 'recall_1')
+    assert tb[4, prefix + key.replace('@', '_')] == np.float32(expected[key])
