@@ -124,7 +124,7 @@ def base_config() -> ml_collections.ConfigDict:
       # More evaluations, each 'KIND=SPEC': KIND 'zeroshot' (a labelled set) or 'retrieval'
       # (a captioned set), SPEC a data spec, e.g. ('retrieval=shapes:retrieval',).
       tasks=(),
-      zeroshot='shapes:zeroshot',  # A zero-shot set evaluated first (a 'zeroshot=' task; '' = none).
+      zeroshot='shapes:zeroshot',  # A zero-shot set, evaluated first ('' = none).
       templates='shapes',          # Prompt set name (eval/templates.py) or a file of templates.
       batch_size=256,              # Examples per embedding batch.
   ))

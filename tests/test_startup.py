@@ -32,7 +32,8 @@ def test_run_block_names_every_field():
                        params={'image': 5, 'text': 6, 'other': 1, 'total': 12}, global_batch=128,
                        batch_ways=8, accum_steps=1, total_steps=200,
                        data=describe_data('shapes:train', 200_000))
-  assert fresh[1:3] == ['config: configs/demo.py, variant (default)', 'start: fresh (step 0); total_steps 200']
+  assert fresh[1:3] == ['config: configs/demo.py, variant (default)',
+                        'start: fresh (step 0); total_steps 200']
   assert fresh[4:] == ['parameters: image 5, text 6, total 12 (12)',
                        'batch: global 128, per device 16 (batch split 8 ways)',
                        'data: shapes:train: 200000 samples']

@@ -63,10 +63,11 @@ def run_loop(config, workdir, builder, mesh, ckpt, data_iter, state, problems, e
   signal stops the run (preemption leaves little time), nor after a skipped update.
 
   The host never waits on the devices between the steps it must act on (log, evaluate,
-  checkpoint, stop: `must_sync`): it dispatches each step, puts the next batch on the devices while that step runs,
-  and reads each update's non-finite flag only at the next such step (`UpdateLog.settle`), where
-  the skip rule replays them in order. The host's step count is an upper bound in between (a
-  skipped update does not count), so every step that must be acted on is reached in sync.
+  checkpoint, stop: `must_sync`): it dispatches each step, puts the next batch on the devices
+  while that step runs, and reads each update's non-finite flag only at the next such step
+  (`UpdateLog.settle`), where the skip rule replays them in order. The host's step count is an
+  upper bound in between (a skipped update does not count), so every step that must be acted on
+  is reached in sync.
   """
   step_fn = prefault = None  # compiled ahead of the first step: its freed memory goes back first
   is_main = jax.process_index() == 0

@@ -92,7 +92,8 @@ def describe_run(*, workdir: str, config: str, resumed_from: int | None,
 def describe_eval(*, workdir: str, step: int, devices: Devices | None) -> list[str]:
   """An eval job's lines on restoring a checkpoint: which run and step (and, the first time,
   its devices and mesh)."""
-  return [f'checkpoint: step {step} of {workdir}'] + ([describe_devices(devices)] if devices else [])
+  lines = [f'checkpoint: step {step} of {workdir}']
+  return lines + [describe_devices(devices)] if devices else lines
 
 
 def print_block(lines: list[str]) -> None:
