@@ -13,6 +13,7 @@ import time
 
 import jax
 
+from data.errors import ConfigError
 from data.sources import open_source
 from eval.classnames import resolve_classnames
 from eval.embed import Embedder
@@ -28,22 +29,28 @@ class Task:
 
   def __init__(self, kind: str, spec: str, config):
     self.kind, self.spec = kind, spec
-    # The sources the offline jobs open for the same spec (same image size and seed).
-    self.source = open_source(spec, config.model.image_size, config.seed)
+    try:  # The sources the offline jobs open for the same spec (same image size and seed).
+      self.source = open_source(spec, config.model.image_size, config.seed)
+      self.classnames = resolve_classnames(self.source, spec, None) if kind == 'zeroshot' else None
+    except ConfigError as e:
+      raise ConfigError(f'eval task {kind}={spec}: {e}') from None
     self.name = dataset_name(self.source, spec)
-    self.classnames = resolve_classnames(self.source, spec, None) if kind == 'zeroshot' else None
 
 
 class TrainingEvals:
   """The run's evaluations, opened before the first step (a bad spec stops the run then)."""
 
-  def __init__(self, config, graphdef, mesh, tokenizer):
-    self.config, self.graphdef, self.mesh, self.tokenizer = config, graphdef, mesh, tokenizer
+  def __init__(self, config, tokenizer):
+    self.config, self.tokenizer = config, tokenizer
     self.tasks = [Task(kind, spec, config) for kind, spec in eval_tasks(config.eval)]
     self.templates = load_templates(config.eval.templates) if any(
         t.kind == 'zeroshot' for t in self.tasks) else []
-    self._embedder = None
+    self.graphdef = self.mesh = self._embedder = None
     self.last: dict[str, float] | None = None  # the metrics of the latest evaluation
+
+  def use_model(self, graphdef, mesh) -> None:
+    """The model's graph and the mesh its state lives on (known once the run is built)."""
+    self.graphdef, self.mesh = graphdef, mesh
 
   def due(self, step: int) -> bool:
     """Whether the run evaluates at `step`: a multiple of eval.every, or the final step."""

@@ -147,6 +147,8 @@ def train(config, workdir: str, allow_config_change: bool = False,
   shape, tokenizer, dataset, problems, changes, source, lock = prepare_run(config, workdir,
                                                                            allow_config_change)
   try:
+    from eval.in_training import TrainingEvals  # eval builds on pretrain; imported when used
+    evals = TrainingEvals(config, tokenizer)  # its sets opened: a bad one stops the run here
     ckpt = Checkpointer(workdir, config.keep_checkpoints)
     latest = ckpt.latest_step()
     if latest is not None and latest >= config.total_steps:
@@ -160,8 +162,7 @@ def train(config, workdir: str, allow_config_change: bool = False,
     builder = StepBuilder(config, mesh, tx, schedule)
     startup.print_block(start_up_block(config, workdir, config_line, latest, mesh, builder,
                                        source))
-    from eval.in_training import TrainingEvals  # eval builds on pretrain; imported when used
-    evals = TrainingEvals(config, builder.graphdef, mesh, tokenizer)
+    evals.use_model(builder.graphdef, mesh)
     data_iter = iter(dataset)
     state = restore_or_init(ckpt, latest, builder, data_iter, workdir)
     record_run_config(config, workdir, changes, latest, allow_config_change)
