@@ -123,6 +123,8 @@ def test_batch_crc32_reaches_tensorboard_exactly(tmp_path):
     ('--config.seed=-1', 'seed must be at least 0 and at most 4294967295, got -1'),
     ('--config.model.context_length=0', 'model.context_length must be at least 2, got 0'),
     ('--config.optim.b2=1.5', 'optim.b2 must be at least 0.0 and below 1.0, got 1.5'),
+    ('--config.eval.tasks=zeroshot=csv:/no/such.csv',
+     'eval task zeroshot=csv:/no/such.csv: csv data path /no/such.csv does not exist'),
 ])
 def test_bad_config_is_one_line_before_compiling(tmp_path, override, message):
   result = run_train(tmp_path / 'w', override)
