@@ -1,6 +1,5 @@
 """The start-up block: its fields from plain values, and parameter counts per tower."""
 
-import jax
 import numpy as np
 
 from configs.demo import get_config
