@@ -121,10 +121,18 @@ def base_config() -> ml_collections.ConfigDict:
       # token, above which the run is refused at start-up (a warning from 0.02); 1.0 = never refuse.
       max_unknown_token_rate=0.1,
   ))
+  # Evaluations while training (OpenCLIP's --zeroshot-frequency, big_vision's evaluators), with
+  # the offline jobs' code: rows of metrics.jsonl and TensorBoard tagged <kind>/<dataset>/<metric>,
+  # as `python -m eval.zeroshot` / `eval.retrieval` tag theirs. The run waits for them: keep the
+  # sets small and evaluate big ones with the offline jobs.
   config.eval = ml_collections.ConfigDict(dict(
-      zeroshot='shapes:zeroshot',  # Classification set evaluated at the end ('' = none).
+      every=0,                     # Steps between evaluations; 0 = at the final step only.
+      # More evaluations, each 'KIND=SPEC': KIND 'zeroshot' (a labelled set) or 'retrieval'
+      # (a captioned set), SPEC a data spec, e.g. ('retrieval=shapes:retrieval',).
+      tasks=(),
+      zeroshot='shapes:zeroshot',  # A zero-shot set, evaluated first ('' = none).
       templates='shapes',          # Prompt set name (eval/templates.py) or a file of templates.
-      batch_size=256,
+      batch_size=256,              # Examples per embedding batch.
   ))
   # Experiment trackers beside TensorBoard and metrics.jsonl (process 0 logs the same rows).
   config.log = ml_collections.ConfigDict(dict(

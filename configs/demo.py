@@ -17,6 +17,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     # CLIP's LayerNorm before the image encoder: HF CLIP always applies one, so with it the demo
     # exports to both OpenCLIP and HF (pretrain.export_weights).
     config.model.image_ln_pre = True
+    # Zero-shot accuracy on shapes:zeroshot at steps 50, 100, 150 and 200 (a few seconds each on
+    # the CPU, about 5% of the run): the learning curve next to the loss.
+    config.eval.every = 50
     return config
   if arg == 'tiny':
     config.model.update(dict(variant='tiny', image_size=64, vocab_size=8192, context_length=32))

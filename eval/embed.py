@@ -15,6 +15,7 @@ from flax import nnx
 from jax.sharding import Mesh
 
 from data.transforms import eval_transform
+from eval.progress import Progress
 from pretrain.parallel import sharding
 from pretrain.step.state import merge_model
 
@@ -32,9 +33,13 @@ def process_rows(batch_sharding: jax.sharding.Sharding, rows: int) -> np.ndarray
 class Embedder:
   """Jitted image and text encoders of a model, batch-sharded in, replicated out."""
 
-  def __init__(self, graphdef: nnx.GraphDef, params: Any, mesh: Mesh, batch_stats: Any = None):
+  def __init__(self, graphdef: nnx.GraphDef, params: Any, mesh: Mesh, batch_stats: Any = None,
+               progress: bool = True):
     # batch_stats: BatchNorm running averages; {} for models without BatchNorm.
     self.params, self.batch_stats, self.mesh = params, batch_stats or {}, mesh
+    # Embedding progress on stderr (process 0; eval.progress); the trainer's evals print one
+    # summary line per task instead.
+    self.progress = progress
     in_shardings = (None, None, sharding.batch_sharding(mesh))
     out = sharding.replicated(mesh)
 
@@ -59,12 +64,15 @@ class Embedder:
     batch_sharding = sharding.batch_sharding(self.mesh)
     mine = process_rows(batch_sharding, step)
     out = []
+    progress = Progress(count, kind, enabled=self.progress and jax.process_index() == 0)
     for start in range(0, count, step):
       index = np.arange(start, start + step)
       valid = index < count
       rows = read_rows(np.where(valid, index, 0)[mine])
       batch = jax.make_array_from_process_local_data(batch_sharding, rows, (step, *rows.shape[1:]))
       out.append(np.asarray(fn(self.params, self.batch_stats, batch))[valid])
+      progress.update(int(valid.sum()))
+    progress.close()
     if not out:
       return np.zeros((0, 0), np.float32)
     return np.concatenate(out)

@@ -70,7 +70,9 @@ class Outputs:
       storage.makedirs(self.folder)
       _write_json(storage.join(self.folder, 'settings.json'),
                   {'settings_hash': self.settings_hash, 'given': self.given, **settings})
-      print(f'{kind} {dataset}: results in {self.folder}', flush=True)
+      records = settings.get('dataset', {}).get('records')
+      size = f' ({records} samples)' if records is not None else ''
+      print(f'{kind} {dataset}{size}: results in {self.folder}', flush=True)
 
   def path(self, step: int) -> str:
     """Where the metrics of `step` go."""

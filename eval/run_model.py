@@ -6,6 +6,7 @@ from jax.sharding import PartitionSpec as P
 
 from data import storage
 from data.tokenizer import load_from_workdir
+from pretrain.runtime import startup
 from pretrain.runtime.checkpoint import check_checkpoint_location, restore_model
 from eval.embed import Embedder
 from pretrain.parallel import sharding
@@ -29,9 +30,13 @@ class RunModel:
     replicated = NamedSharding(self.mesh, P())
     self.abstract_params, self.abstract_stats = jax.tree.map(
         lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=replicated), (params, stats))
+    self._described = False  # the devices line is printed with the first checkpoint only
 
   def embedder(self, step: int | None) -> tuple[int, Embedder]:
     """(step, an Embedder over that checkpoint's parameters); None = the newest."""
     step, params, stats = restore_model(self.workdir, step, self.abstract_params,
                                         self.abstract_stats)
+    devices = None if self._described else startup.Devices.of(self.mesh)
+    startup.print_block(startup.describe_eval(workdir=self.workdir, step=step, devices=devices))
+    self._described = True
     return step, Embedder(self.graphdef, params, self.mesh, stats)

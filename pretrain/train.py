@@ -18,7 +18,6 @@ if __name__ == '__main__':  # first, before jax loads: a restart then costs litt
 
 import os
 import sys
-import time
 
 import jax
 
@@ -32,10 +31,9 @@ from pretrain import backends
 from pretrain.config import identity, validate
 from pretrain.config.cli import parse_args, save_config
 from pretrain.parallel import sharding
-from pretrain.runtime import compile_cache, distributed
+from pretrain.runtime import compile_cache, distributed, startup
 from pretrain.runtime.checkpoint import Checkpointer, CheckpointWriteError
 from pretrain.runtime.init_from import init_from
-from pretrain.runtime.logger import MetricsLogger
 from pretrain.runtime.loop import NonFiniteError, run_loop
 from pretrain.runtime.run_control import lock_workdir, quiet_background_errors
 from pretrain.step.optim import make_optimizer
@@ -62,7 +60,8 @@ def prepare_run(config, workdir: str, allow_config_change: bool):
 
 
 def open_run(config, workdir: str, allow_config_change: bool):
-  """(tokenizer, dataset, problems, changes): the run's identity checked, its data opened."""
+  """(tokenizer, dataset, problems, changes, source): the run's identity checked, its data
+  opened."""
   changes = identity.check_resume(workdir, config, allow_config_change)
   tokenizer = get_tokenizer(config.data.tokenizer, config.data.lowercase)
   validate.check_vocab(tokenizer.vocab_size, config.model.vocab_size, config.data.tokenizer)
@@ -84,7 +83,7 @@ def open_run(config, workdir: str, allow_config_change: bool):
                           context_length=config.model.context_length,
                           global_batch=config.batch_size, seed=config.seed,
                           process_index=jax.process_index(), process_count=jax.process_count())
-  return tokenizer, dataset, problems, changes
+  return tokenizer, dataset, problems, changes, source
 
 
 def record_run_config(config, workdir: str, changes: dict, step: int | None,
@@ -121,14 +120,35 @@ def restore_or_init(ckpt: Checkpointer, latest: int | None, builder: StepBuilder
   return state
 
 
-def train(config, workdir: str, allow_config_change: bool = False) -> dict | None:
-  """Runs (or resumes) training to `config.total_steps`; returns the final eval metrics."""
+def start_up_block(config, workdir: str, config_line: str, latest: int | None, mesh, builder,
+                   source) -> list[str]:
+  """The run's start-up block (pretrain.runtime.startup) from the live objects."""
+  shards = len(getattr(source, 'paths', ()))
+  return startup.describe_run(
+      workdir=workdir, config=config_line, resumed_from=latest,
+      devices=startup.Devices.of(mesh),
+      params=startup.count_params(builder.abstract_state.params),
+      global_batch=config.batch_size, batch_ways=sharding.batch_parallelism(mesh),
+      accum_steps=config.accum_steps, total_steps=config.total_steps,
+      data=f'{config.data.train} -> ' + startup.describe_data(
+          getattr(source, 'name', config.data.train), len(source), shards))
+
+
+def train(config, workdir: str, allow_config_change: bool = False,
+          config_line: str = 'config: (given as an object)') -> dict | None:
+  """Runs (or resumes) training to `config.total_steps`; returns the final step's eval metrics
+  (config.eval; None without tasks or when stopped early).
+
+  `config_line`: how the start-up block names the config (startup.describe_config).
+  """
   if storage.is_bucket(workdir):  # gs://b/run/ and gs://b/run are one workdir
     workdir = storage.absolute(workdir)
   compile_cache.enable(config.compile_cache_dir, workdir)  # before the run's first compile
-  shape, tokenizer, dataset, problems, changes, lock = prepare_run(config, workdir,
-                                                                   allow_config_change)
+  shape, tokenizer, dataset, problems, changes, source, lock = prepare_run(config, workdir,
+                                                                           allow_config_change)
   try:
+    from eval.in_training import TrainingEvals  # eval builds on pretrain; imported when used
+    evals = TrainingEvals(config, tokenizer)  # its sets opened: a bad one stops the run here
     ckpt = Checkpointer(workdir, config.keep_checkpoints)
     latest = ckpt.latest_step()
     if latest is not None and latest >= config.total_steps:
@@ -138,52 +158,21 @@ def train(config, workdir: str, allow_config_change: bool = False) -> dict | Non
       ckpt.close()
       return None
     mesh = sharding.make_mesh(shape)
-    if jax.process_index() == 0:
-      print(distributed.describe(mesh), flush=True)
     tx, schedule = make_optimizer(config.optim, config.total_steps)
     builder = StepBuilder(config, mesh, tx, schedule)
+    startup.print_block(start_up_block(config, workdir, config_line, latest, mesh, builder,
+                                       source))
+    evals.use_model(builder.graphdef, mesh)
     data_iter = iter(dataset)
     state = restore_or_init(ckpt, latest, builder, data_iter, workdir)
     record_run_config(config, workdir, changes, latest, allow_config_change)
-    state, finished = run_loop(config, workdir, builder, mesh, ckpt, data_iter, state, problems)
+    state, finished = run_loop(config, workdir, builder, mesh, ckpt, data_iter, state, problems,
+                               evals if evals.tasks else None)
     ckpt.close()
-    if not finished:
-      return None
-    return final_eval(config, builder, state, tokenizer, mesh, workdir)
+    return evals.last if finished and evals.tasks else None
   finally:
     if lock:
       lock.release()
-
-
-def final_eval(config, builder, state, tokenizer, mesh, workdir: str | None = None) -> dict | None:
-  """Zero-shot accuracy of the final model on `config.eval.zeroshot`, if set; also a row of
-  WORKDIR/metrics.jsonl and TensorBoard at the final step, tagged as the eval job tags it."""
-  if not config.eval.zeroshot:
-    return None
-  from eval.embed import Embedder
-  from eval.templates import load_templates
-  from eval.zeroshot_lib import evaluate_zeroshot
-  source = open_source(config.eval.zeroshot, config.model.image_size, config.seed)
-  start = time.perf_counter()
-  metrics = evaluate_zeroshot(
-      Embedder(builder.graphdef, state.params, mesh, state.batch_stats), tokenizer, source,
-      load_templates(config.eval.templates), image_size=config.model.image_size,
-      context_length=config.model.context_length, batch_size=config.eval.batch_size)
-  if jax.process_index() == 0:
-    chance = 1.0 / len(source.classnames)
-    print(f'zero-shot {source.name}: acc1 {metrics["acc1"]:.4f}  acc5 {metrics.get("acc5", 0):.4f}  '
-          f'mean_per_class_recall {metrics["mean_per_class_recall"]:.4f}  '
-          f'({metrics["num_examples"]} images, {len(source.classnames)} classes, '
-          f'chance {chance:.4f}, {time.perf_counter() - start:.1f}s)', flush=True)
-  if workdir is not None:
-    from eval.job import dataset_name
-    logger = MetricsLogger(workdir, config.total_steps, enabled=jax.process_index() == 0,
-                           config=config)
-    tag = f'zeroshot/{dataset_name(source, config.eval.zeroshot)}'
-    logger.write(config.total_steps, {f'{tag}/{k}': v for k, v in metrics.items()
-                                      if k != 'confusion'})
-    logger.close()
-  return metrics
 
 
 def main(argv: list[str]) -> int:
@@ -193,7 +182,9 @@ def main(argv: list[str]) -> int:
     quiet_background_errors()
     backends.set_xla_flags(config)  # before jax starts its backend, which reads XLA_FLAGS once
     distributed.maybe_initialize()
-    train(config, flags['workdir'], flags.get('allow_config_change') == 'true')
+    overrides = [a[len('--config.'):] for a in argv if a.startswith('--config.')]
+    train(config, flags['workdir'], flags.get('allow_config_change') == 'true',
+          startup.describe_config(flags['config'], overrides))
   except ConfigError as e:
     print(f'error: {e}', file=sys.stderr)
     return 2

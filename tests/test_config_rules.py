@@ -93,6 +93,11 @@ def test_a_bad_value_of_each_kind_in_every_field_is_refused(spec, lit_base):  # 
     ('seed', 1.5, 'seed must be an integer, got 1.5 (float)'),
     ('model.dtype', 'fp16', "unknown model.dtype 'fp16'; known: float32, bfloat16"),
     ('optim.lr', math.inf, 'optim.lr must be positive, got inf'),
+    ('eval.every', -1, 'eval.every must be >= 0 (0 = at the final step only), got -1'),
+    ('eval.tasks', ('zeroshot=shapes:zeroshot', 'knn=shapes:zeroshot'),
+     "eval.tasks: unknown task kind 'knn' in 'knn=shapes:zeroshot'; known: zeroshot, retrieval"),
+    ('eval.tasks', ('shapes:retrieval',), "eval.tasks: 'shapes:retrieval' is not KIND=SPEC"),
+    ('eval.tasks', ('retrieval=nope:x',), "eval.tasks: unknown data kind 'nope' in spec"),
 ])
 def test_messages_name_field_value_and_what_is_allowed(name, value, message):
   with pytest.raises(ConfigError) as error:

@@ -19,16 +19,18 @@ from eval.run_model import RunModel
 from eval.templates import load_templates
 from eval.zeroshot_lib import evaluate_zeroshot
 from pretrain.runtime.checkpoint import complete_steps
-from tests.helpers import ROOT, mesh, run_train
+from tests.helpers import ROOT, mesh, read_metrics, run_train, tb_events
 
 
 @pytest.fixture(scope='module')
 def run_dir(tmp_path_factory):
   workdir = tmp_path_factory.mktemp('run')
+  # Evaluated while training (eval.in_training) at step 4 and the final step 6.
   result = run_train(workdir, '--config.model.image_size=16', '--config.model.context_length=12',
                      '--config.batch_size=16', '--config.total_steps=6', '--config.log_every=2',
                      '--config.checkpoint_every=2', '--config.keep_checkpoints=5',
-                     '--config.optim.warmup_steps=1', '--config.eval.zeroshot=')
+                     '--config.optim.warmup_steps=1', '--config.eval.every=4',
+                     '--config.eval.tasks=retrieval=shapes:retrieval')
   assert result.returncode == 0, result.stderr[-2000:]
   return workdir
 
@@ -39,7 +41,9 @@ def result_file(workdir, kind: str, name: str, step: int):
   return found
 
 
-def test_zeroshot_on_8_devices_equals_1_device_and_counts_each_example_once(run_dir):
+def test_zeroshot_on_8_devices_equals_1_device_and_counts_each_example_once(run_dir, monkeypatch,
+                                                                           capsys):
+  monkeypatch.setenv('EVAL_PROGRESS_SECONDS', '0')  # a progress line per batch (eval.progress)
   run = RunModel(str(run_dir))
   step, params = 6, run.embedder(6)[1].params
   source = ShapesSource('zeroshot', 16, size=13)  # 13: not divisible by 8 devices
@@ -49,9 +53,13 @@ def test_zeroshot_on_8_devices_equals_1_device_and_counts_each_example_once(run_
     embedder = Embedder(run.graphdef, jax.device_put(params, jax.sharding.NamedSharding(
         the_mesh, jax.sharding.PartitionSpec())), the_mesh)
     metrics = evaluate_zeroshot(embedder, run.tokenizer, source, load_templates('shapes'), **kwargs)
+    capsys.readouterr()
     images = embedder.embed('images', lambda idx: np.stack([source[int(i)]['image'] for i in idx]),
                             len(source), 8)
     results.append((metrics, images))
+    lines = capsys.readouterr().err.splitlines()  # 13 rows, 8 a batch: one line, then the total
+    assert len(lines) == 2 and lines[0].startswith('embedding images: 8/13 (61%)  ')
+    assert lines[1].startswith('embedded 13/13 images in '), lines
   (m8, e8), (m1, e1) = results
   assert m8['num_examples'] == 13 and m8['confusion'].sum() == 13 and e8.shape[0] == 13
   np.testing.assert_allclose(e8, e1, atol=1e-6)
@@ -331,3 +339,23 @@ def test_retrieval_with_hubness_reduction_and_binary_codes(run_copy, tmp_path):
   with pytest.raises(ConfigError, match='needs --query_bank'):
     job('--hubness', 'inverted_softmax')
   assert variant_settings(retrieval.parse(['--workdir', 'w', '--dataset', 'd']), None) == {}
+
+
+@pytest.mark.parametrize('kind, dataset', [('zeroshot', 'shapes:zeroshot'),
+                                           ('retrieval', 'shapes:retrieval')])
+def test_evals_during_training_equal_the_offline_job(run_copy, kind, dataset):
+  rows = read_metrics(run_copy, evals=True)
+  assert [r['step'] for r in rows] == [4, 6]  # eval.every=4, and the final step
+  module = {'zeroshot': zeroshot, 'retrieval': retrieval}[kind]
+  flags = ['--templates', 'shapes'] if kind == 'zeroshot' else []  # the run's eval.templates
+  args = module.parse(['--workdir', str(run_copy), '--dataset', dataset, '--step', '4',
+                       '--batch_size', '256', *flags])  # 256: the run's eval.batch_size
+  offline = module.make_job(args)[1](4)[1]
+  prefix = f'{kind}/{dataset.replace(":", "_")}/'
+  during = {k[len(prefix):]: v for k, v in rows[0].items() if k.startswith(prefix)}
+  expected = {k: v for k, v in offline.items() if k not in ('wall_s', 'confusion')}
+  assert during == expected and len(during) >= 4
+  assert not any(k.startswith(prefix) for k in read_metrics(run_copy)[1])  # not in train rows
+  tb = {(step, tag): value for step, tag, value in tb_events(run_copy / 'tb')}
+  for key in expected:  # TensorBoard writes '@' as '_' ('recall@1' -> 'recall_1')
+    assert tb[4, prefix + key.replace('@', '_')] == np.float32(expected[key])

@@ -94,3 +94,17 @@ def test_too_many_skips_in_a_row_stop_at_the_same_step(tmp_path, capfd):
   warnings = [l for l in capfd.readouterr().err.splitlines() if 'update skipped' in l]
   assert [w.split(':')[1].strip() for w in warnings] == ['step 5'] * 3
   assert [w.split('(')[-1] for w in warnings] == ['1 in a row)', '2 in a row)', '3 in a row)']
+
+
+def test_evaluations_read_only_at_their_steps(tmp_path, reads):
+  from pretrain.train import train
+  config = demo_config()
+  config.eval.update(dict(every=6, zeroshot='shapes:zeroshot'))
+  final = train(config, str(tmp_path))
+  # Syncs at the log steps 4, 8, 12 and the eval step 6; update k's reads follow batch k + 1
+  # (the last, which checkpoints, has no next batch).
+  assert [k for k, n in enumerate(reads_per_batch(reads), 1) if n] == [5, 7, 9, 12]
+  rows = read_metrics(tmp_path, evals=True)
+  assert [r['step'] for r in rows] == [6, 12]
+  assert final == {k: v for k, v in rows[1].items() if k != 'step'}
+  assert 0 <= final['zeroshot/shapes_zeroshot/acc1'] <= 1

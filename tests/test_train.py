@@ -28,15 +28,36 @@ def _params(workdir, step):
 
 def test_resume_is_bit_identical(tmp_path):
   common = [*FAST, '--config.total_steps=8', '--config.checkpoint_every=4',
-            '--config.mesh.fsdp=2']
+            '--config.mesh.fsdp=2', '--config.eval.every=4']
   straight, split = tmp_path / 'straight', tmp_path / 'split'
   assert run_train(straight, *common).returncode == 0
   first = run_train(split, *common, '--config.exit_after_step=4')
   assert first.returncode == 0 and 'exit_after_step=4: checkpointed step 4' in first.stdout
   second = run_train(split, *common)
   assert second.returncode == 0 and 'resumed from' in second.stdout
+  # The start-up block (pretrain/runtime/startup.py), then the compile, then the steps.
+  for result, start in ((first, 'fresh (step 0)'), (second, 'resumed from step 4')):
+    lines = result.stdout.splitlines()
+    begin = lines.index(f'run: {split}')
+    block = lines[begin:begin + 7]
+    assert block[1] == 'config: configs/demo.py, variant (default); overrides: ' + ' '.join(
+        a[len('--config.'):] for a in common + (['--config.exit_after_step=4']
+                                                if result is first else []))
+    assert block[2:4] == [
+        f'start: {start}; total_steps 8',
+        'devices: 1 process(es) x 8 cpu device(s) = 8; mesh data=4 x fsdp=2 (axes data, fsdp)']
+    assert block[4].startswith('parameters: image ') and block[4].endswith(')')
+    assert block[5:] == ['batch: global 32, per device 4 (batch split 8 ways)',
+                         'data: shapes:train -> shapes_train: 200000 samples']
+    compiling = lines.index('compiling the train step...')
+    assert begin + 7 <= compiling < min(i for i, l in enumerate(lines) if l.startswith('step '))
+    compiled = lines[compiling + 1]
+    assert compiled.startswith('compiled in ') and compiled.endswith(' s'), compiled
   rows_a, rows_b = read_metrics(straight), read_metrics(split)
   assert [r['step'] for r in rows_b] == list(range(1, 9))
+  # Evaluated at the same steps, with the same results, stopped at step 4 and resumed or not.
+  evals_a, evals_b = read_metrics(straight, evals=True), read_metrics(split, evals=True)
+  assert [r['step'] for r in evals_b] == [4, 8] and evals_a == evals_b
   for a, b in zip(rows_a, rows_b):
     assert a['batch_crc32'] == b['batch_crc32'] and a['loss'] == b['loss'], (a, b)
   pa, pb = _params(straight, 8), _params(split, 8)
@@ -56,7 +77,8 @@ def test_demo_config_learns(tmp_path):
   config = load_saved_config(str(tmp_path / 'config.json'))
   assert config.total_steps == 36 and config.optim.warmup_steps == 4
   assert (tmp_path / 'tokenizer.json').is_file()
-  line = [l for l in result.stdout.splitlines() if l.startswith('zero-shot')][0]
+  line = [l for l in result.stdout.splitlines() if l.startswith('zeroshot shapes_zeroshot')][0]
+  assert line.startswith('zeroshot shapes_zeroshot step 36: acc1 '), line
   acc1 = float(line.split('acc1 ')[1].split()[0])
   assert acc1 > 3 / 48, line  # 48 classes: chance is 0.021
   # The final zero-shot is a row of metrics.jsonl and TensorBoard scalars, tagged as the eval job's.
@@ -101,6 +123,8 @@ def test_batch_crc32_reaches_tensorboard_exactly(tmp_path):
     ('--config.seed=-1', 'seed must be at least 0 and at most 4294967295, got -1'),
     ('--config.model.context_length=0', 'model.context_length must be at least 2, got 0'),
     ('--config.optim.b2=1.5', 'optim.b2 must be at least 0.0 and below 1.0, got 1.5'),
+    ('--config.eval.tasks=zeroshot=csv:/no/such.csv',
+     'eval task zeroshot=csv:/no/such.csv: csv data path /no/such.csv does not exist'),
 ])
 def test_bad_config_is_one_line_before_compiling(tmp_path, override, message):
   result = run_train(tmp_path / 'w', override)

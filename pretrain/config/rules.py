@@ -13,6 +13,7 @@ import ml_collections
 
 from data.errors import ConfigError
 from data.records import BAD_POLICIES
+from data.sources import check_spec
 from data.transforms import AUGMENTS
 from pretrain.backends import ATTENTION, OPS
 from pretrain.losses import LOSS_IMPLS
@@ -24,6 +25,7 @@ from pretrain.runtime.tracker import WANDB_MODES
 from pretrain.step.optim import OPTIMIZERS, SCHEDULES
 
 DTYPES = ('float32', 'bfloat16')
+EVAL_TASK_KINDS = ('zeroshot', 'retrieval')  # what eval.tasks may run during training
 KINDS = ('int', 'float', 'bool', 'str', 'floats', 'ints', 'strs', 'group')
 
 
@@ -166,6 +168,8 @@ RULES: dict[str, Rule] = {
     'data.max_pixels': _int(above=0),
     'data.max_unknown_token_rate': UNIT,
     'eval': GROUP,
+    'eval.every': _int(low=0, wording='>= 0 (0 = at the final step only)'),
+    'eval.tasks': Rule('strs'),      # each KIND=SPEC: check_eval_tasks below
     'eval.zeroshot': STR,
     'eval.templates': PATH_OR_SPEC,
     'eval.batch_size': _int(above=0),
@@ -239,6 +243,30 @@ def check_custom(custom) -> None:
     check_field(f'model.custom.{key}', value, _int(above=0))
 
 
+def split_eval_task(task: str) -> tuple[str, str]:
+  """'zeroshot=shapes:zeroshot' -> ('zeroshot', 'shapes:zeroshot'); a bad one is a ConfigError."""
+  kind, eq, spec = task.partition('=')
+  if not eq or not spec:
+    raise ConfigError(f'eval.tasks: {task!r} is not KIND=SPEC (e.g. zeroshot=shapes:zeroshot; '
+                      f'kinds: {", ".join(EVAL_TASK_KINDS)})')
+  if kind not in EVAL_TASK_KINDS:
+    raise ConfigError(f'eval.tasks: unknown task kind {kind!r} in {task!r}; known: '
+                      f'{", ".join(EVAL_TASK_KINDS)}')
+  try:
+    check_spec(spec)
+  except ConfigError as e:
+    raise ConfigError(f'eval.tasks: {e}') from None
+  return kind, spec
+
+
+def eval_tasks(eval_config) -> list[tuple[str, str]]:
+  """(kind, spec) of every evaluation the trainer runs: eval.zeroshot first (when set), then
+  eval.tasks, each once."""
+  tasks = [f'zeroshot={eval_config.zeroshot}'] if eval_config.zeroshot else []
+  tasks += [t for t in eval_config.tasks if t not in tasks]
+  return [split_eval_task(task) for task in tasks]
+
+
 def walk(config, prefix: str = '') -> list[tuple[str, Any]]:
   """(dotted name, value) of every field, groups before their fields; model.custom's keys not."""
   fields = []
@@ -260,6 +288,9 @@ def check_fields(config, prefix: str = '') -> None:
     check_field(name, value, rule)
     if name == 'model.custom':
       check_custom(value)
+    if name == 'eval.tasks':
+      for task in value:
+        split_eval_task(task)
 
 
 def check_matryoshka(loss, width: int) -> None:

@@ -63,9 +63,3 @@ def maybe_initialize() -> None:
   elif os.environ.get('PRETRAIN_DISTRIBUTED') == '1':
     jax.distributed.initialize(local_device_ids=local_device_ids())
 
-
-def describe(mesh) -> str:
-  """One start-up line: processes, devices per process, platform and mesh."""
-  shape = ','.join(f'{name}={size}' for name, size in mesh.shape.items())
-  return (f'devices: {jax.process_count()} process(es) x {jax.local_device_count()} '
-          f'{jax.default_backend()} device(s) = {jax.device_count()}; mesh {shape}')

@@ -15,6 +15,7 @@ from pretrain.parallel import sharding
 from pretrain.runtime.checkpoint import Checkpointer
 from pretrain.runtime.logger import MetricsLogger, Throughput
 from pretrain.runtime.run_control import StopRequest
+from pretrain.runtime.startup import compiling
 
 
 def batch_fingerprint(local_batch: dict) -> int:
@@ -54,14 +55,19 @@ def nonfinite_step(builder):
   return poisoned.jit_step()
 
 
-def run_loop(config, workdir, builder, mesh, ckpt, data_iter, state, problems):
+def run_loop(config, workdir, builder, mesh, ckpt, data_iter, state, problems, evals=None):
   """Steps until total_steps, SIGTERM or exit_after_step; -> (state, reached total_steps).
 
-  The host never waits on the devices between the steps it must act on (log, checkpoint, stop:
-  `must_sync`): it dispatches each step, puts the next batch on the devices while that step runs,
-  and reads each update's non-finite flag only at the next such step (`UpdateLog.settle`), where
-  the skip rule replays them in order. The host's step count is an upper bound in between (a
-  skipped update does not count), so every step that must be acted on is reached in sync.
+  `evals` (eval.in_training.TrainingEvals, or None) runs at the steps it is due, before that
+  step's checkpoint, so a run stopped in an evaluation evaluates again when resumed; not when a
+  signal stops the run (preemption leaves little time), nor after a skipped update.
+
+  The host never waits on the devices between the steps it must act on (log, evaluate,
+  checkpoint, stop: `must_sync`): it dispatches each step, puts the next batch on the devices
+  while that step runs, and reads each update's non-finite flag only at the next such step
+  (`UpdateLog.settle`), where the skip rule replays them in order. The host's step count is an
+  upper bound in between (a skipped update does not count), so every step that must be acted on
+  is reached in sync.
   """
   step_fn = prefault = None  # compiled ahead of the first step: its freed memory goes back first
   is_main = jax.process_index() == 0
@@ -81,7 +87,8 @@ def run_loop(config, workdir, builder, mesh, ckpt, data_iter, state, problems):
         local = next(data_iter)
         batch = sharding.global_batch(local, mesh)
       if step_fn is None:
-        step_fn = builder.jit_step().lower(state, batch).compile()
+        with compiling('the train step'):
+          step_fn = builder.jit_step().lower(state, batch).compile()
         host_memory.release_freed_memory()
         # The builder's config is resolved for its platform: False on GPU and TPU.
         prefault = for_compiled_step(step_fn, builder.config.prefault_step_memory)
@@ -99,7 +106,7 @@ def run_loop(config, workdir, builder, mesh, ckpt, data_iter, state, problems):
         # checkpoint: the saved data iterator must stand just after the last batch stepped.
         local = next(data_iter)
         batch = sharding.global_batch(local, mesh)
-      if not (stopping or must_sync(config, upper)):
+      if not (stopping or must_sync(config, upper, evals)):
         continue
       last_skipped, counters = updates.settle(state, metrics)  # raises after too many skips
       upper = step = updates.step
@@ -107,6 +114,9 @@ def run_loop(config, workdir, builder, mesh, ckpt, data_iter, state, problems):
         continue
       if step % config.log_every == 0 or step == config.total_steps:
         log_step(logger, timer, config, step, counters, batch_fingerprint(stepped), problems)
+      if evals is not None and evals.due(step) and not stop.requested:
+        logger.write(step, evals.run(step, state))
+        timer = Throughput(step)  # examples/s counts training time only
       stopping = step == config.exit_after_step or stopping
       if step % config.checkpoint_every == 0 or step == config.total_steps or stopping:
         logger.flush()  # a resume from this checkpoint finds every row up to it (buckets buffer)
@@ -130,9 +140,11 @@ def may_checkpoint(config, step: int) -> bool:
           or step == config.exit_after_step)
 
 
-def must_sync(config, step: int) -> bool:
-  """Whether the host must know the applied updates at `step`: it logs, saves or stops there."""
-  return step % config.log_every == 0 or may_checkpoint(config, step)
+def must_sync(config, step: int, evals=None) -> bool:
+  """Whether the host must know the applied updates at `step`: it logs, evaluates, saves or
+  stops there."""
+  return (step % config.log_every == 0 or may_checkpoint(config, step)
+          or (evals is not None and evals.due(step)))
 
 
 class UpdateLog:
