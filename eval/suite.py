@@ -2,11 +2,12 @@
 sets whose samples carry .cls, image-text retrieval for those with .txt captions; one table.
 
   python -m eval.suite --workdir RUN --benchmarks NAMES|FILE|LIST --data_root ROOT
-      [--split test] [--step N | --once | --watch] [--batch_size N]
+      [--split test] [--step N | --once | --watch] [--batch_size N] [--dims 32,64,full]
 NAMES: comma-separated set names (`imagenet1k,vtab/cifar10`); FILE: one name a line, like
 CLIP_benchmark's tasks/*.txt; LIST: a built-in list (imagenet_robustness, vtab, vtab+, retrieval).
 Set NAME is read from ROOT/wds_NAME' (`/` -> `-`, eval.benchmark_data). Each checkpoint is
 restored once and each set embedded once; results go to RUN/eval/suite/step_N.json, .md and .csv.
+--dims (default: a Matryoshka run's prefixes and the full width) adds `<metric>@K` columns.
 """
 
 from pretrain.backends.cpu import host_memory
@@ -26,6 +27,7 @@ from data.sources import index_cache_dir
 from eval import benchmark_meta
 from eval.benchmark_data import BenchmarkSource, dataset_folder, open_benchmark
 from eval.job import Outputs, add_common_flags, cli, timed_evaluator
+from eval.prefixes import add_dims_flag, parse_dims, with_prefixes
 from eval.provenance import eval_settings
 from eval.retrieval import evaluate_retrieval
 from eval.run_model import RunModel
@@ -43,6 +45,7 @@ def parse(argv: list[str]) -> argparse.Namespace:
   parser.add_argument('--data_root', required=True,
                       help='folder (or gs://...) holding the wds_NAME folders')
   parser.add_argument('--split', default='test', help='split folder inside each set')
+  add_dims_flag(parser)
   return parser.parse_args(argv)
 
 
@@ -73,10 +76,12 @@ def open_sources(names: list[str], data_root: str, split: str,
   return sources
 
 
-def evaluate_set(embedder, run: RunModel, source: BenchmarkSource, batch_size: int) -> dict:
-  """One set's metrics (CLIP_benchmark's names), from one embedding pass over its images."""
+def evaluate_set(embedder, run: RunModel, source: BenchmarkSource, batch_size: int,
+                 dims: tuple[int, ...] | None = None) -> dict:
+  """One set's metrics (CLIP_benchmark's names; `<name>@K` at each narrower prefix of `dims`), from
+  one embedding pass over its images."""
   kwargs = dict(image_size=run.config.model.image_size,
-                context_length=run.config.model.context_length, batch_size=batch_size)
+                context_length=run.config.model.context_length, batch_size=batch_size, dims=dims)
   if source.task == 'classification':
     metrics = evaluate_zeroshot(embedder, run.tokenizer, source, source.templates,
                                 classnames=source.classnames, **kwargs)
@@ -116,17 +121,19 @@ def make_job(args: argparse.Namespace):
   names = benchmark_names(args.benchmarks)
   run = RunModel(args.workdir)
   sources = open_sources(names, args.data_root, args.split, index_cache_dir(args.workdir))
+  widths = parse_dims(args.dims, run.config)
   settings = {'split': args.split, 'sets': {
       name: eval_settings(f'wds:{storage.join(source.folder, args.split, "*.tar")}', source,
                           run.config.model, source.classnames, source.templates)
       for name, source in sources.items()}}
+  settings = with_prefixes(settings, widths)
   given = {'benchmarks': args.benchmarks, 'data_root': args.data_root, 'names': names}
   label = ''.join(c if c.isalnum() or c in '-_.+' else '_' for c in args.benchmarks)[-40:]
   outputs = SuiteOutputs(args.workdir, 'suite', label, settings, given,
                          folder=storage.join(args.workdir, 'eval', 'suite'))
 
   def compute(embedder):
-    results = {name: evaluate_set(embedder, run, source, args.batch_size)
+    results = {name: evaluate_set(embedder, run, source, args.batch_size, widths)
                for name, source in sources.items()}
     return {'results': results}, {}
 

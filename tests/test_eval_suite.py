@@ -231,3 +231,27 @@ def test_suite_on_sets_in_a_bucket_matches_local(run_dir, data_root, gcs, tmp_pa
     results.append(json.loads((workdir / 'eval' / 'suite' / 'step_6.json').read_text()))
   assert results[0]['results'] == results[1]['results']
   assert results[1]['given']['data_root'] == f'{bucket}/sets'
+
+
+def test_suite_at_matryoshka_prefixes_has_the_single_set_numbers(run_dir, data_root, tmp_path):  # noqa: F811
+  workdir = tmp_path / 'run'
+  shutil.copytree(run_dir, workdir, ignore=shutil.ignore_patterns('eval'))
+  args = suite.parse(['--workdir', str(workdir), '--benchmarks', f'{CLS},{RET}', '--data_root',
+                      data_root, '--step', '6', '--batch_size', '16', '--dims', '8,32'])
+  suite.make_job(args)[1](6)
+  result = json.loads((workdir / 'eval' / 'suite' / 'step_6.json').read_text())
+  got = result['results']
+  folder_of = dataset_folder(data_root, CLS)
+  zs = _single_set_metrics(workdir, data_root, CLS, zeroshot, '--dims', '8,32',
+                           '--classnames', f'{folder_of}/classnames.txt',
+                           '--templates', f'{folder_of}/zeroshot_classification_templates.txt')
+  rt = _single_set_metrics(workdir, data_root, RET, retrieval, '--dims', '8,32')
+  for key in ('acc1', 'acc1@8', 'acc1@32', 'acc5@8', 'mean_per_class_recall@32'):
+    assert got[CLS][key] == zs[key], key
+  for key in ('image_retrieval_recall@5', 'image_retrieval_recall@5@8',
+              'text_retrieval_recall@1@32'):
+    assert got[RET][key] == rt[key], key
+  assert result['average']['acc1@8'] == zs['acc1@8']
+  header = (workdir / 'eval' / 'suite' / 'step_6.csv').read_text().splitlines()[0].split(',')
+  assert header[3:6] == ['acc1', 'acc1@8', 'acc1@32']
+  assert 'image_retrieval_recall@1@8' in header
