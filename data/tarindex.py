@@ -113,10 +113,10 @@ def decode(data: bytes) -> tuple[dict, np.ndarray]:
     raise ValueError('not a wds index file')
   end = data.index(b'\n', len(MAGIC))
   header = json.loads(data[len(MAGIC):end])
-  rows = np.frombuffer(data, '<u4', offset=end + 1)
+  rows = np.frombuffer(data, '<u4', offset=end + 1)  # a view of `data`: no copy
   if len(rows) != 4 * header['samples']:
     raise ValueError('wds index file is cut short')
-  return header, rows.astype(np.uint32).reshape(-1, 4)
+  return header, rows.reshape(-1, 4)
 
 
 def index_file(shard: str, folder: str) -> str:

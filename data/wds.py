@@ -85,9 +85,10 @@ class ShardReaders:
 class WdsSource:
   """Random access over the samples of a set of shards.
 
-  In memory: `rows` (uint32 [N, 4]: image block, image length, caption block, caption length;
-  see data/tarindex.py) and `starts` (int64 [shards + 1], the first sample of each shard), so a
-  global index finds its shard by binary search; no Python object per sample.
+  In memory: `shard_rows` (per shard, uint32 [n, 4]: image block, image length, caption block,
+  caption length; see data/tarindex.py; a view of the index file's bytes as read, never copied)
+  and `starts` (int64 [shards + 1], the first sample of each shard), so a global index finds its
+  shard by binary search; no Python object per sample.
   """
 
   def __init__(self, pattern: str, cache_dir: str | None = None, index_dir: str | None = None,
@@ -113,22 +114,33 @@ class WdsSource:
         BadRecord('truncated_shard', self.name, storage.basename(path),
                   'tar shard is truncated; its complete samples are kept')
         for path, (_, truncated) in zip(self.paths, indexes) if truncated]
-    self.rows, self.starts = _concatenate(indexes)
+    self.shard_rows = [rows for rows, _ in indexes]
+    self.starts = np.cumsum([0] + [len(rows) for rows in self.shard_rows], dtype=np.int64)
     self._readers = ShardReaders(self.paths)
 
   def __len__(self) -> int:
-    return len(self.rows)
+    return int(self.starts[-1])
 
   def shard_of(self, i: int) -> int:
     """The shard holding sample i."""
     return int(np.searchsorted(self.starts, i, side='right')) - 1
+
+  def row(self, i: int) -> np.ndarray:
+    """Sample i's index row (uint32 [4])."""
+    shard = self.shard_of(i)
+    return self.shard_rows[shard][i - int(self.starts[shard])]
+
+  def index_bytes(self) -> int:
+    """Bytes of index this process holds: 16 per sample, 8 per shard."""
+    return sum(rows.nbytes for rows in self.shard_rows) + self.starts.nbytes
 
   def _fetch(self, i: int, image: bool, caption: bool) -> tuple[str, bytes | None, bytes | None,
                                                                   bool]:
     """(key, image bytes, caption bytes, caption is .json) of sample i; None for a member not
     asked for or absent. Members within MAX_GAP of each other come in one read."""
     shard = self.shard_of(i)
-    img_block, img_len, cap_block, cap_len = (int(v) for v in self.rows[i])
+    img_block, img_len, cap_block, cap_len = (
+        int(v) for v in self.shard_rows[shard][i - int(self.starts[shard])])
     is_json, cap_len = bool(cap_len & JSON_BIT), cap_len & ~JSON_BIT
     wanted = {}
     if image and img_block != NONE:
@@ -183,14 +195,3 @@ class WdsSource:
     image = decode_image(encoded, self.name, key, self.max_pixels)
     return {'image': image, 'caption': captions[0], 'captions': captions, 'key': key}
 
-
-def _concatenate(indexes: list) -> tuple[np.ndarray, np.ndarray]:
-  """(rows of every shard in one array, starts); each shard's rows freed once copied, so the peak
-  stays near the final size."""
-  counts = np.array([len(rows) for rows, _ in indexes], np.int64)
-  starts = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
-  rows = np.empty((int(starts[-1]), 4), np.uint32)
-  for k in range(len(indexes)):
-    rows[starts[k]:starts[k + 1]] = indexes[k][0]
-    indexes[k] = None
-  return rows, starts
