@@ -116,7 +116,8 @@ def corpus_statistics(source, global_batch: int, process_index: int, process_cou
   bad = collections.Counter(p.kind.replace('_shard', '') for p in getattr(source, 'problems', []))
   bad_text = ', '.join(f'{n} {kind}' for kind, n in sorted(bad.items())) or 'none'
   local = global_batch // process_count
-  return (f'data: {len(source):,} samples in {shards or "no"} shard files; bad shards: {bad_text}; '
+  files = f' in {shards} shard files' if shards else ''
+  return (f'data: {len(source):,} samples{files}; bad shards: {bad_text}; '
           f'process {process_index} of {process_count} reads rows {process_index * local}..'
           f'{(process_index + 1) * local - 1} of each global batch of {global_batch}: '
           f'{len(source) / process_count:,.0f} samples per epoch')
