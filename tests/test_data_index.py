@@ -2,6 +2,7 @@
 
 import os
 import tarfile
+import threading
 
 import grain
 from grain.experimental import index_shuffle
@@ -16,6 +17,7 @@ from data.pipeline import EpochOrder, ProcessSlice, grain_shuffle_is_a_permutati
 from data.sources import open_source
 from data.tarindex import BESIDE, JSON_BIT, NONE, decode, index_file, split_name
 from data.tokenizer import get_tokenizer
+from data.wds import ShardReaders
 from tests import corpora
 
 SHARDS, PER_SHARD = 3, 5
@@ -227,3 +229,21 @@ def test_index_step_and_reads_in_a_bucket(gcs, mixed, tmp_path, capsys):
       assert source.text(i) == local.text(i) if local.row(i)[2] != NONE else True
       if local.row(i)[0] != NONE:
         assert source.encoded_image(i) == local.encoded_image(i)
+
+
+def test_each_thread_keeps_a_bounded_set_of_open_shard_handles(mixed):
+  _, paths = mixed
+  readers = ShardReaders(paths, keep=2)
+  for shard in (0, 1, 2, 0, 2):
+    with open(paths[shard], 'rb') as f:
+      assert readers.read(shard, 512, 100) == f.read()[512:612]
+  handles = readers._local.handles  # pylint: disable=protected-access
+  assert list(handles) == [0, 2]  # the least recently used (1) was closed
+  assert all(not h.closed for h in handles.values())
+  other = []
+  thread = threading.Thread(target=lambda: other.append(readers.read(1, 0, 10)))
+  thread.start()
+  thread.join()
+  assert list(readers._local.handles) == [0, 2]  # pylint: disable=protected-access
+  with open(paths[1], 'rb') as f:
+    assert other == [f.read(10)]
