@@ -159,7 +159,7 @@ def build_index(shard: str, version: list, folder: str | None) -> tuple[np.ndarr
 
 
 class Progress:
-  """Thread-safe progress lines: shards done/total, samples, rate, ETA; at most one per `every` s."""
+  """Thread-safe progress lines (shards done/total, samples, rate, ETA), one per `every` s."""
 
   def __init__(self, what: str, total: int, every: float = 2.0):
     self.what, self.total, self.every = what, total, every

@@ -54,7 +54,8 @@ def test_index_files_equal_a_brute_force_walk_of_the_shards(mixed, tmp_path, cap
   out = str(tmp_path / 'idx')
   assert index_cli.main([f'wds:{spec}', '--out', out, '--workers', '2']) == 0
   total = sum(len(brute_force(p)) for p in paths)
-  assert f'corpus: {total:,} samples in {SHARDS} shards; {SHARDS} indexed now' in capsys.readouterr().out
+  printed = capsys.readouterr().out
+  assert f'corpus: {total:,} samples in {SHARDS} shards; {SHARDS} indexed now' in printed
   for path in paths:
     with open(index_file(path, out), 'rb') as f:
       header, rows = decode(f.read())
