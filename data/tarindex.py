@@ -180,8 +180,9 @@ class Progress:
               f'{rate:.1f} shards/s, ETA {eta:.0f} s', flush=True)
 
 
-def parallel(function, items: list, workers: int) -> list:
+def parallel(function, items, workers: int) -> list:
   """[function(item)] in order, over a thread pool (reads wait on disk or network, not CPU)."""
+  items = list(items)
   if workers <= 1 or len(items) <= 1:
     return [function(item) for item in items]
   with concurrent.futures.ThreadPoolExecutor(min(workers, len(items))) as pool:
@@ -193,7 +194,12 @@ def index_shards(shards: list[str], versions: list[list], folders: list[str],
                  announce=None) -> tuple[list, int]:
   """([(rows, truncated)] per shard, how many were built): read from `folders`, else scanned (with
   progress, after printing announce(missing, total)) and written to `write_to`."""
-  found = parallel(lambda s: read_index(s[0], s[1], folders), list(zip(shards, versions)), workers)
+  # Which index files exist, from one listing per folder: a bucket is not asked for thousands of
+  # files it does not hold.
+  listed = {folder: storage.version_stamps([index_file(s, folder) for s in shards])
+            for folder in folders}
+  found = parallel(lambda k: read_index(shards[k], versions[k], [
+      folder for folder in folders if listed[folder][k] is not None]), range(len(shards)), workers)
   todo = [k for k, index in enumerate(found) if index is None]
   if todo:
     if announce:
