@@ -94,6 +94,8 @@ class WdsSource:
   def __init__(self, pattern: str, cache_dir: str | None = None, index_dir: str | None = None,
                max_pixels: int = DEFAULT_MAX_PIXELS):
     storage.check_reachable(pattern, 'wds data path')
+    if index_dir:
+      storage.check_reachable(index_dir, 'data.index_dir')
     self.paths = expand_pattern(pattern)
     versions = storage.version_stamps(self.paths)
     missing = [p for p, v in zip(self.paths, versions) if v is None]
