@@ -117,6 +117,10 @@ def base_config() -> ml_collections.ConfigDict:
       workers=0,                   # grain worker processes (0: threads of this process only).
       on_bad_record='skip',        # 'skip' (count, log once, substitute) or 'error' (stop).
       max_pixels=89_478_485,       # Larger images are refused before decoding (bombs).
+      # wds: folder of the shard index files (`python -m data.index SPEC --out DIR`; local or a
+      # bucket), read first and where start-up writes the ones it has to make. '' = read them beside
+      # the shards, then in WORKDIR/data_index (where missing ones are written).
+      index_dir='',
       # Share of the words of a sample of the training captions the tokenizer maps to its unknown
       # token, above which the run is refused at start-up (a warning from 0.02); 1.0 = never refuse.
       max_unknown_token_rate=0.1,

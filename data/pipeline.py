@@ -7,11 +7,13 @@ set of examples whatever the number of processes. Augmentation randomness is see
 position, so it does not depend on the process layout either.
 """
 
+import collections
 import dataclasses
 import sys
 import threading
 
 import grain
+from grain.experimental import index_shuffle
 import numpy as np
 
 from data.errors import require
@@ -50,10 +52,47 @@ def check_process_split(global_batch: int, process_count: int) -> None:
           f'batch_size {global_batch} is not divisible by the {process_count} processes')
 
 
+def grain_shuffle_is_a_permutation(n: int) -> bool:
+  """Whether grain's index_shuffle permutes range(n). It does not when n - 1 = 2**k for an even
+  k >= 16 (n = 65537, 262145, ..., 4**15 + 1): its cipher block is then one bit too narrow, so
+  index n - 1 lands where index 0 does (one record twice per epoch, another never)."""
+  k = (n - 1).bit_length() - 1
+  return not (n > 1 and n - 1 == 1 << k and k % 2 == 0 and k >= 16)
+
+
+class EpochOrder:
+  """Position -> record index of the endless training stream: epoch e is a permutation of range(n)
+  seeded by (seed + e) mod 2**32, computed per position in O(1) memory (no per-record table).
+
+  Position for position the order of grain's MapDataset.range(n).shuffle(seed).repeat(None) (the
+  same call to grain's index_shuffle; n up to 2**64), except for the n where that is not a
+  permutation: there a permutation of range(n + 1) walks past n (cycle-walking), which is one.
+  """
+
+  def __init__(self, n: int, seed: int):
+    self.n, self.seed = n, seed
+    self._walk = not grain_shuffle_is_a_permutation(n)
+
+  def __len__(self) -> int:
+    return sys.maxsize
+
+  def __getitem__(self, position: int) -> int:
+    epoch, index = divmod(int(position), self.n)
+    if self.n == 1:
+      return 0
+    seed = (self.seed + epoch) % 2**32
+    if not self._walk:
+      return index_shuffle(index, max_index=self.n - 1, seed=seed, rounds=4)
+    index = index_shuffle(index, max_index=self.n, seed=seed, rounds=4)
+    while index == self.n:
+      index = index_shuffle(index, max_index=self.n, seed=seed, rounds=4)
+    return index
+
+
 class ProcessSlice:
   """Random-access view of one process's rows of the global stream: i -> (position, index)."""
 
-  def __init__(self, order: grain.MapDataset, global_batch: int, process_index: int,
+  def __init__(self, order: 'EpochOrder', global_batch: int, process_index: int,
                process_count: int):
     check_process_split(global_batch, process_count)
     self._order = order
@@ -68,6 +107,20 @@ class ProcessSlice:
     step, row = divmod(int(i), self._local)
     position = step * self._global + self._offset + row
     return position, int(self._order[position])
+
+
+def corpus_statistics(source, global_batch: int, process_index: int, process_count: int) -> str:
+  """One line for the start of training: samples, shards, bad shards, this process's share."""
+  parts = getattr(source, 'components', [source])
+  shards = sum(len(getattr(part, 'paths', ())) for part in parts)
+  bad = collections.Counter(p.kind.replace('_shard', '') for p in getattr(source, 'problems', []))
+  bad_text = ', '.join(f'{n} {kind}' for kind, n in sorted(bad.items())) or 'none'
+  local = global_batch // process_count
+  files = f' in {shards} shard files' if shards else ''
+  return (f'data: {len(source):,} samples{files}; bad shards: {bad_text}; '
+          f'process {process_index} of {process_count} reads rows {process_index * local}..'
+          f'{(process_index + 1) * local - 1} of each global batch of {global_batch}: '
+          f'{len(source) / process_count:,.0f} samples per epoch')
 
 
 @dataclasses.dataclass
@@ -138,7 +191,7 @@ def train_dataset(source, tokenizer: Tokenizer, data_cfg, *, image_size: int, co
   check_augment(augment, rrc_scale)
   for part in getattr(source, 'components', [source]):  # else a StopIteration deep in grain
     require(len(part) > 0, f'the training data {part.name} has no records')
-  order = grain.MapDataset.range(len(source)).shuffle(seed=seed).repeat(None)
+  order = EpochOrder(len(source), seed)
   prepare = PrepareExample(source, tokenizer, image_size, data_cfg.resize or image_size,
                            data_cfg.flip, context_length, seed, data_cfg.on_bad_record, augment,
                            rrc_scale)

@@ -2,7 +2,7 @@
 
   shapes:SPLIT                     the embedded corpus (train, zeroshot, retrieval)
   csv:PATH[?sep=tab&image_key=filepath&caption_key=title]
-  wds:PATTERN                      tar shards: brace ranges {000..099} and globs
+  wds:PATTERN[?index_dir=DIR]      tar shards: brace ranges {000..099} and globs
   imagefolder:DIR                  DIR/<class>/<image>
   jsonl:PATH
   tfds:NAME[:SPLIT][?data_dir=DIR&image_key=image&caption_key=caption&label_key=label]
@@ -51,7 +51,8 @@ def check_spec(spec: str) -> None:
                         f'{", ".join(SOURCE_KINDS)}')
 
 
-def _open_one(spec: str, image_size: int, seed: int, cache_dir: str | None, max_pixels: int):
+def _open_one(spec: str, image_size: int, seed: int, cache_dir: str | None, max_pixels: int,
+              index_dir: str | None = None):
   kind, arg, options = parse_spec(spec)
   if kind == 'shapes':
     from data.shapes import SPLITS, ShapesSource
@@ -74,7 +75,8 @@ def _open_one(spec: str, image_size: int, seed: int, cache_dir: str | None, max_
       return ImageFolderSource(arg, max_pixels=max_pixels, **options)
     if kind == 'wds':
       from data.wds import WdsSource
-      return WdsSource(arg, cache_dir=cache_dir, max_pixels=max_pixels, **options)
+      return WdsSource(arg, cache_dir=cache_dir, max_pixels=max_pixels,
+                       index_dir=options.pop('index_dir', index_dir) or None, **options)
     if kind == 'arrayrecord':
       from data.arrayrecord_source import ArrayRecordSource
       return ArrayRecordSource(arg, max_pixels=max_pixels, **options)
@@ -88,11 +90,15 @@ def _open_one(spec: str, image_size: int, seed: int, cache_dir: str | None, max_
 
 
 def open_source(spec: str, image_size: int = 64, seed: int = 0, cache_dir: str | None = None,
-                max_pixels: int = DEFAULT_MAX_PIXELS):
-  """Opens the source (or weighted mixture) a spec names."""
+                max_pixels: int = DEFAULT_MAX_PIXELS, index_dir: str | None = None):
+  """Opens the source (or weighted mixture) a spec names.
+
+  wds: shard indexes are read from `index_dir` (else beside the shards, else `cache_dir`) and
+  missing ones written to `index_dir` (else `cache_dir`).
+  """
   check_spec(spec)
   parts = mixture_parts(spec)
-  sources = [_open_one(s, image_size, seed, cache_dir, max_pixels) for _, s in parts]
+  sources = [_open_one(s, image_size, seed, cache_dir, max_pixels, index_dir) for _, s in parts]
   if len(sources) == 1:
     return sources[0]
   from data.mixture import MixtureSource

@@ -191,6 +191,34 @@ def version_stamp(path: str) -> list:
   return [int(info['size']), str(version)]
 
 
+def version_stamps(paths: list[str]) -> list[list | None]:
+  """version_stamp of each path (None where it does not exist), a bucket folder listed once.
+
+  Thousands of shards in a bucket cost a few paginated listings, not one request per object.
+  """
+  listed: dict[str, dict] = {}
+  for folder in sorted({parent(p) for p in paths if is_bucket(p)}):
+    fs, inner = filesystem(folder)
+    try:
+      entries = fs.ls(inner, detail=True)
+    except FileNotFoundError:
+      continue
+    for entry in entries:
+      listed[f'{scheme(folder)}://{entry["name"]}'] = entry
+  stamps = []
+  for path in paths:
+    if not is_bucket(path):
+      stamps.append(version_stamp(path) if os.path.isfile(path) else None)
+      continue
+    entry = listed.get(path.rstrip('/'))
+    if entry is None or entry.get('type') == 'directory':
+      stamps.append(None)
+      continue
+    version = entry.get('generation') or entry.get('ETag') or entry.get('etag') or ''
+    stamps.append([int(entry['size']), str(version)])
+  return stamps
+
+
 def check_reachable(path: str, what: str) -> None:
   """Raises one ConfigError naming the path and the cause when a bucket path cannot be reached.
 

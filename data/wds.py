@@ -3,34 +3,39 @@
 A sample is the tar members sharing a key (the member path up to the first dot of its base name):
 an image (.jpg .jpeg .png .webp) and a caption (.txt, or .json with a "caption" field); a .txt of
 several lines is several captions (evaluation uses all, training the first); a .cls member holds a
-class index (CLIP_benchmark's classification sets), read while indexing. Each shard is indexed
-once (member offsets), cached as JSON in `cache_dir` (beside the run: in its bucket when the
-workdir is one), and rebuilt when the shard's version stamp changes (size and modification time
-locally; size and generation / ETag in a bucket). A truncated shard keeps the complete samples
-before the cut. Members are read by byte range through a handle each thread keeps open per shard.
+class index (CLIP_benchmark's classification sets), kept in the index file. Start-up reads one
+small index file per shard (data/tarindex.py; written by `python -m data.index`, or here, with
+progress, for the shards that lack one) and keeps 16 bytes per sample in numpy arrays. An index
+is used while the shard's version stamp (size and modification time locally; size and generation /
+ETag in a bucket) is the one it was made from. A truncated shard keeps the complete samples before
+the cut. A sample is read by byte range (one read for a sample whose image and caption are
+neighbours, the key from the tar header before the data) through a handle each thread keeps open
+per shard.
 """
 
 import collections
-import concurrent.futures
 import json
-import posixpath
 import re
-import tarfile
 import threading
-import zlib
+
+import numpy as np
 
 from data import storage
 from data.records import DEFAULT_MAX_PIXELS, BadRecord, decode_caption, decode_image
 from data.errors import ConfigError
+from data.tarindex import (BESIDE, BLOCK, CAPTION_EXTS, IMAGE_EXTS, JSON_BIT, NONE, SUFFIX,
+                           index_shards, key_from_header)
 
-IMAGE_EXTS = ('jpg', 'jpeg', 'png', 'webp')
-CAPTION_EXTS = ('txt', 'json')
-LABEL_EXTS = ('cls',)  # a class index as text: a few bytes, so kept in the index itself
+__all__ = ['CAPTION_EXTS', 'IMAGE_EXTS', 'ShardReaders', 'WdsSource', 'expand_pattern']
 _BRACES = re.compile(r'\{(\d+)\.\.(\d+)\}')
+# Image and caption read in one range when no more than this lies between them (else two reads).
+MAX_GAP = 64 << 10
+START_WORKERS = 16  # threads reading index files at start-up
 
 
 def expand_pattern(pattern: str) -> list[str]:
-  """Brace ranges (`{000..099}`, zero padding kept) then globs; sorted, de-duplicated."""
+  """Brace ranges (`{000..099}`, zero padding kept) then globs; sorted, de-duplicated; a glob
+  leaves out the index files kept beside the shards."""
   match = _BRACES.search(pattern)
   if match:
     lo, hi = match.group(1), match.group(2)
@@ -40,78 +45,8 @@ def expand_pattern(pattern: str) -> list[str]:
       out.extend(expand_pattern(pattern[:match.start()] + str(n).zfill(width) + pattern[match.end():]))
     return out
   if any(c in pattern for c in '*?['):
-    return storage.glob(pattern)
+    return [p for p in storage.glob(pattern) if not p.endswith(SUFFIX)]
   return [pattern]
-
-
-def _split_name(name: str) -> tuple[str, str]:
-  folder, base = posixpath.split(name)  # tar member names use '/'
-  stem, _, ext = base.partition('.')
-  return posixpath.join(folder, stem), ext.lower()
-
-
-def index_shard(path: str) -> dict:
-  """{'samples': [[key, img_off, img_len, cap_off, cap_len, cap_ext], ...], 'truncated': bool,
-  'labels': [the .cls text of each sample, or None]}."""
-  members, labels, truncated = {}, {}, False
-  size = storage.version_stamp(path)[0]
-  try:
-    # One front-to-back pass with read-ahead: headers sit between members, so a bucket shard
-    # costs a few large GETs, not one per member.
-    with storage.open_reader(path, sequential=True) as f, tarfile.open(fileobj=f, mode='r:') as tar:
-      for info in tar:
-        if not info.isfile():
-          continue
-        if info.offset_data + info.size > size:
-          truncated = True
-          break
-        key, ext = _split_name(info.name)
-        members.setdefault(key, {})[ext] = (info.offset_data, info.size)
-        if ext in LABEL_EXTS:  # read in passing: the scan's read-ahead already holds it
-          labels[key] = tar.extractfile(info).read().decode('utf-8', 'replace').strip()
-  except (tarfile.ReadError, EOFError, OSError):
-    truncated = True
-  samples, sample_labels = [], []
-  for key, parts in members.items():
-    image = next((parts[e] for e in IMAGE_EXTS if e in parts), None)
-    caption_ext = next((e for e in CAPTION_EXTS if e in parts), None)
-    if image is None and caption_ext is None:
-      continue  # Not a sample (e.g. a lone metadata file).
-    cap = parts[caption_ext] if caption_ext else (-1, 0)
-    samples.append([key, *(image or (-1, 0)), *cap, caption_ext or ''])
-    sample_labels.append(labels.get(key))
-  return {'samples': samples, 'truncated': truncated, 'labels': sample_labels}
-
-
-def cached_index(path: str, cache_dir: str | None) -> dict:
-  """The shard's index, from the cache when the shard is unchanged.
-
-  The stamp holds the shard's full path or URL and its version stamp, so a cache shared by runs
-  never mistakes one shard for another, nor a replaced shard for the one it replaced.
-  """
-  stamp = [storage.absolute(path), *storage.version_stamp(path)]
-  cache = None
-  if cache_dir:
-    cache = storage.join(cache_dir, f'wds_{zlib.crc32(stamp[0].encode()):08x}.json')
-    try:
-      cached = json.loads(storage.read_text(cache))
-      if cached['stamp'] == stamp and 'labels' in cached:  # older caches had no labels
-        return cached
-    except (OSError, ValueError, KeyError):
-      pass
-  index = {'stamp': stamp, **index_shard(path)}
-  if cache:
-    storage.makedirs(cache_dir)
-    storage.write_text(cache, json.dumps(index))
-  return index
-
-
-def _map(function, paths: list[str]) -> list:
-  """function(path) for each path; over bucket paths in parallel, each a few requests' latency."""
-  if not any(storage.is_bucket(p) for p in paths):
-    return [function(p) for p in paths]
-  with concurrent.futures.ThreadPoolExecutor(16) as pool:
-    return list(pool.map(function, paths))
 
 
 class ShardReaders:
@@ -149,45 +84,95 @@ class ShardReaders:
 
 
 class WdsSource:
-  """Random access over the samples of a set of shards."""
+  """Random access over the samples of a set of shards.
 
-  def __init__(self, pattern: str, cache_dir: str | None = None,
+  In memory: `shard_rows` (per shard, uint32 [n, 4]: image block, image length, caption block,
+  caption length; see data/tarindex.py; a view of the index file's bytes as read, never copied)
+  and `starts` (int64 [shards + 1], the first sample of each shard), so a global index finds its
+  shard by binary search; no Python object per sample.
+  """
+
+  def __init__(self, pattern: str, cache_dir: str | None = None, index_dir: str | None = None,
                max_pixels: int = DEFAULT_MAX_PIXELS):
     storage.check_reachable(pattern, 'wds data path')
+    if index_dir:
+      storage.check_reachable(index_dir, 'data.index_dir')
     self.paths = expand_pattern(pattern)
-    missing = [p for p, found in zip(self.paths, _map(storage.is_file, self.paths)) if not found]
+    versions = storage.version_stamps(self.paths)
+    missing = [p for p, v in zip(self.paths, versions) if v is None]
     if not self.paths or missing:
       raise ConfigError(f'wds data path {missing[0] if missing else pattern} does not exist')
     self.name = pattern.split('{')[0].rstrip('-_/').rsplit('/', 1)[-1] or 'wds'
     self.max_pixels = max_pixels
-    self.samples, self.label_texts, self.problems = [], [], []
-    indexes = _map(lambda path: cached_index(path, cache_dir), self.paths)
-    for shard, (path, index) in enumerate(zip(self.paths, indexes)):
-      self.samples.extend((shard, *s) for s in index['samples'])
-      self.label_texts.extend(index['labels'])
-      if index['truncated']:
-        self.problems.append(BadRecord('truncated_shard', self.name, storage.basename(path),
-                                       'tar shard is truncated; its complete samples are kept'))
+    folders = [index_dir, BESIDE] if index_dir else [BESIDE, *([cache_dir] if cache_dir else [])]
+    write_to = index_dir or cache_dir
+    kept = f'written to {write_to}' if write_to else 'kept in memory only'
+    announce = lambda missing, total: (
+        f'data index: {missing} of {total} shards of {pattern} have no index file; indexing them '
+        f'now ({kept}). `python -m data.index wds:{pattern} [--out DIR]` once (then '
+        f'data.index_dir=DIR) spares every run this.')
+    indexes, self.built = index_shards(self.paths, versions, folders, write_to, START_WORKERS,
+                                       'data index', announce)
+    self.problems = [
+        BadRecord('truncated_shard', self.name, storage.basename(path),
+                  'tar shard is truncated; its complete samples are kept')
+        for path, index in zip(self.paths, indexes) if index.truncated]
+    self.shard_rows = [index.rows for index in indexes]
+    # .cls texts, for labelled (evaluation) sets only: a training corpus has none, so no list.
+    self.label_texts = None if all(index.labels is None for index in indexes) else [
+        text for index in indexes for text in (index.labels or [None] * len(index.rows))]
+    self.starts = np.cumsum([0] + [len(rows) for rows in self.shard_rows], dtype=np.int64)
     self._readers = ShardReaders(self.paths)
 
   def __len__(self) -> int:
-    return len(self.samples)
+    return int(self.starts[-1])
 
-  def _read(self, shard: int, offset: int, length: int) -> bytes:
-    return self._readers.read(shard, offset, length)
+  def shard_of(self, i: int) -> int:
+    """The shard holding sample i."""
+    return int(np.searchsorted(self.starts, i, side='right')) - 1
 
-  def _key(self, i: int) -> str:
-    shard, key = self.samples[i][:2]
-    return f'{storage.basename(self.paths[shard])}/{key}'
+  def row(self, i: int) -> np.ndarray:
+    """Sample i's index row (uint32 [4])."""
+    shard = self.shard_of(i)
+    return self.shard_rows[shard][i - int(self.starts[shard])]
 
-  def text(self, i: int) -> list[str]:
-    """Every caption of sample i (a .txt holds one per line), without reading its image."""
-    shard, _, _, _, cap_off, cap_len, cap_ext = self.samples[i]
-    key = self._key(i)
-    if cap_off < 0:
+  def index_bytes(self) -> int:
+    """Bytes of index this process holds: 16 per sample, 8 per shard."""
+    return sum(rows.nbytes for rows in self.shard_rows) + self.starts.nbytes
+
+  def _fetch(self, i: int, image: bool, caption: bool) -> tuple[str, bytes | None, bytes | None,
+                                                                  bool]:
+    """(key, image bytes, caption bytes, caption is .json) of sample i; None for a member not
+    asked for or absent. Members within MAX_GAP of each other come in one read."""
+    shard = self.shard_of(i)
+    img_block, img_len, cap_block, cap_len = (
+        int(v) for v in self.shard_rows[shard][i - int(self.starts[shard])])
+    is_json, cap_len = bool(cap_len & JSON_BIT), cap_len & ~JSON_BIT
+    wanted = {}
+    if image and img_block != NONE:
+      wanted['image'] = (img_block * BLOCK, img_len)
+    if caption and cap_block != NONE:
+      wanted['caption'] = (cap_block * BLOCK, cap_len)
+    if not wanted:  # only the key is needed: the header of a member the sample has
+      wanted['key'] = ((img_block if img_block != NONE else cap_block) * BLOCK, 0)
+    lo = min(off for off, _ in wanted.values()) - BLOCK  # the first member's tar header
+    hi = max(off + n for off, n in wanted.values())
+    if hi - lo <= sum(n for _, n in wanted.values()) + MAX_GAP:
+      data = self._readers.read(shard, lo, hi - lo)
+      got = {name: data[off - lo:off - lo + n] for name, (off, n) in wanted.items()}
+      header = data[:BLOCK]
+    else:
+      got = {name: self._readers.read(shard, off - BLOCK, n + BLOCK)
+             for name, (off, n) in wanted.items()}
+      header = got[min(wanted, key=lambda name: wanted[name][0])][:BLOCK]
+      got = {name: raw[BLOCK:] for name, raw in got.items()}
+    key = f'{storage.basename(self.paths[shard])}/{key_from_header(header)}'
+    return key, got.get('image'), got.get('caption'), is_json
+
+  def _captions(self, key: str, raw: bytes | None, is_json: bool) -> list[str]:
+    if raw is None:
       raise BadRecord('missing_caption', self.name, key, 'sample has no .txt or .json caption')
-    raw = self._read(shard, cap_off, cap_len)
-    if cap_ext == 'json':
+    if is_json:
       try:
         raw = json.loads(raw).get('caption')
       except (ValueError, AttributeError):
@@ -196,30 +181,39 @@ class WdsSource:
     text = decode_caption(raw, self.name, key)
     return [line.strip() for line in text.splitlines() if line.strip()]
 
-  def label(self, i: int) -> int:
-    """Sample i's class index, from its .cls member."""
-    text = self.label_texts[i]
+  def text(self, i: int) -> list[str]:
+    """Every caption of sample i (a .txt holds one per line), without reading its image."""
+    key, _, raw, is_json = self._fetch(i, image=False, caption=True)
+    return self._captions(key, raw, is_json)
+
+  def label(self, i: int, key: str | None = None) -> int:
+    """Sample i's class index, from its .cls member (`key`: for the error, when known)."""
+    text = None if self.label_texts is None else self.label_texts[i]
     try:
       return int(text)
     except (TypeError, ValueError):
       what = ('sample has no .cls member' if text is None
               else f'.cls is not an integer: {text[:20]!r}')
-      raise BadRecord('missing_file', self.name, self._key(i), what) from None
+      raise BadRecord('missing_file', self.name, key or self._fetch(i, False, False)[0],
+                      what) from None
 
   def encoded_image(self, i: int) -> bytes:
     """Sample i's image member as stored (not decoded)."""
-    shard, _, img_off, img_len = self.samples[i][:4]
-    if img_off < 0:
-      raise BadRecord('missing_file', self.name, self._key(i), 'sample has no image member')
-    return self._read(shard, img_off, img_len)
+    key, image, _, _ = self._fetch(i, image=True, caption=False)
+    if image is None:
+      raise BadRecord('missing_file', self.name, key, 'sample has no image member')
+    return image
 
   def __getitem__(self, i: int) -> dict:
-    key = self._key(i)
+    key, encoded, raw, is_json = self._fetch(i, image=True, caption=True)
     record = {'key': key}
-    if self.label_texts[i] is not None:  # a classification sample needs no caption
-      record['label'] = self.label(i)
-    if self.samples[i][4] >= 0 or 'label' not in record:
-      captions = self.text(i)
+    if self.label_texts is not None and self.label_texts[i] is not None:
+      record['label'] = self.label(i, key)  # a classification sample needs no caption
+    if raw is not None or 'label' not in record:
+      captions = self._captions(key, raw, is_json)
       record.update(caption=captions[0], captions=captions)
-    record['image'] = decode_image(self.encoded_image(i), self.name, key, self.max_pixels)
+    if encoded is None:
+      raise BadRecord('missing_file', self.name, key, 'sample has no image member')
+    record['image'] = decode_image(encoded, self.name, key, self.max_pixels)
     return record
+

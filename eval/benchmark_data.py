@@ -75,9 +75,9 @@ class BenchmarkSource:
     """Classification when the samples carry .cls, retrieval when they carry captions."""
     if not len(self.wds):
       raise ConfigError(f'benchmark {self.name}: {self.folder}/{self.split} holds no samples')
-    if any(text is not None for text in self.wds.label_texts):
+    if self.wds.label_texts is not None:
       return 'classification'
-    if any(sample[4] >= 0 for sample in self.wds.samples):  # a caption member
+    if any(np.any(rows[:, 2] != NONE) for rows in self.wds.shard_rows):  # a caption member
       return 'retrieval'
     raise ConfigError(f'benchmark {self.name}: samples carry neither .cls (classification) nor '
                       '.txt (retrieval); multilabel .npy sets (voc2007_multilabel) are not '

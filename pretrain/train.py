@@ -66,7 +66,8 @@ def open_run(config, workdir: str, allow_config_change: bool):
   tokenizer = get_tokenizer(config.data.tokenizer, config.data.lowercase)
   validate.check_vocab(tokenizer.vocab_size, config.model.vocab_size, config.data.tokenizer)
   source = open_source(config.data.train, config.model.image_size, config.seed,
-                       cache_dir=index_cache_dir(workdir), max_pixels=config.data.max_pixels)
+                       cache_dir=index_cache_dir(workdir), max_pixels=config.data.max_pixels,
+                       index_dir=config.data.get('index_dir') or None)
   fit = check_fit(tokenizer, config.data.tokenizer, source, config.data.max_unknown_token_rate)
   if fit:
     print(f'warning: {fit}', file=sys.stderr, flush=True)
@@ -78,7 +79,9 @@ def open_run(config, workdir: str, allow_config_change: bool):
   if config.data.workers > 0:  # grain's worker processes read absl flags.
     from absl import flags
     flags.FLAGS.mark_as_parsed()
-  from data.pipeline import train_dataset
+  from data.pipeline import corpus_statistics, train_dataset
+  print(corpus_statistics(source, config.batch_size, jax.process_index(), jax.process_count()),
+        flush=True)
   dataset = train_dataset(source, tokenizer, config.data, image_size=config.model.image_size,
                           context_length=config.model.context_length,
                           global_batch=config.batch_size, seed=config.seed,

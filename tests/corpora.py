@@ -90,3 +90,29 @@ def every_format(root: str, count: int) -> dict[str, str]:
   specs['tsv'] = f'csv:{tsv}?sep=tab&image_key=filepath&caption_key=title'
   return specs
 
+
+
+def mixed_wds(folder: str, shards: int = 3, per_shard: int = 5) -> tuple[str, list[str]]:
+  """Shards whose samples mix what webdataset allows: .jpg+.txt, .png+.json, an image alone, a
+  caption alone, a lone metadata member, keys in folders, and names longer than 100 characters
+  (tar's prefix field). Every caption is unique. -> (wds spec, [shard paths])."""
+  os.makedirs(folder, exist_ok=True)
+  paths = []
+  for s in range(shards):
+    path = os.path.join(folder, f'mixed-{s:03d}.tar')
+    with tarfile.open(path, 'w', format=tarfile.USTAR_FORMAT) as tar:
+      for i in range(per_shard):
+        n = s * per_shard + i
+        key = f'd{n % 2}/{"k" * (90 if n % 4 == 1 else 3)}{n:04d}'
+        caption = f'caption {n}'.encode()
+        if n % 5 == 2:  # a .png with a .json caption, caption first
+          add_member(tar, f'{key}.json', b'{"caption": "' + caption + b'"}')
+          add_member(tar, f'{key}.png', encode(np.full((6, 6, 3), n, np.uint8), 'PNG'))
+        else:
+          add_member(tar, f'{key}.jpg', good_image(n, size=8))
+          if n % 7 != 3:  # n = 3, 10: an image without caption
+            add_member(tar, f'{key}.txt', caption)
+      add_member(tar, f'meta{s}.cls', b'7')  # no image nor caption: not a sample
+      add_member(tar, f'only{s}.txt', f'caption only {s}'.encode())  # a sample without image
+    paths.append(path)
+  return os.path.join(folder, f'mixed-{{000..{shards - 1:03d}}}.tar'), paths

@@ -2,7 +2,6 @@
 records it gives from local disk; the wds index cache lives in the bucket and follows its objects."""
 
 import itertools
-import json
 import os
 
 import numpy as np
@@ -13,6 +12,7 @@ from data.errors import ConfigError
 from data.make_corpus import write_corpus
 from data.records import BadRecord
 from data.sources import index_cache_dir, open_source
+from data.tarindex import SUFFIX, decode
 from tests.helpers import read_metrics, run_train
 
 COUNT = 12
@@ -110,10 +110,10 @@ def test_wds_index_cache_lives_in_the_bucket_and_follows_its_objects(gcs, local_
   spec, cache = f'wds:{url}/shard-{{000000..000002}}.tar', index_cache_dir(f'{url}/run')
   first = open_source(spec, cache_dir=cache)
   names = storage.listdir(cache)
-  assert len(names) == 3 and all(n.startswith('wds_') for n in names)
+  assert len(names) == 3 and all(n.endswith(SUFFIX) for n in names)
   stamps = {n: storage.version_stamp(storage.join(cache, n)) for n in names}
-  index = json.loads(storage.read_text(storage.join(cache, names[0])))
-  assert index['stamp'][0].startswith(url)  # the full URL, with its bucket
+  header, _ = decode(storage.read_bytes(storage.join(cache, names[0])))
+  assert header['stamp'][0].startswith(url)  # the full URL, with its bucket
   again = open_source(spec, cache_dir=cache)
   assert len(again) == len(first) == COUNT
   # Reused: no cache object was written again (a rewrite gets a new generation).

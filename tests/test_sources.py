@@ -125,7 +125,7 @@ def test_bad_records_in_wds_are_skipped_and_counted_exactly(tmp_path):
   spec, expected = corpora.wds_with_bad_records(str(tmp_path), good=15, max_pixels=max_pixels)
   source = open_source(f'wds:{spec}', cache_dir=str(tmp_path / 'c'), max_pixels=max_pixels)
   assert [p.kind for p in source.problems] == ['truncated_shard']
-  kept = [k for k in range(len(source)) if source.samples[k][0] == 1]  # from the cut shard
+  kept = [k for k in range(len(source)) if source.shard_of(k) == 1]  # from the cut shard
   assert 0 < len(kept) < 4  # the complete samples before the cut survive
   counts = _epoch_bad_counts(source, len(source))
   assert counts == {k: n for k, n in expected.items() if k != 'truncated_shard'}

@@ -25,7 +25,7 @@ MAY_CHANGE = (
     'max_consecutive_skips', 'prefault_step_memory', 'tower_batch_chunks', 'debug.', 'mesh.',
     'param_sharding', 'accum_steps', 'model.ops', 'model.attention', 'model.image_remat',
     'model.text_remat', 'compile_cache_dir', 'deterministic', 'data.num_threads', 'data.prefetch',
-    'data.workers', 'data.max_unknown_token_rate', 'eval.', 'log.',
+    'data.workers', 'data.max_unknown_token_rate', 'data.index_dir', 'eval.', 'log.',
 )
 
 

@@ -166,6 +166,7 @@ RULES: dict[str, Rule] = {
     'data.workers': _int(low=0),
     'data.on_bad_record': Rule('str', choices=BAD_POLICIES),
     'data.max_pixels': _int(above=0),
+    'data.index_dir': STR,
     'data.max_unknown_token_rate': UNIT,
     'eval': GROUP,
     'eval.every': _int(low=0, wording='>= 0 (0 = at the final step only)'),
