@@ -1,7 +1,8 @@
 """Training data at LAION scale: index step, start-up, index memory and examples/s, extrapolated.
 
   python -m benchmarks.data_scale [--shards 2000] [--samples_per_shard 1000] [--corpus_dir DIR]
-      [--gcs_shards N] [--skip_gcs] [--index_workers 2] [--examples 4096] [--json PATH] [--smoke]
+      [--gcs_shards N] [--skip_gcs] [--skip_local] [--index_workers 2] [--examples 4096]
+      [--json PATH] [--smoke]
 
 Builds (once, reused from --corpus_dir) a synthetic webdataset corpus of tiny PNGs and captions
 (benchmarks/wds_synth.py), then for local disk and for a bucket on the GCS emulator
@@ -82,7 +83,10 @@ def measure(kind: str, spec: str, index_dir: str, shards: int, args) -> dict:
   if has_index_step():
     seconds, _ = run_child(['data.index', spec, '--out', index_dir, '--workers',
                             str(args.index_workers)], args.timeout)
-    row.update(index_step_s=seconds, index_workers=args.index_workers, startup_cold_s=None)
+    # Its fixed part (interpreter, imports), which does not grow with the corpus.
+    fixed, _ = run_child(['data.index', '--help'], args.timeout)
+    row.update(index_step_s=seconds, index_fixed_s=fixed, index_workers=args.index_workers,
+               startup_cold_s=None)
   else:
     cold = startup(spec, index_dir, args)  # builds the per-shard JSON caches as it opens
     row.update(index_step_s=None, index_workers=None, startup_cold_s=cold['startup_s'],
@@ -125,17 +129,21 @@ def gcs_corpus(local_dir: str, shards: int, objects_dir: str) -> tuple[str, str]
 def extrapolate(row: dict, extra_workers: int) -> list[dict]:
   """Each figure at 400M and 1.8B samples, linear in the corpus size.
 
-  Start-up = a fixed part (interpreter, imports, pipeline, first batch) + opening the source,
-  and only the opening grows with the corpus; examples/s does not depend on the corpus size.
+  Start-up = a fixed part (interpreter, imports, pipeline, first batch) + opening the source, and
+  the index step = its fixed part (`--help`: interpreter, imports) + the rest; only the second
+  terms grow with the corpus (the index step's as if its workers scaled ideally). Examples/s does
+  not depend on the corpus size.
   """
   out = []
   for label, n in TARGETS.items():
     scale = n / row['samples']
     e = {'storage': row['storage'], 'code': row['code'], 'samples': label}
     if row['index_step_s'] is not None:
-      e['index_step_h'] = row['index_step_s'] * scale / 3600
-      e[f'index_step_h_{extra_workers}_workers'] = (e['index_step_h'] * row['index_workers']
-                                                    / extra_workers)
+      fixed = row['index_fixed_s']
+      grows = (row['index_step_s'] - fixed) * scale
+      e['index_step_h'] = (fixed + grows) / 3600
+      e[f'index_step_h_{extra_workers}_workers'] = (
+          fixed + grows * row['index_workers'] / extra_workers) / 3600
     for key in ('cold', 'warm'):
       if row.get(f'startup_{key}_s') is not None:
         fixed = row[f'startup_{key}_s'] - row[f'open_{key}_s']
@@ -166,6 +174,7 @@ def main(argv: list[str]) -> int:
   parser.add_argument('--gcs_shards', type=int, default=0,
                       help='shards uploaded to and read from the emulator (0: all)')
   parser.add_argument('--skip_gcs', action='store_true')
+  parser.add_argument('--skip_local', action='store_true')
   parser.add_argument('--index_workers', type=int, default=2)
   parser.add_argument('--extrapolate_workers', type=int, default=64,
                       help='also give the index step at this many workers (ideal scaling)')
@@ -175,6 +184,8 @@ def main(argv: list[str]) -> int:
   parser.add_argument('--json', '--out', dest='json', default='benchmarks/results/data_scale.json')
   parser.add_argument('--smoke', action='store_true', help='tiny sizes in a temporary folder, for CI')
   args = parser.parse_args(argv)
+  if args.skip_gcs and args.skip_local:
+    parser.error('--skip_gcs and --skip_local leave nothing to measure')
   if args.smoke:
     args.shards, args.samples_per_shard, args.examples, args.batch = 3, 20, 16, 8
     if not args.corpus_dir:
@@ -186,8 +197,9 @@ def main(argv: list[str]) -> int:
   if wds_synth.build(os.path.join(corpus, 'wds'), args.shards, args.samples_per_shard):
     print(f'built the corpus in {time.time() - start:.0f} s: {corpus}', flush=True)
   scratch = os.path.join(corpus, 'scratch')
-  rows = [measure('local', wds_synth.spec(os.path.join(corpus, 'wds'), args.shards),
-                  os.path.join(scratch, 'index'), args.shards, args)]
+  rows = [] if args.skip_local else [
+      measure('local', wds_synth.spec(os.path.join(corpus, 'wds'), args.shards),
+              os.path.join(scratch, 'index'), args.shards, args)]
   if not args.skip_gcs:
     shards = min(args.gcs_shards or args.shards, args.shards)
     spec, index_dir = gcs_corpus(os.path.join(corpus, 'wds'), shards,
