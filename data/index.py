@@ -50,7 +50,7 @@ def run(spec: str, out: str | None = None, workers: int = 16) -> dict:
         f'files {"in " + out if out else "beside the shards"}', flush=True)
   indexes, built = index_shards([shards[k] for k in present], [versions[k] for k in present],
                                 [folder], folder, workers)
-  return {'shards': len(shards), 'samples': sum(len(rows) for rows, _ in indexes),
+  return {'shards': len(shards), 'samples': sum(len(index.rows) for index in indexes),
           'indexed': built, 'skipped': len(present) - built,
           'truncated': sum(index.truncated for index in indexes),
           'missing': len(shards) - len(present), 'seconds': time.monotonic() - start}

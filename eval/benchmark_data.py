@@ -18,6 +18,7 @@ import numpy as np
 from data import storage
 from data.errors import ConfigError
 from data.records import DEFAULT_MAX_PIXELS
+from data.tarindex import NONE
 from data.wds import WdsSource
 from eval import benchmark_meta
 
