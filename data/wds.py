@@ -55,11 +55,14 @@ class ShardReaders:
   grain reads with several threads (a handle's seek+read is not atomic) and ships the source to
   worker processes: handles are never shared across threads nor copied to another process, where
   each opens its own. At most `keep` stay open per thread (least recently used closed first), so
-  thousands of shards do not exhaust file descriptors or connections.
+  thousands of shards do not exhaust file descriptors. Shards in a bucket take no handle: each
+  read is one ranged GET (storage.read_range), so a shuffled read over thousands of shards never
+  pays a reopen (a metadata request) when the handle cache has moved on.
   """
 
   def __init__(self, paths: list[str], keep: int = 64):
     self.paths, self.keep = paths, keep
+    self._bucket = [storage.is_bucket(path) for path in paths]
     self._local = threading.local()
 
   def __getstate__(self) -> dict:
@@ -70,6 +73,8 @@ class ShardReaders:
 
   def read(self, shard: int, offset: int, length: int) -> bytes:
     """`length` bytes of shard `shard` from `offset`."""
+    if self._bucket[shard]:  # a ranged GET needs no handle: none to reopen when the LRU drops it
+      return storage.read_range(self.paths[shard], offset, length)
     handles = getattr(self._local, 'handles', None)
     if handles is None:
       handles = self._local.handles = collections.OrderedDict()
