@@ -153,17 +153,43 @@ def shard_stamp(shard: str, version: list) -> list:
   return [storage.absolute(shard), *version]
 
 
+def _matching(data: bytes | None, stamp: list) -> ShardIndex | None:
+  """The index in an index file's bytes if it was made from this version of the shard."""
+  try:
+    header, rows = decode(data)
+  except (TypeError, ValueError, KeyError):  # absent (None), not an index file, or cut short
+    return None
+  if header.get('stamp') != stamp:
+    return None
+  return ShardIndex(rows, bool(header['truncated']), header.get('labels'))
+
+
 def read_index(shard: str, version: list, folders: list[str]) -> ShardIndex | None:
   """The index from the first folder holding an index of this version of the shard."""
-  stamp = shard_stamp(shard, version)
   for folder in folders:
     try:
-      header, rows = decode(storage.read_bytes(index_file(shard, folder)))
-    except (OSError, ValueError, KeyError):
+      index = _matching(storage.read_bytes(index_file(shard, folder)), shard_stamp(shard, version))
+    except OSError:
       continue
-    if header.get('stamp') == stamp:
-      return ShardIndex(rows, bool(header['truncated']), header.get('labels'))
+    if index is not None:
+      return index
   return None
+
+
+def read_indexes(shards: list[str], versions: list[list],
+                 candidates: list[list[str]]) -> list[ShardIndex | None]:
+  """Each shard's index from the first of its candidate folders, all fetched in one batch (the
+  later candidates are tried one by one, only where the first holds a stale index)."""
+  first = [folders[0] if folders else None for folders in candidates]
+  paths = [index_file(s, f) for s, f in zip(shards, first) if f is not None]
+  data = iter(storage.read_many(paths))
+  found = []
+  for k, folder in enumerate(first):
+    index = None if folder is None else _matching(next(data), shard_stamp(shards[k], versions[k]))
+    if index is None and len(candidates[k]) > 1:
+      index = read_index(shards[k], versions[k], candidates[k][1:])
+    found.append(index)
+  return found
 
 
 def build_index(shard: str, version: list, folder: str | None) -> ShardIndex:
@@ -218,8 +244,8 @@ def index_shards(shards: list[str], versions: list[list], folders: list[str],
   # files it does not hold.
   listed = {folder: storage.version_stamps([index_file(s, folder) for s in shards])
             for folder in folders}
-  found = parallel(lambda k: read_index(shards[k], versions[k], [
-      folder for folder in folders if listed[folder][k] is not None]), range(len(shards)), workers)
+  found = read_indexes(shards, versions, [
+      [folder for folder in folders if listed[folder][k] is not None] for k in range(len(shards))])
   todo = [k for k, index in enumerate(found) if index is None]
   if todo:
     if announce:

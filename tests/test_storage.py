@@ -41,10 +41,19 @@ def test_ranged_reads_and_version_stamp(root):
     assert f.read(4) == bytes([1000 % 256, 1001 % 256, 1002 % 256, 1003 % 256])
     f.seek(3)
     assert f.read(2) == b'\x03\x04'
+  if storage.is_bucket(path):  # one ranged GET, no handle
+    assert storage.read_range(path, 1000, 4) == bytes([232, 233, 234, 235])
   first = storage.version_stamp(path)
   assert first[0] == 2048
   storage.write_bytes(path, b'other')
   assert storage.version_stamp(path) != first and storage.version_stamp(path)[0] == 5
+
+
+def test_read_many_gives_each_file_or_none(root):
+  paths = [storage.join(root, name) for name in ('a', 'missing', 'b', 'a')]
+  storage.write_bytes(paths[0], b'first')
+  storage.write_bytes(paths[2], bytes(range(7)))
+  assert storage.read_many(paths) == [b'first', None, bytes(range(7)), b'first']
 
 
 def test_missing_bucket_is_one_line(gcs, s3):
