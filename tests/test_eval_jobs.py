@@ -246,10 +246,12 @@ def test_two_files_of_one_name_get_two_folders(run_copy, tmp_path, monkeypatch):
 
 
 def _search(capsys, *argv):
-  """eval.search's command line in this process (8 devices); (exit code, stdout lines)."""
+  """eval.search's command line in this process (8 devices); (exit code, stdout lines after the
+  eval jobs' start-up lines, which name the checkpoint and devices)."""
   from eval import search
   code = search.main([str(a) for a in argv])
-  return code, capsys.readouterr().out.splitlines()
+  return code, [line for line in capsys.readouterr().out.splitlines()
+                if not line.startswith(('checkpoint: ', 'devices: '))]
 
 
 def test_search_index_resumes_and_queries_match_brute_force(run_dir, tmp_path, capsys):

@@ -12,7 +12,7 @@ from pretrain.runtime.checkpoint import restore_params
 from pretrain.config.cli import load_saved_config
 from pretrain.step.train_step import model_graphdef_and_shapes
 from pretrain.runtime.logger import MetricsLogger
-from tests.helpers import read_metrics, run_train, tb_events
+from tests.helpers import read_metrics, run_train, shared_compile_cache, tb_events
 
 FAST = ['--config.model.image_size=16', '--config.model.context_length=12',
         '--config.batch_size=32', '--config.optim.warmup_steps=2', '--config.log_every=1']
@@ -40,9 +40,9 @@ def test_resume_is_bit_identical(tmp_path):
     lines = result.stdout.splitlines()
     begin = lines.index(f'run: {split}')
     block = lines[begin:begin + 7]
+    given = common + (['--config.exit_after_step=4'] if result is first else [])
     assert block[1] == 'config: configs/demo.py, variant (default); overrides: ' + ' '.join(
-        a[len('--config.'):] for a in common + (['--config.exit_after_step=4']
-                                                if result is first else []))
+        a[len('--config.'):] for a in given + shared_compile_cache(given))
     assert block[2:4] == [
         f'start: {start}; total_steps 8',
         'devices: 1 process(es) x 8 cpu device(s) = 8; mesh data=4 x fsdp=2 (axes data, fsdp)']
