@@ -1,6 +1,7 @@
 """Data sources named by spec strings, each a random-access sequence of decoded records.
 
-  shapes:SPLIT                     the embedded corpus (train, zeroshot, retrieval)
+  shapes:SPLIT[?size=N]            the embedded corpus (train, zeroshot, retrieval); size: the
+                                   first N records of the split (rendered on demand, any N)
   csv:PATH[?sep=tab&image_key=filepath&caption_key=title]
   wds:PATTERN                      tar shards: brace ranges {000..099} and globs
   imagefolder:DIR                  DIR/<class>/<image>
@@ -51,6 +52,16 @@ def check_spec(spec: str) -> None:
                         f'{", ".join(SOURCE_KINDS)}')
 
 
+def _shapes_size(spec: str, options: dict[str, str]) -> int | None:
+  """The `size` option of a shapes spec (None: the split's own size)."""
+  if 'size' not in options:
+    return None
+  text = options['size']
+  if not text.isdigit() or int(text) < 1:
+    raise ConfigError(f'data spec {spec!r}: size must be a whole number >= 1, not {text!r}')
+  return int(text)
+
+
 def _open_one(spec: str, image_size: int, seed: int, cache_dir: str | None, max_pixels: int):
   kind, arg, options = parse_spec(spec)
   if kind == 'shapes':
@@ -59,7 +70,7 @@ def _open_one(spec: str, image_size: int, seed: int, cache_dir: str | None, max_
     if split not in SPLITS:
       raise ConfigError(f'data spec {spec!r}: unknown shapes split {split!r}; known: '
                         f'{", ".join(SPLITS)}')
-    return ShapesSource(split, image_size=image_size, seed=seed)
+    return ShapesSource(split, image_size=image_size, seed=seed, size=_shapes_size(spec, options))
   if not arg:
     raise ConfigError(f'data spec {spec!r} needs a path: {kind}:PATH')
   try:
