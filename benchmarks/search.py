@@ -137,7 +137,8 @@ def real_main(args: argparse.Namespace) -> int:
                               np.random.default_rng(0))
     rows += real_adaptive_rows(index, queries, run)
   print_table(rows, list(rows[0]))
-  write_json(args.out, {'results': rows, 'args': vars(args), 'steps': steps,
+  used = {k: getattr(args, k) for k in ('workdir', 'data', 'index', 'queries', 'out')}
+  write_json(args.out, {'results': rows, 'args': used, 'steps': steps,
                         'machine': platform.processor() or platform.machine()})
   return 0
 
