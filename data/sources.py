@@ -12,6 +12,7 @@ A record is a dict with `image` (RGB PIL image or uint8 array), `key`, and `capt
 and/or `label`; a broken record raises data.records.BadRecord. Sources expose `name`, `text(i)`
 (captions without the image), `classnames` when they have classes, and `problems` (bad shards).
 Every PATH may be local or a gs:// / s3:// URL, except a tfds: data_dir (local only).
+shapes:SPLIT?size=N is the split's first N records (rendered on demand, so any N).
 """
 
 from urllib.parse import parse_qsl
@@ -60,7 +61,7 @@ def _open_one(spec: str, image_size: int, seed: int, cache_dir: str | None, max_
     if split not in SPLITS:
       raise ConfigError(f'data spec {spec!r}: unknown shapes split {split!r}; known: '
                         f'{", ".join(SPLITS)}')
-    return ShapesSource(split, image_size=image_size, seed=seed)
+    return ShapesSource(split, image_size=image_size, seed=seed, size=_shapes_size(spec, options))
   if not arg:
     raise ConfigError(f'data spec {spec!r} needs a path: {kind}:PATH')
   try:
@@ -108,3 +109,13 @@ def open_source(spec: str, image_size: int = 64, seed: int = 0, cache_dir: str |
 def index_cache_dir(workdir: str) -> str:
   """Where a run keeps its shard indexes: beside the run, in its bucket when the workdir is one."""
   return storage.join(workdir, 'data_index')
+
+
+def _shapes_size(spec: str, options: dict[str, str]) -> int | None:
+  """The `size` option of a shapes spec (None: the split's own size)."""
+  if 'size' not in options:
+    return None
+  text = options['size']
+  if not text.isdigit() or int(text) < 1:
+    raise ConfigError(f'data spec {spec!r}: size must be a whole number >= 1, not {text!r}')
+  return int(text)

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from data.errors import ConfigError
 from data.mixture import MixtureSource
 from data.pipeline import train_dataset
 from data.records import BAD_KINDS, BadRecord, decode_image
@@ -243,6 +244,21 @@ def test_shapes_labels_do_not_follow_assigned_names():
   source = ShapesSource('zeroshot', 16, size=96)
   source.classnames = source.classnames[:40]
   assert source.labels()[40:48] == list(range(40, 48)) and source[47]['label'] == 47
+
+
+def test_shapes_size_option_takes_the_first_records_of_any_length():
+  small = open_source('shapes:retrieval?size=3', 16, 0)
+  big = open_source('shapes:retrieval?size=600', 16, 0)
+  default = ShapesSource('retrieval', 16)
+  assert (len(small), len(big), len(default)) == (3, 600, 500)
+  assert big[2]['captions'] == small[2]['captions'] == default[2]['captions']
+  np.testing.assert_array_equal(np.asarray(big[499]['image']), np.asarray(default[499]['image']))
+  assert big[599]['key'] == 'shapes_retrieval/599'
+  with pytest.raises(IndexError):
+    small[3]
+  for bad in ('0', '-2', 'ten'):
+    with pytest.raises(ConfigError, match='size must be a whole number'):
+      open_source(f'shapes:train?size={bad}', 16, 0)
 
 
 @pytest.mark.parametrize('name, text', [('header.csv', 'image,caption\n'), ('empty.jsonl', ''),
