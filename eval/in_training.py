@@ -18,6 +18,7 @@ from data.sources import open_source
 from eval.classnames import resolve_classnames
 from eval.embed import Embedder
 from eval.job import dataset_name
+from eval.prefixes import parse_dims
 from eval.retrieval import evaluate_retrieval
 from eval.templates import load_templates
 from eval.zeroshot_lib import evaluate_zeroshot
@@ -80,8 +81,10 @@ class TrainingEvals:
 
   def _evaluate(self, task: Task) -> dict:
     model = self.config.model
+    # A Matryoshka run is also scored at each of its prefixes (`acc1@64`, ...), as the offline
+    # jobs score it by default.
     dims = dict(image_size=model.image_size, context_length=model.context_length,
-                batch_size=self.config.eval.batch_size)
+                batch_size=self.config.eval.batch_size, dims=parse_dims(None, self.config))
     if task.kind == 'zeroshot':
       return evaluate_zeroshot(self._embedder, self.tokenizer, task.source, self.templates,
                                classnames=task.classnames, **dims)
