@@ -187,16 +187,25 @@ def read_many(paths: list[str], workers: int = 16) -> list[bytes | None]:
       value = got.get(inner)
       out[k] = value if isinstance(value, bytes) else None
 
-  def local(k: int) -> None:
+  def local(path: str) -> bytes | None:
     try:
-      out[k] = read_bytes(paths[k])
+      return read_bytes(path)
     except OSError:
-      pass
+      return None
 
   todo = [k for k, path in enumerate(paths) if not is_bucket(path)]
-  with concurrent.futures.ThreadPoolExecutor(max(1, min(workers, len(todo)))) as pool:
-    list(pool.map(local, todo))
+  for k, data in zip(todo, map_in_threads(local, [paths[k] for k in todo], workers)):
+    out[k] = data
   return out
+
+
+def map_in_threads(function, items, workers: int) -> list:
+  """[function(item)] in order, over a thread pool: for reads, which wait on disk or network."""
+  items = list(items)
+  if workers <= 1 or len(items) <= 1:
+    return [function(item) for item in items]
+  with concurrent.futures.ThreadPoolExecutor(min(workers, len(items))) as pool:
+    return list(pool.map(function, items))
 
 
 def read_range(path: str, offset: int, length: int) -> bytes:

@@ -13,14 +13,13 @@ It lives beside the shard (`SHARD.wdsidx`) or in an index folder (`NAME-CRC32.wd
 the shard's full path, so one folder can hold the indexes of several corpora).
 """
 
-import concurrent.futures
 import json
-import typing
 import posixpath
 import sys
 import tarfile
 import threading
 import time
+import typing
 import zlib
 
 import numpy as np
@@ -226,15 +225,6 @@ class Progress:
               f'{rate:.1f} shards/s, ETA {eta:.0f} s', flush=True)
 
 
-def parallel(function, items, workers: int) -> list:
-  """[function(item)] in order, over a thread pool (reads wait on disk or network, not CPU)."""
-  items = list(items)
-  if workers <= 1 or len(items) <= 1:
-    return [function(item) for item in items]
-  with concurrent.futures.ThreadPoolExecutor(min(workers, len(items))) as pool:
-    return list(pool.map(function, items))
-
-
 def index_shards(shards: list[str], versions: list[list], folders: list[str],
                  write_to: str | None, workers: int, what: str = 'index',
                  announce=None) -> tuple[list, int]:
@@ -257,6 +247,6 @@ def index_shards(shards: list[str], versions: list[list], folders: list[str],
       progress.add(len(index.rows))
       return index
 
-    for k, index in zip(todo, parallel(build, todo, workers)):
+    for k, index in zip(todo, storage.map_in_threads(build, todo, workers)):
       found[k] = index
   return found, len(todo)
