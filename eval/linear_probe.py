@@ -25,6 +25,7 @@ from eval import linear_probe_lib
 from eval.job import Outputs, add_common_flags, cli, dataset_name, timed_evaluator
 from eval.provenance import dataset_identity, eval_settings
 from eval.run_model import RunModel
+from eval.search_lib import normalize
 from eval.zeroshot_lib import source_labels
 
 
@@ -108,7 +109,7 @@ def make_job(args: argparse.Namespace):
   outputs = Outputs(args.workdir, 'linear_probe', name, settings, given)
 
   def compute(embedder):
-    train_x, test_x = (_unit(embedder.embed_images(source, image_size, args.batch_size))
+    train_x, test_x = (normalize(embedder.embed_images(source, image_size, args.batch_size))
                        for source in (train, test))
     metrics = linear_probe_lib.linear_probe(train_x, train_y, test_x, test_y, classes,
                                             args.holdout)
@@ -120,11 +121,6 @@ def make_job(args: argparse.Namespace):
     return metrics, {'confusion': confusion}
 
   return outputs, timed_evaluator(run, outputs, compute)
-
-
-def _unit(x: np.ndarray) -> np.ndarray:
-  """Normalised embeddings, as CLIP_benchmark's linear probe featurizes."""
-  return x / np.maximum(np.linalg.norm(x, axis=-1, keepdims=True), 1e-12)
 
 
 if __name__ == '__main__':

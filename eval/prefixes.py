@@ -11,6 +11,7 @@ from typing import Callable, Sequence
 import numpy as np
 
 from data.errors import ConfigError
+from eval.search_lib import prefix
 from pretrain.losses.matryoshka import prefix_widths
 from pretrain.models.variants import model_size
 
@@ -42,10 +43,7 @@ def parse_dims(arg: str | None, run_config) -> tuple[int, ...]:
 
 def truncate(x: np.ndarray, k: int) -> np.ndarray:
   """The first k dimensions of unit rows, re-normalised; the full width is `x` itself."""
-  if k == x.shape[-1]:
-    return x
-  x = np.asarray(x[..., :k], np.float32)
-  return x / np.maximum(np.linalg.norm(x, axis=-1, keepdims=True), 1e-12)
+  return prefix(x, k)
 
 
 def metrics_at_prefixes(widths: Sequence[int], compute: Callable[[int], dict]) -> dict:

@@ -12,10 +12,9 @@ import numpy as np
 
 
 def normalize(x: np.ndarray) -> np.ndarray:
-  """Rows scaled to unit L2 norm (zero rows stay zero), float32."""
+  """Rows scaled to unit L2 norm (zero rows stay zero), float32: every eval job's embeddings."""
   x = np.asarray(x, np.float32)
-  norm = np.linalg.norm(x, axis=-1, keepdims=True)
-  return x / np.where(norm == 0, 1, norm)
+  return x / np.maximum(np.linalg.norm(x, axis=-1, keepdims=True), 1e-12)
 
 
 def prefix(x: np.ndarray, dims: int | None) -> np.ndarray:

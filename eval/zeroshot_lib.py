@@ -25,10 +25,7 @@ from data.errors import ConfigError
 from data.tokenizer import Tokenizer
 from eval.embed import Embedder
 from eval.prefixes import metrics_at_prefixes, truncate
-
-
-def _normalize(x: np.ndarray) -> np.ndarray:
-  return x / np.maximum(np.linalg.norm(x, axis=-1, keepdims=True), 1e-12)
+from eval.search_lib import normalize
 
 
 def class_embeddings(embedder: Embedder, tokenizer: Tokenizer, classnames: list[str],
@@ -42,8 +39,8 @@ def class_embeddings(embedder: Embedder, tokenizer: Tokenizer, classnames: list[
 def classifier(prompt_emb: np.ndarray, num_classes: int) -> np.ndarray:
   """[C, D] from [C * templates, D] prompt embeddings (class-major): normalised, averaged per
   class, re-normalised."""
-  emb = _normalize(prompt_emb).reshape(num_classes, -1, prompt_emb.shape[-1]).mean(axis=1)
-  return _normalize(emb)
+  emb = normalize(prompt_emb).reshape(num_classes, -1, prompt_emb.shape[-1]).mean(axis=1)
+  return normalize(emb)
 
 
 def zeroshot_metrics(image_emb: np.ndarray, labels: np.ndarray, class_emb: np.ndarray) -> dict:
