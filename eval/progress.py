@@ -10,6 +10,8 @@ import sys
 import time
 from typing import Callable, TextIO
 
+from pretrain.runtime.logger import fmt_duration
+
 ENV_SECONDS = 'EVAL_PROGRESS_SECONDS'
 DEFAULT_SECONDS = 10.0
 BAR_WIDTH = 24
@@ -23,12 +25,6 @@ def interval_seconds(every_s: float | None = None) -> float:
     return float(os.environ.get(ENV_SECONDS, DEFAULT_SECONDS))
   except ValueError:  # a mistyped variable must not stop an eval job
     return DEFAULT_SECONDS
-
-
-def fmt_duration(seconds: float) -> str:
-  """H:MM:SS."""
-  seconds = int(max(seconds, 0))
-  return f'{seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d}'
 
 
 class Progress:

@@ -29,8 +29,9 @@ BUCKET_FLUSH_SECONDS = 10.0
 IDENTIFIERS = frozenset({'batch_crc32'})
 
 
-def _fmt_duration(seconds: float) -> str:
-  seconds = int(seconds)
+def fmt_duration(seconds: float) -> str:
+  """H:MM:SS (negative durations as 0:00:00)."""
+  seconds = int(max(seconds, 0))
   return f'{seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d}'
 
 
@@ -87,7 +88,7 @@ class MetricsLogger:
     """Prints step/total, loss, temperature, accuracies, examples/s, ETA and skipped records."""
     if not self.enabled:
       return
-    eta = _fmt_duration(seconds_per_step * (self.total_steps - step))
+    eta = fmt_duration(seconds_per_step * (self.total_steps - step))
     bad = ''
     if bad_records:
       detail = ', '.join(f'{k} {n}' for k, n in sorted(bad_records.items()))
