@@ -12,7 +12,7 @@ from typing import Iterable
 import numpy as np
 
 from data.errors import ConfigError
-from eval.search_lib import merge_topk
+from eval.search_lib import topk_chunks
 
 
 def check_bits(bits: int, dim: int) -> None:
@@ -43,16 +43,9 @@ def hamming_topk(queries: np.ndarray, chunks: Iterable[np.ndarray], k: int,
                  ) -> tuple[np.ndarray, np.ndarray]:
   """(distances, ids) of the k nearest codes per query over the concatenated chunks of packed
   codes (ids count across chunks), ties by lower id."""
-  best_d = np.zeros((len(queries), 0), np.int32)
-  best_i = np.zeros((len(queries), 0), np.int64)
-  start = 0
-  for block in chunks:
-    d = hamming(queries, block)
-    ids = np.broadcast_to(start + np.arange(d.shape[1]), d.shape)
-    # merge_topk keeps the highest scores: negate distances, and back.
-    neg, best_i = merge_topk(np.concatenate([-best_d, -d], 1), np.concatenate([best_i, ids], 1), k)
-    best_d, start = -neg, start + d.shape[1]
-  return best_d, best_i
+  # The top k keeps the highest scores: rank by negated distance, and negate back.
+  neg, ids = topk_chunks(queries, chunks, k, lambda q, block: -hamming(q, block), np.int32)
+  return -neg, ids
 
 
 def reranked_ranks(query_codes: np.ndarray, gallery_codes: np.ndarray, query_emb: np.ndarray,

@@ -6,7 +6,7 @@ convention of eval/retrieval_lib.py. The index is scanned in chunks, so memory i
 chunk), never O(queries x index).
 """
 
-from typing import Iterable
+from typing import Callable, Iterable
 
 import numpy as np
 
@@ -49,16 +49,22 @@ def merge_topk(scores: np.ndarray, ids: np.ndarray, k: int) -> tuple[np.ndarray,
   return np.take_along_axis(top_s, order, -1), np.take_along_axis(top_i, order, -1)
 
 
+def dot_scores(queries: np.ndarray, chunk: np.ndarray) -> np.ndarray:
+  """[Q, C] dot products of float32 rows (cosine similarity of unit rows)."""
+  return np.asarray(queries, np.float32) @ np.asarray(chunk, np.float32).T
+
+
 def topk_chunks(queries: np.ndarray, chunks: Iterable[np.ndarray], k: int,
-                ) -> tuple[np.ndarray, np.ndarray]:
-  """(scores [Q, k'], ids [Q, k']) of the exact top k over the concatenation of `chunks`, k' =
-  min(k, index size); ids count from 0 across chunks."""
-  queries = np.asarray(queries, np.float32)
-  best_s = np.zeros((len(queries), 0), np.float32)
+                score: Callable[[np.ndarray, np.ndarray], np.ndarray] = dot_scores,
+                dtype=np.float32) -> tuple[np.ndarray, np.ndarray]:
+  """(scores [Q, k'], ids [Q, k']) of the exact top k (highest `score(queries, chunk)`, of
+  `dtype`) over the concatenation of `chunks`, k' = min(k, index size); ids count from 0 across
+  chunks."""
+  best_s = np.zeros((len(queries), 0), dtype)
   best_i = np.zeros((len(queries), 0), np.int64)
   start = 0
   for chunk in chunks:
-    scores = queries @ np.asarray(chunk, np.float32).T
+    scores = score(queries, chunk)
     ids = np.broadcast_to(start + np.arange(scores.shape[1]), scores.shape)
     best_s, best_i = merge_topk(np.concatenate([best_s, scores], 1),
                                 np.concatenate([best_i, ids], 1), k)
