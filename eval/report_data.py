@@ -11,6 +11,7 @@ import json
 import re
 
 from data import storage
+from pretrain.config.identity import flat_fields
 
 # metrics.jsonl keys that identify rather than measure, or duplicate another key.
 NOT_PLOTTED = frozenset({'step', 'batch_crc32', 'skipped', 'logit_scale'})
@@ -124,15 +125,9 @@ def read_eval_files(workdir: str) -> dict[str, Series]:
   return evals
 
 
-def flat_config(tree: dict, prefix: str = '') -> dict[str, str]:
+def flat_config(tree: dict) -> dict[str, str]:
   """config.json as dotted field -> value written as JSON (lists and numbers comparable)."""
-  fields = {}
-  for key, value in tree.items():
-    if isinstance(value, dict) and value:
-      fields.update(flat_config(value, f'{prefix}{key}.'))
-    else:
-      fields[prefix + key] = json.dumps(value)
-  return fields
+  return {name: json.dumps(value) for name, value in flat_fields(tree).items()}
 
 
 def read_config(workdir: str) -> dict:
