@@ -109,10 +109,14 @@ class ProcessSlice:
     return position, int(self._order[position])
 
 
+def shard_files(source) -> int:
+  """How many shard files a source (or each part of a mixture) reads; 0 for unsharded sources."""
+  return sum(len(getattr(part, 'paths', ())) for part in getattr(source, 'components', [source]))
+
+
 def corpus_statistics(source, global_batch: int, process_index: int, process_count: int) -> str:
   """One line for the start of training: samples, shards, bad shards, this process's share."""
-  parts = getattr(source, 'components', [source])
-  shards = sum(len(getattr(part, 'paths', ())) for part in parts)
+  shards = shard_files(source)
   bad = collections.Counter(p.kind.replace('_shard', '') for p in getattr(source, 'problems', []))
   bad_text = ', '.join(f'{n} {kind}' for kind, n in sorted(bad.items())) or 'none'
   local = global_batch // process_count

@@ -126,7 +126,7 @@ def restore_or_init(ckpt: Checkpointer, latest: int | None, builder: StepBuilder
 def start_up_block(config, workdir: str, config_line: str, latest: int | None, mesh, builder,
                    source) -> list[str]:
   """The run's start-up block (pretrain.runtime.startup) from the live objects."""
-  shards = len(getattr(source, 'paths', ()))
+  from data.pipeline import shard_files
   return startup.describe_run(
       workdir=workdir, config=config_line, resumed_from=latest,
       devices=startup.Devices.of(mesh),
@@ -134,7 +134,7 @@ def start_up_block(config, workdir: str, config_line: str, latest: int | None, m
       global_batch=config.batch_size, batch_ways=sharding.batch_parallelism(mesh),
       accum_steps=config.accum_steps, total_steps=config.total_steps,
       data=f'{config.data.train} -> ' + startup.describe_data(
-          getattr(source, 'name', config.data.train), len(source), shards))
+          getattr(source, 'name', config.data.train), len(source), shard_files(source)))
 
 
 def train(config, workdir: str, allow_config_change: bool = False,
