@@ -138,18 +138,14 @@ def search(index: str, manifest: dict, query: np.ndarray, k: int, dims: int | No
     distance, ids = binary_codes.hamming_topk(binary_codes.pack(query, bits),
                                               search_index.chunks(index, manifest), k)
     return distance, ids, {'scores': 'hamming distance'}
-  q = search_lib.prefix(query, dims)
-  exact = search_lib.topk_chunks(
-      q, (search_lib.prefix(c, dims) for c in search_index.chunks(index, manifest)), k)
+  exact = search_lib.search_chunks(query, search_index.chunks(index, manifest), k, dims)
   if shortlist_dims is None:
     return *exact, {'scores': 'cosine'}
-  _, candidates = search_lib.topk_chunks(
-      search_lib.prefix(query, shortlist_dims),
-      (search_lib.prefix(c, shortlist_dims) for c in search_index.chunks(index, manifest)),
-      max(shortlist, k))
+  _, candidates = search_lib.search_chunks(query, search_index.chunks(index, manifest),
+                                           max(shortlist, k), shortlist_dims)
   rows = search_index.rows(index, manifest, candidates)
-  scores = np.einsum('qd,qcd->qc', q, search_lib.prefix(rows, dims))
-  found = search_lib.merge_topk(scores, candidates, k)
+  found = search_lib.rerank_rows(search_lib.prefix(query, dims), search_lib.prefix(rows, dims),
+                                 candidates, k)
   recall = search_lib.recall_vs_exact(found[1], exact[1])
   return *found, {'scores': 'cosine', f'recall@{k} vs exact': recall}
 

@@ -81,16 +81,27 @@ def chunked(index: np.ndarray, chunk: int) -> Iterable[np.ndarray]:
 def exact_search(queries: np.ndarray, index: np.ndarray, k: int, chunk: int = 65536,
                  dims: int | None = None) -> tuple[np.ndarray, np.ndarray]:
   """Exact top k of each query over `index` (optionally both truncated to a prefix `dims`)."""
-  q = prefix(queries, dims)
-  return topk_chunks(q, (prefix(c, dims) for c in chunked(index, chunk)), k)
+  return search_chunks(queries, chunked(index, chunk), k, dims)
+
+
+def search_chunks(queries: np.ndarray, chunks: Iterable[np.ndarray], k: int,
+                  dims: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+  """Exact top k of each query over the chunks of an index (in memory or stored), queries and
+  rows truncated to the prefix `dims` (None: full width)."""
+  return topk_chunks(prefix(queries, dims), (prefix(c, dims) for c in chunks), k)
+
+
+def rerank_rows(queries: np.ndarray, rows: np.ndarray, candidates: np.ndarray, k: int,
+                ) -> tuple[np.ndarray, np.ndarray]:
+  """The top k of each query among its candidate ids [Q, C], whose rows [Q, C, D] are given."""
+  scores = np.einsum('qd,qcd->qc', np.asarray(queries, np.float32), np.asarray(rows, np.float32))
+  return merge_topk(scores, candidates, k)
 
 
 def rerank(queries: np.ndarray, index: np.ndarray, candidates: np.ndarray, k: int,
            ) -> tuple[np.ndarray, np.ndarray]:
   """The top k of each query among its candidate ids [Q, C], scored at full width."""
-  q = np.asarray(queries, np.float32)
-  scores = np.einsum('qd,qcd->qc', q, np.asarray(index, np.float32)[candidates])
-  return merge_topk(scores, candidates, k)
+  return rerank_rows(queries, np.asarray(index, np.float32)[candidates], candidates, k)
 
 
 def adaptive_search(queries: np.ndarray, index: np.ndarray, k: int, shortlist_dims: int,
@@ -99,12 +110,12 @@ def adaptive_search(queries: np.ndarray, index: np.ndarray, k: int, shortlist_di
   """Matryoshka adaptive retrieval: the `shortlist` best at the prefix `shortlist_dims`, reranked
   at full width; (scores, ids) of the top k. `short_index`: prefix(index, shortlist_dims) when
   the caller keeps it (a deployed index stores it once), else computed chunk by chunk."""
-  q = prefix(queries, shortlist_dims)
   if short_index is None:
-    short_chunks = (prefix(c, shortlist_dims) for c in chunked(index, chunk))
+    _, candidates = search_chunks(queries, chunked(index, chunk), max(shortlist, k),
+                                  shortlist_dims)
   else:
-    short_chunks = chunked(short_index, chunk)
-  _, candidates = topk_chunks(q, short_chunks, max(shortlist, k))
+    _, candidates = topk_chunks(prefix(queries, shortlist_dims), chunked(short_index, chunk),
+                                max(shortlist, k))
   return rerank(queries, index, candidates, k)
 
 
