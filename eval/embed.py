@@ -77,11 +77,13 @@ class Embedder:
       return np.zeros((0, 0), np.float32)
     return np.concatenate(out)
 
-  def embed_images(self, source, image_size: int, batch_size: int) -> np.ndarray:
-    """Embeddings of every image of a source, each read and eval-transformed by one process."""
+  def embed_images(self, source, image_size: int, batch_size: int,
+                   count: int | None = None) -> np.ndarray:
+    """Embeddings of the first `count` images of a source (default all), each read and
+    eval-transformed by one process."""
     def read_images(index: np.ndarray) -> np.ndarray:
       return np.stack([eval_transform(source[int(i)]['image'], image_size) for i in index])
-    return self.embed('images', read_images, len(source), batch_size)
+    return self.embed('images', read_images, len(source) if count is None else count, batch_size)
 
   def embed_texts(self, tokens: np.ndarray, batch_size: int) -> np.ndarray:
     """Embeddings of already tokenised texts (every process holds all of them)."""

@@ -13,7 +13,6 @@ import argparse
 import numpy as np
 
 from data.errors import ConfigError
-from data.transforms import eval_transform
 from eval import binary_codes, hubness
 from eval.provenance import dataset_identity
 from eval.retrieval_lib import metrics_from_ranks, retrieval_ranks
@@ -83,12 +82,7 @@ def embed_bank(embedder, tokenizer, source, size: int, image_size: int, context_
     captions.extend(source.text(i))
     i += 1
   captions = captions[:size]
-  n = min(size, len(source))
-
-  def read_images(index: np.ndarray) -> np.ndarray:
-    return np.stack([eval_transform(source[int(j)]['image'], image_size) for j in index])
-
-  images = embedder.embed('images', read_images, n, batch_size)
+  images = embedder.embed_images(source, image_size, batch_size, count=min(size, len(source)))
   texts = embedder.embed_texts(tokenizer.encode(captions, context_length), batch_size)
   return images, texts
 
